@@ -1,0 +1,34 @@
+# Every Python package the project needs is installed here; nothing is assumed to be on the machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODELS := models
+DEMO_MODEL := $(MODELS)/resnet18.onnx
+
+.PHONY: all setup demo test test-fast clean
+
+all: setup
+
+$(BIN)/kiln: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/kiln
+
+$(DEMO_MODEL): benchmarks/zoo.py | setup
+	$(BIN)/python -m benchmarks.zoo resnet18 -o $@
+
+demo: setup $(DEMO_MODEL)
+	$(BIN)/kiln compile $(DEMO_MODEL) --target auto -o $(MODELS)/resnet18.so
+	$(BIN)/kiln bench $(MODELS)/resnet18.so --model $(DEMO_MODEL) --threads 2 --repeat 10
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) $(MODELS) .pytest_cache

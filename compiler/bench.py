@@ -1,0 +1,62 @@
+"""`kiln bench`: an artifact (or a model compiled on the spot) beside ONNX Runtime, on the same inputs."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from pathlib import Path
+
+import runtime
+from runtime.bench import compare
+from runtime.errors import KilnError
+
+from .report import is_artifact
+
+
+def _onnx_for(artifact: Path, manifest, given: str | None) -> str:
+    if given:
+        if not Path(given).is_file():
+            raise KilnError(f"ONNX model not found: {given}", "pass the model the artifact was compiled from")
+        return given
+    beside = artifact.parent / manifest.source_model
+    if beside.is_file():
+        return str(beside)
+    raise KilnError(f"cannot find {manifest.source_model} beside {artifact} for ONNX Runtime",
+                    "pass it with --model, or use --against none")
+
+
+def bench(path: str, onnx_model: str | None = None, against: str = "onnxruntime", target: str = "auto",
+          threads: int = 2, repeat: int = 20, batch: int = 1, progress=None) -> dict:
+    """Benchmark PATH (artifact or ONNX model) and return the stable JSON report."""
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        artifact = Path(path)
+        if not is_artifact(artifact):
+            from .driver import compile as compile_model  # noqa: PLC0415
+
+            onnx_model = onnx_model or path
+            artifact = compile_model(path, target=target, output=Path(tmp) / "model.so", progress=progress).path
+        model = runtime.load(artifact, threads=threads)
+        reference = _onnx_for(artifact, model.manifest, onnx_model) if against == "onnxruntime" else None
+        dims = {d: batch for spec in model.inputs for d in spec.shape if isinstance(d, str)}
+        if progress:
+            progress(f"timing {repeat} runs per engine on {threads} thread(s)")
+        result = compare(model, reference, threads, repeat, dims=dims, batch=batch)
+    return {"model": model.manifest.source_model, "target": model.manifest.target, "threads": threads,
+            "batch": batch, "machine": platform.machine(), **result.to_json()}
+
+
+def to_text(result: dict) -> str:
+    """Side-by-side table of a bench() report."""
+    rows = [("kiln", result["kiln"])] + ([("onnxruntime", result["onnxruntime"])] if result["onnxruntime"] else [])
+    lines = [f"{result['model']} on {result['target']}, {result['threads']} thread(s), batch {result['batch']}",
+             f"{'engine':<12} {'median ms':>10} {'p90 ms':>10} {'per s':>10}"]
+    for name, t in rows:
+        lines.append(f"{name:<12} {t['median_ms']:>10.3f} {t['p90_ms']:>10.3f} {t['throughput_per_s']:>10.1f}")
+    if result["ratio"] is not None:
+        lines.append(f"kiln / onnxruntime latency: {result['ratio']:.2f}x")
+        verdict = "outputs match" if result["outputs_match"] else "OUTPUTS DIFFER"
+        lines.append(f"{verdict} (max abs error {result['max_abs_error']:.3g})")
+    loads = [t["outside_load_cores"] for _, t in rows]
+    if max(loads) > 0.25:
+        lines.append(f"warning: other processes used up to {max(loads):.2f} cores during timing; figures are noisy")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""Scheduled Relax module + target preset -> VM executable -> shared library on disk."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax, tirx
+from tvm.s_tir import dlight as dl
+from tvm.support import cc
+
+from .passes import lowering_passes
+from .targets import TargetPreset
+from .tuning import apply_database
+
+log = logging.getLogger(__name__)
+_SCHEDULED = "tirx.is_scheduled"
+
+
+@dataclass
+class KernelReport:
+    """How each TIR kernel got its schedule: a tuned record, a default rule, or none (naive loops)."""
+
+    tuned: list[str] = field(default_factory=list)
+    default_rule: list[str] = field(default_factory=list)
+    unscheduled: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"tuned": len(self.tuned), "default_rule": len(self.default_rule),
+                "unscheduled": len(self.unscheduled), "unscheduled_kernels": self.unscheduled}
+
+
+def _scheduled(mod: tvm.IRModule) -> set[str]:
+    return {gv.name_hint for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and _SCHEDULED in f.attrs
+            and int(f.attrs[_SCHEDULED]) == 1}
+
+
+def _kernels(mod: tvm.IRModule) -> list[str]:
+    return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+
+
+def default_schedule_rules() -> list:
+    """Schedule rules applied to kernels without a tuned record."""
+    return [dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def schedule(mod: tvm.IRModule, database, target: tvm.target.Target) -> tuple[tvm.IRModule, KernelReport]:
+    """Give every kernel a schedule: tuned records first, default rules next; report which kernel got what."""
+    with target:
+        tuned_mod = apply_database(mod, database)
+        tuned = _scheduled(tuned_mod)
+        done = dl.ApplyDefaultSchedule(*default_schedule_rules())(tuned_mod)
+    by_rule = _scheduled(done) - tuned
+    kernels = _kernels(done)
+    report = KernelReport(
+        tuned=sorted(tuned), default_rule=sorted(by_rule),
+        unscheduled=[k for k in kernels if k not in tuned and k not in by_rule],
+    )
+    return done, report
+
+
+def build_executable(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """Lower the scheduled module to VM code and machine code."""
+    pipeline = tvm.transform.Sequential(lowering_passes(target), name="kiln.lower")
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+
+
+def export(executable, preset: TargetPreset, path: Path) -> Path:
+    """Link EXECUTABLE into a shared library at PATH with the preset's (cross) compiler."""
+    fcompile = cc.cross_compiler(preset.export.get("cc", "g++"), options=list(preset.export.get("options", [])))
+    executable.export_library(str(path), fcompile=fcompile)
+    return path

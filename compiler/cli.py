@@ -1,0 +1,180 @@
+"""The `kiln` command line: parse flags, call one API function, print the result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from runtime.errors import KilnError
+
+
+class KilnGroup(click.Group):
+    """Prints a KilnError (or any failure) as one line and exits non-zero; --debug shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            if isinstance(err, KilnError):
+                click.echo(f"error: {err}", err=True)
+                sys.exit(1)
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            click.echo(f"error: internal error: {type(err).__name__}: {first} (rerun with --debug for the trace)",
+                       err=True)
+            sys.exit(2)
+
+
+@click.group(cls=KilnGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show progress logs.")
+@click.pass_context
+def main(ctx, debug, verbose):
+    """Kiln: compile ONNX models into fast shared libraries, and run them."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _progress(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", default="auto", show_default=True,
+              help="Name from `kiln targets`; 'auto' picks the best preset for this machine.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Artifact path (default: MODEL.TARGET.so).")
+@click.option("--input-shape", multiple=True, metavar="NAME=DxD..", help="Fix an input's dynamic dims.")
+@click.option("--tuning-log", metavar="DIR|none", help="Tuning database folder (default tuning_logs/TARGET).")
+@click.option("--layout", type=click.Choice(["NHWC"]), help="Convert convolutions to this layout.")
+def compile_cmd(model, target, output, input_shape, tuning_log, layout):
+    """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
+    from . import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light
+
+    artifact = driver.compile(model, target=target, output=output,
+                              input_shapes=frontend.parse_shape_overrides(input_shape),
+                              tuning_log=tuning_log, layout=layout, progress=_progress)
+    m = artifact.manifest
+    click.echo(f"wrote {artifact.path} ({artifact.size_mb:.1f} MB, target {m.target}, "
+               f"{m.compile_seconds:.1f} s, {m.kernels['unscheduled']} kernel(s) on naive schedules)")
+
+
+def _read_inputs(specs, pairs: tuple[str, ...], random: bool) -> dict:
+    from runtime.bench import random_inputs  # noqa: PLC0415
+
+    if not pairs:
+        if not random:
+            raise KilnError("no inputs given", "pass --input NAME=FILE.npy (or a .npz), or --random")
+        return random_inputs(specs)
+    feeds = {}
+    for pair in pairs:
+        name, _, file = pair.rpartition("=")
+        path = Path(file)
+        if not path.is_file():
+            raise KilnError(f"input file not found: {path}", "give an existing .npy or .npz file")
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                feeds.update({k: archive[k] for k in archive.files})
+        else:
+            feeds[name or specs[0].name] = np.load(path)
+    return feeds
+
+
+@main.command("run")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input array (or one .npz).")
+@click.option("--random", is_flag=True, help="Use seeded random inputs.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write all outputs to this .npz.")
+@click.option("--threads", type=int, help="Worker threads (default: all cores).")
+def run_cmd(artifact, inputs, random, output, threads):
+    """Run ARTIFACT on inputs from .npy/.npz files (or --random) and summarise or save the outputs."""
+    import io  # noqa: PLC0415
+
+    import runtime  # noqa: PLC0415
+    from runtime.atomic import atomic_write  # noqa: PLC0415
+
+    model = runtime.load(artifact, threads=threads)
+    results = model.run(_read_inputs(model.inputs, inputs, random))
+    if output:
+        buffer = io.BytesIO()
+        np.savez(buffer, **results)
+        atomic_write(output, buffer.getvalue())
+        click.echo(f"wrote {output} ({', '.join(results)})")
+        return
+    for name, value in results.items():
+        flat = value.reshape(-1)
+        click.echo(f"{name}: {value.dtype}[{'x'.join(map(str, value.shape))}] min {flat.min():.6g} "
+                   f"max {flat.max():.6g} mean {flat.mean():.6g} first {np.array2string(flat[:5], precision=4)}")
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_cmd(path, as_json):
+    """Show an artifact's manifest, or what Kiln makes of an ONNX model before compiling it."""
+    from .report import describe  # noqa: PLC0415
+
+    report = describe(path)
+    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else report_text(report))
+
+
+def report_text(report: dict) -> str:
+    """Human-readable form of an inspect report."""
+    from .report import to_text  # noqa: PLC0415
+
+    return to_text(report)
+
+
+@main.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def targets_cmd(as_json):
+    """List the target presets (* marks those this machine can run, 'auto' picks the first of them)."""
+    from .targets import all_targets, best_for_host  # noqa: PLC0415
+
+    presets = all_targets()
+    best = best_for_host().name
+    if as_json:
+        click.echo(json.dumps([{"name": t.name, "description": t.description, "tvm_target": t.tvm_target,
+                                "runs_here": t.runs_here(), "auto": t.name == best} for t in presets.values()],
+                              indent=2))
+        return
+    width = max(map(len, presets))
+    for t in presets.values():
+        mark = "*" if t.runs_here() else " "
+        click.echo(f"{mark} {t.name:<{width}}  {t.description}{'  [auto]' if t.name == best else ''}")
+
+
+@main.command("bench")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--model", "onnx_model", type=click.Path(dir_okay=False),
+              help="The ONNX model for ONNX Runtime (default: the artifact's source model beside it).")
+@click.option("--against", type=click.Choice(["onnxruntime", "none"]), default="onnxruntime", show_default=True)
+@click.option("--target", "-t", default="auto", show_default=True, help="Target when PATH is an ONNX model.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--repeat", type=int, default=20, show_default=True, help="Timed runs per engine.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Value of dynamic dims (batch).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench_cmd(path, onnx_model, against, target, threads, repeat, batch, as_json):
+    """Latency (median, p90) and throughput of an artifact or ONNX model, beside ONNX Runtime on the same inputs."""
+    from .bench import bench  # noqa: PLC0415
+
+    result = bench(path, onnx_model, against, target, threads, repeat, batch, progress=_progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from .bench import to_text  # noqa: PLC0415
+
+    click.echo(to_text(result))
+
+
+if __name__ == "__main__":
+    main()

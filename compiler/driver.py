@@ -1,0 +1,118 @@
+"""`compile()`: ONNX model + target preset -> one artifact (library with its manifest)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import tvm
+from tvm import relax, tirx
+
+import runtime
+from runtime.artifact import Manifest, TensorSpec, write_artifact
+
+from . import build, frontend, passes, tuning
+from .targets import TargetPreset, get_target
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Artifact:
+    """A compiled model on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 1e6
+
+
+def _dim(value) -> int | str:
+    return int(value) if isinstance(value, tirx.IntImm) else str(value)
+
+
+def output_specs(mod: tvm.IRModule, names: list[str]) -> list[TensorSpec]:
+    """Output specs of `main` (shapes from Relax, symbolic dims by name) under the ONNX output NAMES."""
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    specs = []
+    for name, ty in zip(names, fields):
+        shape = [_dim(d) for d in ty.shape.values] if ty.shape is not None else []
+        specs.append(TensorSpec(name, str(ty.dtype), shape))
+    return specs
+
+
+def default_output(model: Path, preset: TargetPreset) -> Path:
+    """MODEL's folder / STEM.TARGET.so."""
+    return model.with_name(f"{model.stem}.{preset.name}.so")
+
+
+def compile(  # noqa: A001 - the name users expect: compiler.compile(model, target=...)
+    model: str | Path,
+    target: str = "auto",
+    output: str | Path | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    tuning_log: str | Path | None = None,
+    layout: str | None = None,
+    progress: Progress | None = None,
+) -> Artifact:
+    """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
+
+    input_shapes fixes symbolic input dims ({name: [dims]}); tuning_log is a tuning database folder, 'none' for
+    default schedules only, or None for tuning_logs/TARGET; layout ('NHWC') converts conv layouts.
+    """
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    model = Path(model)
+    preset = get_target(target)
+    out = Path(output) if output else default_output(model, preset)
+    loaded = frontend.load_model(model, input_shapes)
+    say(f"importing {model.name} (opset {loaded.opset})")
+    mod = frontend.import_relax(loaded)
+    graph = passes.graph_passes(layout)
+    tvm_target = preset.tvm()
+    say(f"optimizing the graph ({len(graph)} passes)")
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential(graph, name="kiln.graph")(mod)
+    db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
+    database = tuning.open_database(db_dir) if db_dir else None
+    mod, kernels = build.schedule(mod, database, tvm_target)
+    say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
+        f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
+        f"({len(kernels.tuned)} tuned); building for {preset.name}")
+    outputs = output_specs(mod, [o.name for o in loaded.proto.graph.output])
+    executable = build.build_executable(mod, tvm_target)
+    manifest = Manifest(
+        source_model=model.name,
+        source_sha256=loaded.sha256,
+        inputs=loaded.inputs,
+        outputs=outputs,
+        target=preset.name,
+        tvm_target=dict(preset.tvm_target),
+        arch=preset.arch,
+        cpu_features=list(preset.cpu_features),
+        passes=passes.pass_names(graph) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
+        + passes.pass_names(passes.lowering_passes(tvm_target)),
+        tuning={"database": str(db_dir) if database else None,
+                "records": len(database.get_all_tuning_records()) if database else 0,
+                "tasks_tuned": len(kernels.tuned),
+                "tasks_default": len(kernels.default_rule) + len(kernels.unscheduled)},
+        kernels=kernels.to_json(),
+        tvm_version=tvm.__version__,
+        kiln_version=runtime.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
+        library = build.export(executable, preset, Path(tmp) / "lib.so")
+        manifest.compile_seconds = round(time.perf_counter() - started, 2)
+        write_artifact(library, manifest, out)
+    say(f"wrote {out}")
+    return Artifact(out, manifest)

@@ -1,0 +1,124 @@
+"""Kiln's graph passes and the pipelines that compose them: a pipeline is a list a reader sees at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+def _const(expr) -> np.ndarray | None:
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy") else None
+
+
+def _op_name(expr) -> str:
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+
+
+@mutator
+class _BatchNormFolder(PyExprMutator):
+    """Rewrites batch_norm(conv2d(x, W) [+ b]) into conv2d(x, W * s) + b' (likewise for matmul with a constant
+    right-hand side), with s = gamma / sqrt(var + eps) and b' = (b - mean) * s + beta computed at compile time."""
+
+    def _producer(self, expr):
+        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+
+    def _linear_with_bias(self, data):
+        """(linear call, bias array or None) when DATA is conv2d/matmul with constant weights, plus a constant."""
+        producer = self._producer(data)
+        bias = None
+        if _op_name(producer) == "relax.add":
+            lhs, rhs = producer.args
+            bias, producer = _const(rhs), self._producer(lhs)
+            if bias is None:
+                return None, None
+        name = _op_name(producer)
+        if name == "relax.nn.conv2d":
+            attrs = producer.attrs
+            if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+                return None, None
+        elif name != "relax.matmul":
+            return None, None
+        if _const(producer.args[1]) is None:
+            return None, None
+        return producer, bias
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if _op_name(call) != "relax.nn.batch_norm":
+            return call
+        data, *stats = call.args
+        gamma, beta, mean, var = (_const(s) for s in stats)
+        linear, bias = self._linear_with_bias(data)
+        rank = data.ty.ndim
+        if linear is None or any(a is None for a in (gamma, beta, mean, var)):
+            return call
+        is_conv = _op_name(linear) == "relax.nn.conv2d"
+        if (is_conv and int(call.attrs.axis) not in (1, 1 - rank)) or (
+            not is_conv and int(call.attrs.axis) not in (-1, rank - 1)
+        ):
+            return call
+        dtype = str(data.ty.dtype)
+        scale = (gamma if call.attrs.scale else np.ones_like(gamma)) / np.sqrt(var + float(call.attrs.epsilon))
+        shift = (beta if call.attrs.center else np.zeros_like(beta)) - mean * scale
+        weight = _const(linear.args[1])
+        if is_conv:
+            weight = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
+            bias_shape = (1, -1) + (1,) * (rank - 2)
+        else:
+            weight = weight * scale
+            bias_shape = (-1,)
+        if bias is not None:
+            shift = shift + (bias.reshape(-1) if bias.size == scale.size else bias) * scale
+        new_linear = self.builder_.emit(
+            relax.Call(linear.op, [linear.args[0], relax.const(weight.astype(dtype))], linear.attrs)
+        )
+        folded = self.builder_.emit(relax.op.add(new_linear, relax.const(shift.astype(dtype).reshape(bias_shape))))
+        return relax.Tuple([folded, stats[2], stats[3]])
+
+
+@tvm.transform.module_pass(opt_level=0, name="kiln.FoldBatchNorm")
+def fold_batch_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Fold inference batch-norms into the conv2d / matmul (with constant weights) that feeds them."""
+    folder = _BatchNormFolder(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            folder.builder_.update_func(gvar, folder.visit_expr(func))
+    return folder.builder_.get()
+
+
+def graph_passes(layout: str | None = None) -> list[tvm.transform.Pass]:
+    """Graph-level passes, from the imported module to fused TIR kernels."""
+    return [
+        # Simplify the graph while it is still made of high-level ops.
+        relax.transform.FoldConstant(),
+        fold_batch_norm,
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.EliminateCommonSubexpr(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(["main"]),
+        # Optional layout change; weights are transformed once here and folded.
+        *([relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, "OHWI"]}), relax.transform.FoldConstant()]
+          if layout else []),
+        # Lower to TIR and fuse producers with their consumers.
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(["main"]),
+    ]
+
+
+def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """TVM's own passes from scheduled kernels to VM code (dataflow lowering, memory planning, shape lowering)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415 - not re-exported by its package
+
+    return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+
+
+def pass_names(passes: list[tvm.transform.Pass]) -> list[str]:
+    """The names a pass list shows in the manifest and in --pass-times."""
+    return [p.info.name for p in passes]

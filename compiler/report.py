@@ -1,0 +1,105 @@
+"""`kiln inspect`: an artifact's manifest, or what Kiln makes of an ONNX model before compiling it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from runtime.artifact import MAGIC, read_manifest
+
+from . import frontend
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g.node:
+                yield from _all_nodes(attr.g)
+
+
+def describe_model(path: str | Path) -> dict:
+    """A JSON-ready report of the ONNX model at PATH (raises KilnError when it cannot be read)."""
+    loaded = frontend.load_model(path)
+    counts = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                     for n in _all_nodes(loaded.proto.graph))
+    unsupported = frontend.unsupported_ops(loaded.proto)
+    dynamic = sorted({d for spec in loaded.inputs for d in spec.shape if isinstance(d, str)})
+    suggested = [f"{s.name}={'x'.join(str(d if isinstance(d, int) else 1) for d in s.shape)}"
+                 for s in loaded.inputs if any(isinstance(d, str) for d in s.shape)]
+    outputs = [frontend.tensor_spec(v) for v in loaded.proto.graph.output]
+    return {
+        "kind": "model",
+        "path": str(loaded.path),
+        "sha256": loaded.sha256,
+        "opset": loaded.opset,
+        "inputs": [vars(s) for s in loaded.inputs],
+        "outputs": [vars(s) for s in outputs],
+        "operators": [{"op": op, "count": n, "supported": op not in unsupported} for op, n in sorted(counts.items())],
+        "unsupported": sorted(unsupported),
+        "dynamic_dims": dynamic,
+        "suggested_input_shape": suggested,
+        "parameters": int(sum(_numel(t.dims) for t in loaded.proto.graph.initializer)),
+    }
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def is_artifact(path: str | Path) -> bool:
+    """True when PATH ends with a Kiln manifest trailer."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-len(MAGIC), 2)
+            return f.read() == MAGIC
+    except OSError:
+        return False
+
+
+def describe(path: str | Path) -> dict:
+    """The inspect report of PATH: an artifact's manifest, or a model report for an ONNX file."""
+    if is_artifact(path):
+        manifest = read_manifest(path)
+        return {"kind": "artifact", "path": str(path), "size_bytes": Path(path).stat().st_size,
+                "manifest": json.loads(manifest.to_json())}
+    return describe_model(path)
+
+
+def _spec_text(spec: dict) -> str:
+    return f"{spec['name']}: {spec['dtype']}[{'x'.join(map(str, spec['shape'])) or 'scalar'}]"
+
+
+def to_text(report: dict) -> str:
+    """Human-readable form of a describe() report."""
+    if report["kind"] == "artifact":
+        m = report["manifest"]
+        k = m["kernels"]
+        lines = [
+            f"artifact   {report['path']} ({report['size_bytes'] / 1e6:.1f} MB, format {m['format_version']})",
+            f"model      {m['source_model']} (sha256 {m['source_sha256'][:12]})",
+            f"target     {m['target']} {json.dumps(m['tvm_target'])}",
+            f"inputs     {', '.join(map(_spec_text, m['inputs']))}",
+            f"outputs    {', '.join(map(_spec_text, m['outputs']))}",
+            f"kernels    {k['tuned']} tuned, {k['default_rule']} default rule, {k['unscheduled']} naive",
+            f"tuning     {m['tuning']['database'] or 'no database'} ({m['tuning']['records']} records)",
+            f"quantized  {m['quantization'] or 'no (fp32)'}",
+            f"built      {m['created']} with Kiln {m['kiln_version']}, TVM {m['tvm_version']} "
+            f"in {m['compile_seconds']} s",
+            f"passes     {', '.join(m['passes'])}",
+        ]
+        return "\n".join(lines)
+    lines = [f"model      {report['path']} (opset {report['opset']}, {report['parameters']:,} parameters)",
+             f"inputs     {', '.join(map(_spec_text, report['inputs']))}",
+             f"outputs    {', '.join(map(_spec_text, report['outputs']))}"]
+    if report["dynamic_dims"]:
+        lines.append(f"dynamic    {', '.join(report['dynamic_dims'])} (kept symbolic; to fix them: "
+                     f"{' '.join('--input-shape ' + s for s in report['suggested_input_shape'])})")
+    lines.append("operators")
+    for op in report["operators"]:
+        lines.append(f"  {op['op']:<24} {op['count']:>5}  {'ok' if op['supported'] else 'UNSUPPORTED'}")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Target presets: load and validate targets/*.json, and pick the best one for this machine."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.artifact import host_cpu_features
+from runtime.errors import KilnError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+_REQUIRED = ("description", "arch", "tvm_target", "export")
+
+
+@dataclass(frozen=True)
+class TargetPreset:
+    """One targets/NAME.json: the TVM target dict, how to link for it, and what the machine running it needs."""
+
+    name: str
+    description: str
+    arch: str
+    cpu_features: tuple[str, ...]
+    tvm_target: dict
+    export: dict
+    vector_lanes_fp32: int
+    tuning: dict
+
+    def tvm(self):
+        """The TVM Target object (imports the compiler's TVM)."""
+        import tvm  # noqa: PLC0415 - keep `kiln targets` fast
+
+        return tvm.target.Target(self.tvm_target)
+
+    def runs_here(self) -> bool:
+        """True when this machine can run code built for this preset."""
+        return self.arch == platform.machine() and set(self.cpu_features) <= host_cpu_features()
+
+
+def _load(path: Path) -> TargetPreset:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise KilnError(f"target file {path} is not valid JSON ({err})", "fix or remove the file") from None
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise KilnError(f"target file {path} lacks {', '.join(missing)}", "see targets/host.json for the fields")
+    return TargetPreset(
+        name=path.stem,
+        description=data["description"],
+        arch=data["arch"],
+        cpu_features=tuple(data.get("cpu_features", ())),
+        tvm_target=data["tvm_target"],
+        export=data["export"],
+        vector_lanes_fp32=int(data.get("vector_lanes_fp32", 4)),
+        tuning=data.get("tuning", {}),
+    )
+
+
+def all_targets() -> dict[str, TargetPreset]:
+    """Every preset in targets/, by name."""
+    return {p.stem: _load(p) for p in sorted(TARGETS_DIR.glob("*.json"))}
+
+
+def best_for_host() -> TargetPreset:
+    """The preset with the widest vectors among those this machine can run."""
+    usable = [t for t in all_targets().values() if t.runs_here()]
+    if not usable:
+        raise KilnError(f"no target preset runs on this {platform.machine()} machine", "add one under targets/")
+    return max(usable, key=lambda t: (t.vector_lanes_fp32, len(t.cpu_features)))
+
+
+def get_target(name: str) -> TargetPreset:
+    """The preset called NAME; 'auto' means the best preset for this machine."""
+    if name == "auto":
+        return best_for_host()
+    presets = all_targets()
+    if name not in presets:
+        raise KilnError(f"unknown target '{name}'", f"known targets: {', '.join(['auto', *presets])}")
+    return presets[name]

@@ -1,0 +1,147 @@
+"""The artifact: one shared library with its manifest appended as a trailer, so the two cannot drift apart.
+
+Layout of NAME.so: [library bytes][manifest JSON][8-byte little-endian JSON length][MAGIC].
+The dynamic loader reads only the library part; `library_sha256` in the manifest covers exactly that part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_path
+from .errors import KilnError
+
+MAGIC = b"KILNMF01"
+FORMAT_VERSION = 1
+_TRAILER = struct.Struct("<Q8s")
+# ELF e_machine values of the architectures Kiln builds for, by the names platform.machine() reports.
+ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "armv7l"}
+
+
+@dataclass
+class TensorSpec:
+    """Name, dtype and shape of one model input or output; symbolic dimensions are strings."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+    def shape_text(self) -> str:
+        return "x".join(str(d) for d in self.shape) or "scalar"
+
+
+@dataclass
+class Manifest:
+    """Everything known about how an artifact was made; serialised as JSON inside the artifact."""
+
+    source_model: str
+    source_sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    target: str
+    tvm_target: dict
+    arch: str
+    cpu_features: list[str]
+    passes: list[str]
+    tuning: dict
+    kernels: dict
+    tvm_version: str
+    kiln_version: str
+    created: str
+    quantization: dict | None = None
+    library_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+    compile_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_artifact(library: Path, manifest: Manifest, out: Path) -> Path:
+    """Append MANIFEST (with the library's sha256 filled in) to LIBRARY and write the result atomically to OUT."""
+    lib_bytes = Path(library).read_bytes()
+    manifest.library_sha256 = hashlib.sha256(lib_bytes).hexdigest()
+    meta = manifest.to_json().encode()
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(lib_bytes)
+            f.write(meta)
+            f.write(_TRAILER.pack(len(meta), MAGIC))
+    return Path(out)
+
+
+def _split(path: Path) -> tuple[bytes, Manifest]:
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise KilnError(f"artifact not found: {path}", "check the path, or build one with `kiln compile`") from None
+    except IsADirectoryError:
+        raise KilnError(f"{path} is a directory, not an artifact", "pass the .so file written by `kiln compile`") from None
+    if len(blob) < _TRAILER.size:
+        raise KilnError(f"{path} is not a Kiln artifact (too short)", "build one with `kiln compile`")
+    length, magic = _TRAILER.unpack(blob[-_TRAILER.size:])
+    if magic != MAGIC or length > len(blob) - _TRAILER.size:
+        raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
+    end = len(blob) - _TRAILER.size
+    try:
+        manifest = Manifest.from_json(blob[end - length:end].decode())
+    except (ValueError, TypeError, KeyError) as err:
+        raise KilnError(f"{path} has a damaged manifest ({err})", "rebuild it with `kiln compile`") from None
+    return blob[: end - length], manifest
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Return the manifest of the artifact at PATH without loading its library."""
+    return _split(Path(path))[1]
+
+
+def host_cpu_features() -> set[str]:
+    """CPU feature flags of this machine as /proc/cpuinfo names them (empty where unknown)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def verify(path: str | Path) -> Manifest:
+    """Check that the artifact at PATH is intact and runs on this machine; return its manifest."""
+    path = Path(path)
+    library, manifest = _split(path)
+    if hashlib.sha256(library).hexdigest() != manifest.library_sha256:
+        raise KilnError(
+            f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",
+            "rebuild it with `kiln compile`",
+        )
+    elf_arch = ELF_MACHINES.get(struct.unpack_from("<H", library, 18)[0], "unknown") if library[:4] == b"\x7fELF" else "unknown"
+    host = platform.machine()
+    if elf_arch != host:
+        raise KilnError(
+            f"{path} was built for {elf_arch} (target {manifest.target}) and cannot run on this {host} machine",
+            "compile the model for a target of this machine (see `kiln targets`)",
+        )
+    missing = sorted(set(manifest.cpu_features) - host_cpu_features())
+    if missing and host_cpu_features():
+        raise KilnError(
+            f"{path} needs CPU features this machine lacks: {', '.join(missing)}",
+            "compile for a target this CPU supports (`kiln targets` marks them)",
+        )
+    return manifest

@@ -1,0 +1,110 @@
+"""Load a Kiln artifact and run it: numpy in, numpy out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import Manifest, TensorSpec, verify
+from .errors import KilnError
+from .tvm_runtime import set_num_threads, tvm_runtime
+
+_KDL_CPU = 1
+_POOLED_ALLOCATOR = 2
+
+
+class Model:
+    """A loaded artifact. `run({name: array}) -> {name: array}`; `model(*arrays)` returns one array per output."""
+
+    def __init__(self, path: Path, manifest: Manifest, vm):
+        self.path = path
+        self.manifest = manifest
+        self._vm = vm
+        self._main = vm["main"]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on FEEDS (every input by name) and return every output by name."""
+        unknown = sorted(set(feeds) - {s.name for s in self.inputs})
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if unknown or missing:
+            raise KilnError(
+                f"wrong inputs: missing {missing or 'none'}, unknown {unknown or 'none'}",
+                f"the model takes {self._describe(self.inputs)}",
+            )
+        return self._execute([feeds[s.name] for s in self.inputs])
+
+    def __call__(self, *arrays: np.ndarray):
+        """Run on positional inputs in manifest order; one output comes back as an array, several as a tuple."""
+        if len(arrays) != len(self.inputs):
+            raise KilnError(
+                f"the model takes {len(self.inputs)} input(s), got {len(arrays)}",
+                f"pass {self._describe(self.inputs)}",
+            )
+        outputs = list(self._execute(list(arrays)).values())
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _execute(self, arrays: list) -> dict[str, np.ndarray]:
+        tvm = tvm_runtime()
+        checked = check_inputs(self.inputs, arrays)
+        result = self._main(*[tvm.runtime.tensor(a) for a in checked])
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+
+    @staticmethod
+    def _describe(specs: list[TensorSpec]) -> str:
+        return ", ".join(f"{s.name}: {s.dtype}[{s.shape_text()}]" for s in specs)
+
+
+def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
+    """Return ARRAYS as contiguous numpy arrays after checking each dtype and shape against SPECS."""
+    bound: dict[str, int] = {}
+    checked = []
+    for spec, value in zip(specs, arrays):
+        array = np.ascontiguousarray(value)
+        if str(array.dtype) != spec.dtype:
+            raise KilnError(
+                f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}",
+                f"convert it, e.g. array.astype('{spec.dtype}')",
+            )
+        ok = array.ndim == len(spec.shape)
+        for dim, size in zip(spec.shape, array.shape) if ok else ():
+            if isinstance(dim, str):
+                ok = bound.setdefault(dim, size) == size
+            else:
+                ok = dim == size
+            if not ok:
+                break
+        if not ok:
+            shape = "x".join(map(str, array.shape)) or "scalar"
+            raise KilnError(
+                f"input '{spec.name}' has shape {shape}, expected {spec.shape_text()}",
+                "reshape the input, or recompile with --input-shape",
+            )
+        checked.append(array)
+    return checked
+
+
+def load(path: str | Path, threads: int | None = None) -> Model:
+    """Verify the artifact at PATH (hash, architecture, CPU features) and load it for running on the CPU."""
+    path = Path(path)
+    manifest = verify(path)
+    tvm = tvm_runtime()
+    if threads:
+        set_num_threads(threads)
+    try:
+        lib = tvm.runtime.load_module(str(path))
+        vm = lib["vm_load_executable"]()
+    except Exception as err:  # TVM raises its own error types; name them in one line
+        raise KilnError(f"{path}: the library could not be loaded ({type(err).__name__}: {err})".splitlines()[0],
+                        "rebuild it with `kiln compile` for this machine") from None
+    vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
+    return Model(path, manifest, vm)

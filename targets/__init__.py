@@ -1,0 +1,1 @@
+"""Target presets live as JSON files in this folder; compiler/targets.py reads them."""
