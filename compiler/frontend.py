@@ -58,12 +58,18 @@ def _read(path: Path) -> onnx.ModelProto:
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
         raise KilnError(f"{path} is not a valid ONNX file (no graph)",
                         "the file may be truncated or not ONNX; re-export the model")
+    helper = onnx.external_data_helper
+    locations = {helper.ExternalDataInfo(t).location for t in helper._get_all_tensors(model)
+                 if helper.uses_external_data(t)}
+    missing = sorted(loc for loc in locations if not (path.parent / loc).is_file())
+    if missing:
+        raise KilnError(f"{path}: external data file(s) missing: {', '.join(missing)}",
+                        "keep the model's data file(s) in the same folder as the .onnx file")
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError) as err:
-        missing = getattr(err, "filename", None) or str(err)
-        raise KilnError(f"{path}: external data file missing: {missing}",
-                        "keep the model's .data file(s) in the same folder as the .onnx file") from None
+        helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, onnx.checker.ValidationError) as err:
+        raise KilnError(f"{path}: cannot read external data ({str(err).splitlines()[0]})",
+                        "re-export the model with its data file(s)") from None
     return model
 
 

@@ -84,7 +84,8 @@ def write_artifact(library: Path, manifest: Manifest, out: Path) -> Path:
     return Path(out)
 
 
-def _split(path: Path) -> tuple[bytes, Manifest]:
+def split_artifact(path: Path) -> tuple[bytes, Manifest]:
+    """(library bytes, manifest) of the artifact at PATH."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
@@ -106,7 +107,7 @@ def _split(path: Path) -> tuple[bytes, Manifest]:
 
 def read_manifest(path: str | Path) -> Manifest:
     """Return the manifest of the artifact at PATH without loading its library."""
-    return _split(Path(path))[1]
+    return split_artifact(Path(path))[1]
 
 
 def host_cpu_features() -> set[str]:
@@ -125,7 +126,7 @@ def host_cpu_features() -> set[str]:
 def verify(path: str | Path) -> Manifest:
     """Check that the artifact at PATH is intact and runs on this machine; return its manifest."""
     path = Path(path)
-    library, manifest = _split(path)
+    library, manifest = split_artifact(path)
     if hashlib.sha256(library).hexdigest() != manifest.library_sha256:
         raise KilnError(
             f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",

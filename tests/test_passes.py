@@ -1,0 +1,101 @@
+"""Kiln's own graph passes: structure before/after on tiny modules, and numbers against ONNX Runtime."""
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper, numpy_helper
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from compiler.passes import fold_batch_norm, graph_passes, pass_names
+from tests.models import F32, compile_and_check, finish
+
+R = np.random.default_rng(2)
+
+
+def _bn_weights(c):
+    return {"s": R.uniform(0.5, 1.5, c), "b": R.standard_normal(c), "m": R.standard_normal(c),
+            "v": R.uniform(0.5, 1.5, c)}
+
+
+def conv_bn_model(conv_bias: bool = True, channels: int = 6):
+    weights = {"w": R.standard_normal((channels, 3, 3, 3)), **_bn_weights(channels)}
+    if conv_bias:
+        weights["cb"] = R.standard_normal(channels)
+    conv_inputs = ["x", "w"] + (["cb"] if conv_bias else [])
+    nodes = [helper.make_node("Conv", conv_inputs, ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], epsilon=1e-3)]
+    graph = helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", F32, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", F32, [1, channels, 8, 8])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return finish(graph)
+
+
+def gemm_bn_model():
+    weights = {"w": R.standard_normal((10, 5)), "gb": R.standard_normal(5), **_bn_weights(5)}
+    nodes = [helper.make_node("Gemm", ["x", "w", "gb"], ["g"]),
+             helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "gemm_bn", [helper.make_tensor_value_info("x", F32, [4, 10])],
+                              [helper.make_tensor_value_info("y", F32, [4, 5])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return finish(graph)
+
+
+def _ops(mod) -> list[str]:
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            found.append(expr.op.name)
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return found
+
+
+def _fold(model):
+    mod = from_onnx(model)
+    before = relax.transform.FoldConstant()(mod)
+    after = relax.transform.DeadCodeElimination(["main"])(fold_batch_norm(before))
+    return before, after
+
+
+@pytest.mark.parametrize("conv_bias", [True, False])
+def test_fold_batch_norm_removes_bn_after_conv(conv_bias):
+    before, after = _fold(conv_bn_model(conv_bias))
+    assert "relax.nn.batch_norm" in _ops(before)
+    assert "relax.nn.batch_norm" not in _ops(after)
+    assert _ops(after).count("relax.nn.conv2d") == 1
+    assert _ops(after).count("relax.add") == 1  # conv bias and BN shift merged into one add
+
+
+def test_fold_batch_norm_after_gemm():
+    before, after = _fold(gemm_bn_model())
+    assert "relax.nn.batch_norm" in _ops(before)
+    assert "relax.nn.batch_norm" not in _ops(after)
+    assert "relax.matmul" in _ops(after)
+
+
+def test_fold_batch_norm_keeps_bn_on_non_constant_weights():
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", F32, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", F32, [1, 3, 4, 4])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in _bn_weights(3).items()])
+    _, after = _fold(finish(graph))
+    assert "relax.nn.batch_norm" in _ops(after)
+
+
+@pytest.mark.parametrize("model", [conv_bn_model(True), conv_bn_model(False), gemm_bn_model()],
+                         ids=["conv_bias", "conv", "gemm"])
+def test_folded_models_match_onnxruntime(model, tmp_path):
+    compile_and_check(model, tmp_path)
+
+
+def test_nhwc_layout_matches_onnxruntime(tmp_path):
+    compile_and_check(conv_bn_model(True), tmp_path, layout="NHWC")
+
+
+def test_pipeline_names_every_pass():
+    names = pass_names(graph_passes())
+    assert "kiln.FoldBatchNorm" in names
+    assert names.index("kiln.FoldBatchNorm") < names.index("LegalizeOps") < names.index("FuseOps")
+    assert "ConvertLayout" in pass_names(graph_passes("NHWC"))

@@ -1,0 +1,148 @@
+"""The thin runtime: loads and checks artifacts, checks inputs, and never imports the compiler."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import compiler
+import runtime
+from runtime.artifact import split_artifact, write_artifact
+from runtime.errors import KilnError
+from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rt")
+    w = np.random.default_rng(4).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    path = save(single_op_model("Conv", {"x": ["batch", 3, 8, 8]}, weights={"w": w}, pads=[1, 1, 1, 1]), folder)
+    return compiler.compile(path, output=folder / "conv.so").path
+
+
+def test_manifest_fields(artifact):
+    m = runtime.read_manifest(artifact)
+    assert m.inputs[0].name == "x" and m.inputs[0].shape == ["batch", 3, 8, 8] and m.inputs[0].dtype == "float32"
+    assert m.outputs[0].name == "y" and m.outputs[0].shape == ["batch", 4, 8, 8]
+    assert m.source_model == "model.onnx" and len(m.source_sha256) == 64 and len(m.library_sha256) == 64
+    assert m.target and m.tvm_target["kind"] == "llvm" and m.arch == "x86_64"
+    assert "kiln.FoldBatchNorm" in m.passes and m.tvm_version.startswith("0.27")
+    assert set(m.tuning) == {"database", "records", "tasks_tuned", "tasks_default"}
+    assert m.format_version == 1 and m.quantization is None
+
+
+def test_run_and_call_agree(artifact):
+    model = runtime.load(artifact, threads=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    by_name = model.run({"x": x})["y"]
+    assert by_name.shape == (2, 4, 8, 8)
+    np.testing.assert_array_equal(model(x), by_name)
+    assert [s.name for s in model.inputs] == ["x"] and [s.name for s in model.outputs] == ["y"]
+
+
+@pytest.mark.parametrize("feeds, expected", [
+    ({"x": np.zeros((1, 3, 8, 9), np.float32)}, "input 'x' has shape 1x3x8x9, expected batchx3x8x8"),
+    ({"x": np.zeros((1, 3, 8, 8), np.float64)}, "input 'x' has dtype float64, expected float32"),
+    ({"z": np.zeros((1, 3, 8, 8), np.float32)}, "missing ['x'], unknown ['z']"),
+])
+def test_bad_inputs_name_what_is_expected(artifact, feeds, expected):
+    model = runtime.load(artifact)
+    with pytest.raises(KilnError) as info:
+        model.run(feeds)
+    assert expected in str(info.value)
+    assert "x: float32[batchx3x8x8]" in str(info.value) or "expected" in str(info.value)
+
+
+def test_wrong_number_of_positional_inputs(artifact):
+    with pytest.raises(KilnError, match="takes 1 input"):
+        runtime.load(artifact)()
+
+
+def _rewrite(artifact, tmp_path, edit_library=None, edit_manifest=None) -> Path:
+    library, manifest = split_artifact(artifact)
+    library = bytearray(library)
+    if edit_library:
+        edit_library(library)
+    if edit_manifest:
+        edit_manifest(manifest)
+    (tmp_path / "lib.so").write_bytes(bytes(library))
+    return write_artifact(tmp_path / "lib.so", manifest, tmp_path / "edited.so")
+
+
+def test_tampered_library_is_refused(artifact, tmp_path):
+    blob = bytearray(artifact.read_bytes())
+    blob[len(blob) // 3] ^= 0xFF
+    bad = tmp_path / "tampered.so"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(KilnError, match="does not match the sha256"):
+        runtime.load(bad)
+
+
+def test_other_architecture_is_refused(artifact, tmp_path):
+    other = _rewrite(artifact, tmp_path, edit_library=lambda lib: struct.pack_into("<H", lib, 18, 0xB7))
+    with pytest.raises(KilnError, match="built for aarch64 .* cannot run on this x86_64 machine"):
+        runtime.load(other)
+
+
+def test_missing_cpu_features_are_refused(artifact, tmp_path):
+    other = _rewrite(artifact, tmp_path, edit_manifest=lambda m: m.cpu_features.append("avx_from_the_future"))
+    with pytest.raises(KilnError, match="needs CPU features this machine lacks: avx_from_the_future"):
+        runtime.load(other)
+
+
+def test_not_an_artifact(tmp_path):
+    plain = tmp_path / "plain.so"
+    plain.write_bytes(b"\x7fELF" + b"\0" * 100)
+    with pytest.raises(KilnError, match="is not a Kiln artifact"):
+        runtime.load(plain)
+
+
+def test_multiple_outputs(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["b"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", F32, [2, 5])],
+                              [helper.make_tensor_value_info("a", F32, [2, 5]),
+                               helper.make_tensor_value_info("b", F32, [2, 5])])
+    path = save(finish(graph), tmp_path)
+    model = runtime.load(compiler.compile(path, output=tmp_path / "two.so").path)
+    out = assert_matches_onnxruntime(path, model)
+    assert list(out) == ["a", "b"]
+    a, b = model(np.ones((2, 5), np.float32))
+    assert a.shape == b.shape == (2, 5)
+
+
+def test_runtime_imports_no_compiler_code(artifact):
+    probe = f"""
+import json, os, sys, time
+
+
+def peak_rss_mb():  # VmHWM, not ru_maxrss: the latter keeps the parent's peak across exec
+    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))
+    return int(line.split()[1]) / 1024
+
+
+start = time.perf_counter()
+import numpy as np, runtime
+model = runtime.load({str(artifact)!r})
+out = model(np.ones((1, 3, 8, 8), np.float32))
+seconds = time.perf_counter() - start
+banned = sorted(m for m in sys.modules if m.split('.')[0] in ('compiler', 'onnx', 'xgboost', 'onnxruntime')
+                or m.startswith(('tvm.relax', 'tvm.s_tir', 'tvm.topi', 'tvm.contrib')))
+print(json.dumps({{"banned": banned, "env": os.environ.get("TVM_USE_RUNTIME_LIB"), "shape": list(out.shape),
+                  "seconds": seconds, "rss_mb": peak_rss_mb()}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["banned"] == []
+    assert report["env"] is None, "TVM_USE_RUNTIME_LIB must not leak to child processes"
+    assert report["shape"] == [1, 4, 8, 8]
+    print(f"runtime import+load+first run: {report['seconds']:.2f} s, peak RSS {report['rss_mb']:.0f} MB")
