@@ -27,7 +27,15 @@ def tvm_runtime():
 
 
 def set_num_threads(threads: int) -> None:
-    """Size TVM's thread pool for this process (all loaded models share it)."""
+    """Size TVM's thread pool for this process (all loaded models share it).
+
+    TVM pins the calling thread to one core when it configures its pool; the caller's CPU affinity is put back,
+    or every thread the application starts later (another runtime's pool, a server's workers) would share
+    that one core.
+    """
     tvm = tvm_runtime()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     # Mode 1 is "big cores": on a machine whose cores are all alike, that is every core.
     tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+    if affinity is not None:
+        os.sched_setaffinity(0, affinity)

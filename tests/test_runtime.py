@@ -146,3 +146,11 @@ print(json.dumps({{"banned": banned, "env": os.environ.get("TVM_USE_RUNTIME_LIB"
     assert report["env"] is None, "TVM_USE_RUNTIME_LIB must not leak to child processes"
     assert report["shape"] == [1, 4, 8, 8]
     print(f"runtime import+load+first run: {report['seconds']:.2f} s, peak RSS {report['rss_mb']:.0f} MB")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
+def test_setting_threads_keeps_the_callers_cpu_affinity(artifact):
+    before = os.sched_getaffinity(0)
+    model = runtime.load(artifact, threads=2)
+    model(np.ones((1, 3, 8, 8), np.float32))
+    assert os.sched_getaffinity(0) == before
