@@ -12,6 +12,7 @@ from tvm.s_tir import dlight as dl
 from tvm.support import cc
 
 from .passes import lowering_passes
+from .schedules import default_rules
 from .targets import TargetPreset
 from .tuning import apply_database
 
@@ -42,21 +43,13 @@ def _kernels(mod: tvm.IRModule) -> list[str]:
     return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
 
 
-def default_schedule_rules() -> list:
-    """Schedule rules applied to kernels without a tuned record.
-
-    dlight's CPU Reduction rule is left out on purpose: it also claims convolutions and made ResNet-18
-    36% slower than TVM's unscheduled loops (2.56 s vs 1.87 s, 2 threads, 2026-11-23).
-    """
-    return [dl.cpu.GEMV()]
-
-
-def schedule(mod: tvm.IRModule, database, target: tvm.target.Target) -> tuple[tvm.IRModule, KernelReport]:
-    """Give every kernel a schedule: tuned records first, default rules next; report which kernel got what."""
+def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int) -> tuple[tvm.IRModule, KernelReport]:
+    """Give every kernel a schedule: tuned records first, Kiln's default rules next (LANES: fp32 vector width);
+    report which kernel got what."""
     with target:
         tuned_mod = apply_database(mod, database)
         tuned = _scheduled(tuned_mod)
-        done = dl.ApplyDefaultSchedule(*default_schedule_rules())(tuned_mod)
+        done = dl.ApplyDefaultSchedule(*default_rules(lanes))(tuned_mod)
     by_rule = _scheduled(done) - tuned
     kernels = _kernels(done)
     report = KernelReport(

@@ -55,7 +55,8 @@ def _progress(message: str) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Artifact path (default: MODEL.TARGET.so).")
 @click.option("--input-shape", multiple=True, metavar="NAME=DxD..", help="Fix an input's dynamic dims.")
 @click.option("--tuning-log", metavar="DIR|none", help="Tuning database folder (default tuning_logs/TARGET).")
-@click.option("--layout", type=click.Choice(["NHWC"]), help="Convert convolutions to this layout.")
+@click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NHWC", show_default=True,
+              help="Convolution layout: NHWC suits Kiln's CPU schedules; NCHW keeps the model's.")
 def compile_cmd(model, target, output, input_shape, tuning_log, layout):
     """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
     from . import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light

@@ -61,13 +61,14 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     output: str | Path | None = None,
     input_shapes: dict[str, list[int]] | None = None,
     tuning_log: str | Path | None = None,
-    layout: str | None = None,
+    layout: str = "NHWC",
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
     input_shapes fixes symbolic input dims ({name: [dims]}); tuning_log is a tuning database folder, 'none' for
-    default schedules only, or None for tuning_logs/TARGET; layout ('NHWC') converts conv layouts.
+    default schedules only, or None for tuning_logs/TARGET; layout 'NHWC' (the default, which Kiln's CPU schedules are written for) converts
+    convolutions to NHWC with HWIO weights once at compile time, 'NCHW' keeps the model's layout.
     """
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
@@ -84,7 +85,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         mod = tvm.transform.Sequential(graph, name="kiln.graph")(mod)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
     database = tuning.open_database(db_dir) if db_dir else None
-    mod, kernels = build.schedule(mod, database, tvm_target)
+    mod, kernels = build.schedule(mod, database, tvm_target, preset.vector_lanes_fp32)
     say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
         f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
         f"({len(kernels.tuned)} tuned); building for {preset.name}")

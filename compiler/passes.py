@@ -88,7 +88,7 @@ def fold_batch_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return folder.builder_.get()
 
 
-def graph_passes(layout: str | None = None) -> list[tvm.transform.Pass]:
+def graph_passes(layout: str = "NHWC") -> list[tvm.transform.Pass]:
     """Graph-level passes, from the imported module to fused TIR kernels."""
     return [
         # Simplify the graph while it is still made of high-level ops.
@@ -99,9 +99,10 @@ def graph_passes(layout: str | None = None) -> list[tvm.transform.Pass]:
         relax.transform.EliminateCommonSubexpr(),
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),
-        # Optional layout change; weights are transformed once here and folded.
-        *([relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, "OHWI"]}), relax.transform.FoldConstant()]
-          if layout else []),
+        # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
+    # Weights are transposed once here and folded; only the model's borders get a transpose.
+        *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
+          if layout == "NHWC" else []),
         # Lower to TIR and fuse producers with their consumers.
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

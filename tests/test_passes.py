@@ -90,8 +90,8 @@ def test_folded_models_match_onnxruntime(model, tmp_path):
     compile_and_check(model, tmp_path)
 
 
-def test_nhwc_layout_matches_onnxruntime(tmp_path):
-    compile_and_check(conv_bn_model(True), tmp_path, layout="NHWC")
+def test_nchw_layout_matches_onnxruntime(tmp_path):
+    compile_and_check(conv_bn_model(True), tmp_path, layout="NCHW")
 
 
 def test_pipeline_names_every_pass():
@@ -99,3 +99,4 @@ def test_pipeline_names_every_pass():
     assert "kiln.FoldBatchNorm" in names
     assert names.index("kiln.FoldBatchNorm") < names.index("LegalizeOps") < names.index("FuseOps")
     assert "ConvertLayout" in pass_names(graph_passes("NHWC"))
+    assert "ConvertLayout" not in pass_names(graph_passes("NCHW"))

@@ -1,0 +1,133 @@
+"""Default CPU schedule for kernels with one reduction whose output's innermost axis is contiguous in every
+operand: NHWC convolution (HWIO weights, grouped and depthwise too), matmul / dense / batch-matmul, pooling.
+
+Loop nest it builds, the shape of a GEMM micro-kernel:
+    parallel  fused(outer spatial loops, rows / rn, cols / vf)
+      reduce    r0, r1, ...                              (kh, kw, ci for a convolution; k for a matmul)
+        unroll    row in rn                              (register tile: rn rows ...
+          vector    col in vf                            ...of vf contiguous outputs, accumulated in registers)
+    then the epilogue (bias, residual add, activation) on the register tile, written once to memory.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_sblock_info
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from .common import const_extent, largest_divisor, schedule_injective, vector_factor
+
+MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
+
+
+def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var) -> bool:
+    """True when every buffer access either ends in VEC_VAR (contiguous) or does not use it (broadcast)."""
+    for region in list(block.reads) + list(block.writes):
+        if not region.region:
+            continue
+        last = region.region[-1].min
+        used = [v for r in region.region for v in tirx.analysis.undefined_vars(r.min) if v.same_as(vec_var)]
+        if used and not (isinstance(last, tirx.Var) and last.same_as(vec_var)):
+            return False
+    return True
+
+
+def _is_copy(block: tirx.SBlock) -> bool:
+    return isinstance(block.body, tirx.BufferStore) and isinstance(block.body.value, tvm.ir.expr.TensorLoad)
+
+
+def _row_tile(rows: int, vf: int, lanes: int) -> int:
+    budget = max(1, (MAX_ACCUMULATORS if lanes >= 16 else 12) // max(1, vf // lanes))
+    return largest_divisor(rows, min(8, budget), candidates=(8, 7, 6, 5, 4, 3, 2, 1))
+
+
+class Contraction(ScheduleRule):
+    """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+
+    def _fuse_epilogue(self, sch: s_tir.Schedule, epilogue: list) -> None:
+        """Fold the elementwise tail into the write-back of the register tile.
+
+        Intermediate tail blocks are inlined forward first (one may feed several others, as in GELU), so only the
+        last has to be inlined backwards into the write-back; what cannot be fused gets its own loop nest.
+        """
+        leftover = []
+        for block in epilogue[:-1]:
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:
+                leftover.append(block)
+        if epilogue and not leftover:
+            try:
+                sch.reverse_compute_inline(epilogue[-1])
+            except s_tir.ScheduleError:
+                leftover.append(epilogue[-1])
+        elif epilogue:
+            leftover.append(epilogue[-1])
+        for block in leftover:
+            schedule_injective(sch, block, self.lanes)
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        infos = [get_sblock_info(sch, b) for b in blocks]
+        reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
+        if len(reductions) != 1 or any(not infos[i].is_injective() for i in range(len(infos)) if i != reductions[0]):
+            return None
+        main = blocks[reductions[0]]
+        kinds = [iv.iter_type for iv in sch.get(main).iter_vars]
+        n_spatial = kinds.index(tirx.IterVar.CommReduce) if tirx.IterVar.CommReduce in kinds else len(kinds)
+        if n_spatial == 0 or any(k != tirx.IterVar.CommReduce for k in kinds[n_spatial:]):
+            return None
+        vec_var = sch.get(main).iter_vars[n_spatial - 1].var
+        if not _innermost_index_ok(sch.get(main), vec_var):
+            return None
+        loops = sch.get_loops(main)
+        if len(loops) != len(kinds):
+            return None
+        spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+        cols = const_extent(sch, spatial[-1])
+        if cols is None:
+            return None
+
+        for block in blocks[: reductions[0]]:  # producers: inline plain copies, keep real padding materialized
+            if _is_copy(sch.get(block)):
+                sch.compute_inline(block)
+            else:
+                schedule_injective(sch, block, self.lanes)
+        epilogue = blocks[reductions[0] + 1:]
+
+        vf = vector_factor(cols, self.lanes)
+        col_outer, col_inner = sch.split(spatial[-1], [None, vf])
+        rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
+        if rows is not None:
+            rn = _row_tile(rows, vf, self.lanes)
+            row_outer, row_inner = sch.split(spatial[-2], [None, rn])
+            outer = [*spatial[:-2], row_outer, col_outer]
+            inner = [row_inner, col_inner]
+        else:
+            outer, inner = [*spatial[:-1], col_outer], [col_inner]
+        sch.reorder(*outer, *reduce, *inner)
+        parallel = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(parallel)
+
+        write_back = sch.cache_write(main, 0, "local")
+        self._fuse_epilogue(sch, epilogue)
+        sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
+        wb_loops = sch.get_loops(write_back)[1:]
+        if wb_loops and vf > 1:
+            sch.vectorize(wb_loops[-1])
+
+        if len(inner) == 2:
+            sch.unroll(inner[0])
+        if vf > 1:
+            sch.vectorize(inner[-1])
+        if reduce:  # last: the init loops it splits off inherit the unroll and vectorize marks
+            sch.decompose_reduction(main, reduce[0])
+        return sch
