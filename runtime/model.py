@@ -94,12 +94,14 @@ def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
 
 
 def load(path: str | Path, threads: int | None = None) -> Model:
-    """Verify the artifact at PATH (hash, architecture, CPU features) and load it for running on the CPU."""
+    """Verify the artifact at PATH (hash, architecture, CPU features) and load it for running on the CPU.
+
+    THREADS sizes the process-wide worker pool (default: one thread per usable CPU).
+    """
     path = Path(path)
     manifest = verify(path)
     tvm = tvm_runtime()
-    if threads:
-        set_num_threads(threads)
+    set_num_threads(threads)
     try:
         lib = tvm.runtime.load_module(str(path))
         vm = lib["vm_load_executable"]()

@@ -26,16 +26,22 @@ def tvm_runtime():
     return _tvm
 
 
-def set_num_threads(threads: int) -> None:
-    """Size TVM's thread pool for this process (all loaded models share it).
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
-    TVM pins the calling thread to one core when it configures its pool; the caller's CPU affinity is put back,
-    or every thread the application starts later (another runtime's pool, a server's workers) would share
-    that one core.
+
+def set_num_threads(threads: int | None = None) -> int:
+    """Size TVM's thread pool for this process (all loaded models share it); None means one per usable CPU.
+
+    Returns the pool size TVM reports. Mode -3 lets the workers share the usable CPUs: TVM's default
+    ("big cores") counted one core of two here and ran single-threaded, and it pins the calling thread;
+    the caller's affinity is put back so threads the application starts later are not squeezed onto one core.
     """
     tvm = tvm_runtime()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    # Mode 1 is "big cores": on a machine whose cores are all alike, that is every core.
-    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
-    if affinity is not None:
+    cpus = usable_cpus()
+    affinity = set(cpus)
+    tvm.get_global_func("runtime.config_threadpool")(-3, int(threads or len(cpus)), [str(c) for c in cpus])
+    if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, affinity)
+    return int(tvm.get_global_func("runtime.NumThreads")())

@@ -154,3 +154,11 @@ def test_setting_threads_keeps_the_callers_cpu_affinity(artifact):
     model = runtime.load(artifact, threads=2)
     model(np.ones((1, 3, 8, 8), np.float32))
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_pool_size_is_what_was_asked(artifact, threads):
+    from runtime.tvm_runtime import set_num_threads
+
+    runtime.load(artifact, threads=threads)
+    assert set_num_threads(threads) == threads

@@ -38,6 +38,14 @@ def _is_copy(block: tirx.SBlock) -> bool:
     return isinstance(block.body, tirx.BufferStore) and isinstance(block.body.value, tvm.ir.expr.TensorLoad)
 
 
+def _output_rows(sch: s_tir.Schedule, loops: list) -> int:
+    """Product of the constant extents of LOOPS (symbolic ones, such as batch, count as 1)."""
+    total = 1
+    for loop in loops:
+        total *= const_extent(sch, loop) or 1
+    return total
+
+
 def _row_tile(rows: int, vf: int, lanes: int) -> int:
     budget = max(1, (MAX_ACCUMULATORS if lanes >= 16 else 12) // max(1, vf // lanes))
     return largest_divisor(rows, min(8, budget), candidates=(8, 7, 6, 5, 4, 3, 2, 1))
@@ -103,6 +111,7 @@ class Contraction(ScheduleRule):
                 schedule_injective(sch, block, self.lanes)
         epilogue = blocks[reductions[0] + 1:]
 
+        weights_first = cols > _output_rows(sch, spatial[:-1])
         vf = vector_factor(cols, self.lanes)
         col_outer, col_inner = sch.split(spatial[-1], [None, vf])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
@@ -113,6 +122,10 @@ class Contraction(ScheduleRule):
             inner = [row_inner, col_inner]
         else:
             outer, inner = [*spatial[:-1], col_outer], [col_inner]
+        if weights_first:
+            # More weights than activations (late conv stages, dense layers): walk one weight panel over all
+            # rows before the next, so each core keeps its panel in cache instead of streaming every panel per row.
+            outer = [outer[-1], *outer[:-1]]
         sch.reorder(*outer, *reduce, *inner)
         parallel = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(parallel)
