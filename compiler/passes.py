@@ -88,11 +88,70 @@ def fold_batch_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return folder.builder_.get()
 
 
+_CLAMPS = {"Max": "lower", "Min": "upper"}
+
+
+def _scalar_clamp(func) -> str | None:
+    """'lower' / 'upper' when FUNC is exactly out[i] = max / min(x[i], s[]) with a 0-d S, as TVM's ONNX importer
+    emits for Clip; None otherwise."""
+    if not isinstance(func, tvm.tirx.PrimFunc) or len(func.params) != 3:
+        return None
+    root = func.body.block if hasattr(func.body, "block") else None
+    inner = root.body if root is not None else None
+    while inner is not None and isinstance(inner, tvm.tirx.For):
+        inner = inner.body
+    block = getattr(inner, "block", None)
+    store = getattr(block, "body", None)
+    value = getattr(store, "value", None)
+    kind = _CLAMPS.get(type(value).__name__)
+    if kind is None or not isinstance(store, tvm.tirx.BufferStore):
+        return None
+    data, bound = value.a, value.b
+    if type(data).__name__ != "TensorLoad" or type(bound).__name__ != "TensorLoad" or len(bound.indices) != 0:
+        return None
+    if [str(i) for i in data.indices] != [str(i) for i in store.indices]:
+        return None
+    return kind
+
+
+@mutator
+class _ClampRaiser(PyExprMutator):
+    """call_tir(max|min with a constant scalar) -> R.maximum / R.minimum, ops that layout conversion understands
+    (R.clip has no layout rule)."""
+
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod = mod
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if _op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
+            return call
+        kind = _scalar_clamp(self.mod[call.args[0]])
+        args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+        bound = _const(args[1]) if len(args) == 2 else None
+        if kind is None or bound is None or bound.ndim != 0 or np.isnan(bound):
+            return call
+        scalar = relax.const(bound, str(args[0].ty.dtype))
+        return relax.op.maximum(args[0], scalar) if kind == "lower" else relax.op.minimum(args[0], scalar)
+
+
+@tvm.transform.module_pass(opt_level=0, name="kiln.RaiseClamps")
+def raise_clamps(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Turn the importer's TIR max/min-with-a-scalar kernels (ONNX Clip, ReLU6) back into Relax ops."""
+    raiser = _ClampRaiser(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            raiser.builder_.update_func(gvar, raiser.visit_expr(func))
+    return raiser.builder_.get()
+
+
 def graph_passes(layout: str = "NHWC") -> list[tvm.transform.Pass]:
     """Graph-level passes, from the imported module to fused TIR kernels."""
     return [
         # Simplify the graph while it is still made of high-level ops.
         relax.transform.FoldConstant(),
+        raise_clamps,
         fold_batch_norm,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

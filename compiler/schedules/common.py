@@ -27,14 +27,16 @@ def vector_factor(extent: int, lanes: int) -> int:
 
 def schedule_injective(sch: s_tir.Schedule, block, lanes: int) -> None:
     """Fuse BLOCK's loops, vectorize the innermost run of the output, parallelize the rest."""
-    loops = sch.get_loops(block)
+    # Leading symbolic loops (a dynamic batch) stay serial and unfused; see Contraction for why.
+    loops = []
+    for loop in reversed(sch.get_loops(block)):  # the innermost run of constant loops, which can be fused
+        if const_extent(sch, loop) is None:
+            break
+        loops.insert(0, loop)
     if not loops:
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = const_extent(sch, fused)
-    if extent is None:
-        sch.parallel(fused)
-        return
     factor = vector_factor(extent, lanes)
     if factor > 1 and extent > factor:
         outer, inner = sch.split(fused, [None, factor])
