@@ -100,3 +100,41 @@ def test_pipeline_names_every_pass():
     assert names.index("kiln.FoldBatchNorm") < names.index("LegalizeOps") < names.index("FuseOps")
     assert "ConvertLayout" in pass_names(graph_passes("NHWC"))
     assert "ConvertLayout" not in pass_names(graph_passes("NCHW"))
+
+
+def clip_model(lo=0.0, hi=6.0):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info("x", F32, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", F32, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(R.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.array(lo, np.float32), "lo"),
+                               numpy_helper.from_array(np.array(hi, np.float32), "hi")])
+    return finish(graph)
+
+
+def _raise(model):
+    from compiler.passes import raise_clamps
+
+    before = relax.transform.FoldConstant()(from_onnx(model))
+    return before, relax.transform.DeadCodeElimination(["main"])(raise_clamps(before))
+
+
+def test_raise_clamps_turns_clip_kernels_into_relax_ops():
+    before, after = _raise(clip_model())
+    assert _ops(before).count("relax.call_tir") == 2
+    assert "relax.call_tir" not in _ops(after)
+    assert _ops(after).count("relax.maximum") == 1 and _ops(after).count("relax.minimum") == 1
+
+
+def test_clip_with_nan_bound_means_no_bound(tmp_path):
+    compile_and_check(clip_model(hi=float("nan")), tmp_path)  # ONNX: a NaN bound is no bound
+
+
+def test_relu6_follows_nhwc_without_transposes(tmp_path):
+    mod = from_onnx(clip_model())
+    with tvm.target.Target({"kind": "llvm"}):
+        graph = graph_passes("NHWC")
+        lowered = tvm.transform.Sequential(graph[: pass_names(graph).index("LegalizeOps")])(mod)
+    assert _ops(lowered).count("relax.permute_dims") == 2  # the model's input and output borders only
+    compile_and_check(clip_model(), tmp_path)
