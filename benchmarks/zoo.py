@@ -89,6 +89,52 @@ def resnet(depths=(2, 2, 2, 2), width: int = 64, size: int = 224, classes: int =
     return g.model([inp], {logits: [batch, classes]}, "resnet")
 
 
+def resnet_bottleneck(depths=(3, 4, 6, 3), width: int = 64, size: int = 224, classes: int = 1000, seed: int = 0,
+                      batch: int | str = "N") -> onnx.ModelProto:
+    """A ResNet with bottleneck blocks (ResNet-50 by default): 1x1 reduce, 3x3, 1x1 expand (x4), projection."""
+    g = GraphBuilder(seed)
+    x = g.op("Relu", [g.bn(g.conv("input", 3, width, 7, stride=2), width)])
+    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = width
+    for stage, blocks in enumerate(depths):
+        mid, cout = width * 2**stage, width * 2**stage * 4
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            y = g.op("Relu", [g.bn(g.conv(x, cin, mid, 1), mid)])
+            y = g.op("Relu", [g.bn(g.conv(y, mid, mid, 3, stride), mid)])
+            y = g.bn(g.conv(y, mid, cout, 1), cout)
+            shortcut = g.bn(g.conv(x, cin, cout, 1, stride), cout) if stride != 1 or cin != cout else x
+            x, cin = g.op("Relu", [g.op("Add", [y, shortcut])]), cout
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
+    w = (g.rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32)
+    logits = g.op("Gemm", [x, g.weight(w), g.weight(np.zeros(classes, np.float32), "b")], transB=1)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
+    return g.model([inp], {logits: [batch, classes]}, "resnet_bottleneck")
+
+
+def squeezenet(size: int = 224, classes: int = 1000, seed: int = 0, batch: int | str = "N") -> onnx.ModelProto:
+    """SqueezeNet 1.1: Fire modules (1x1 squeeze, then 1x1 and 3x3 expands concatenated), max-pools, conv head."""
+    g = GraphBuilder(seed)
+
+    def conv_relu(x, cin, cout, k, stride=1):
+        return g.op("Relu", [g.conv(x, cin, cout, k, stride, bias=True)])
+
+    def fire(x, cin, squeeze, expand):
+        s = conv_relu(x, cin, squeeze, 1)
+        return g.op("Concat", [conv_relu(s, squeeze, expand, 1), conv_relu(s, squeeze, expand, 3)], axis=1)
+
+    def pool(x):
+        return g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2])
+
+    x = pool(conv_relu("input", 3, 64, 3, stride=2))
+    x = pool(fire(fire(x, 64, 16, 64), 128, 16, 64))
+    x = pool(fire(fire(x, 128, 32, 128), 256, 32, 128))
+    x = fire(fire(fire(fire(x, 256, 48, 192), 384, 48, 192), 384, 64, 256), 512, 64, 256)
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [conv_relu(x, 512, classes, 1)])], axis=1)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
+    return g.model([inp], {x: [batch, classes]}, "squeezenet")
+
+
 def mobilenet_v2(width_mult: float = 1.0, size: int = 224, classes: int = 1000, seed: int = 0,
                  batch: int | str = "N") -> onnx.ModelProto:
     """MobileNetV2: inverted residual blocks with depthwise 3x3 convs and ReLU6 (Clip)."""
@@ -160,6 +206,8 @@ def bert_encoder(layers: int = 2, hidden: int = 256, heads: int = 4, ffn: int = 
 ZOO = {
     "resnet18": lambda: resnet((2, 2, 2, 2)),
     "resnet34": lambda: resnet((3, 4, 6, 3)),
+    "resnet50": lambda: resnet_bottleneck(),
+    "squeezenet": lambda: squeezenet(),
     "mobilenetv2": lambda: mobilenet_v2(),
     "bert-mini": lambda: bert_encoder(layers=4, hidden=256, heads=4, ffn=1024, seq=128),
 }

@@ -59,10 +59,17 @@ def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int)
     return done, report
 
 
+def lowering_context() -> tvm.transform.PassContext:
+    """PassContext for TIR lowering: loops whose tile does not divide their extent are split into a main part
+    without guards and a tail, so the register tile of the main part stays branch-free."""
+    return tvm.transform.PassContext(opt_level=3, config={"s_tir.LoopPartition": {"partition_const_loop": True}})
+
+
 def build_executable(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     """Lower the scheduled module to VM code and machine code."""
     pipeline = tvm.transform.Sequential(lowering_passes(target), name="kiln.lower")
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    with lowering_context():
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:

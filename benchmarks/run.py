@@ -1,0 +1,112 @@
+"""Kiln against ONNX Runtime on the zoo models, in one process run; writes benchmarks/RESULTS.md.
+
+    python -m benchmarks.run [MODEL ...] [--threads 2] [--repeat 20] [--no-write]
+
+Each model is built reproducibly (benchmarks/zoo.py), compiled for this machine's best preset with batch 1
+fixed and no tuning records, then timed beside ONNX Runtime on the same inputs in alternating blocks. Every
+block records the CPU time other processes used meanwhile (/proc/stat) and is retaken when that load was high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+
+import compiler
+import runtime
+from runtime.atomic import atomic_write
+from runtime.bench import compare
+
+from .zoo import ZOO
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "bert-mini"]
+
+
+def machine() -> str:
+    """CPU model, usable cores and vector features, as one line."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    flags = runtime.artifact.host_cpu_features()
+    vector = "AVX-512+VNNI" if {"avx512f", "avx512_vnni"} <= flags else "AVX2" if "avx2" in flags else "baseline"
+    from runtime.tvm_runtime import usable_cpus  # noqa: PLC0415
+
+    return f"{name}, {len(usable_cpus())} cores, {vector}, {platform.system()} {platform.machine()}"
+
+
+def bench_model(name: str, folder: Path, threads: int, repeat: int) -> dict:
+    """Build, compile (batch 1, no tuning) and time one zoo model beside ONNX Runtime."""
+    model = ZOO[name]()
+    path = folder / f"{name}.onnx"
+    onnx.save(model, str(path))
+    shapes = {i.name: [dim.dim_value or 1 for dim in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    started = time.perf_counter()
+    artifact = compiler.compile(path, output=folder / f"{name}.so", input_shapes=shapes, tuning_log="none")
+    compile_s = time.perf_counter() - started
+    loaded = runtime.load(artifact.path, threads=threads)
+    result = compare(loaded, str(path), threads, repeat=repeat).to_json()
+    return {"model": name, "compile_s": round(compile_s, 1), "kernels": artifact.manifest.kernels, **result}
+
+
+def to_markdown(rows: list[dict], meta: dict) -> str:
+    """RESULTS.md: the run's conditions and one table row per model."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {meta['date']} on {meta['machine']}; {meta['threads']} threads, batch 1, fp32, no tuning records",
+        f"(Kiln's default schedules only). Kiln {meta['kiln']}, TVM {meta['tvm']}, ONNX Runtime {meta['ort']}.",
+        "Medians of alternating timing blocks in one process; 'outside load' is the CPU (in cores) other processes",
+        "used during the timing, read from /proc/stat; blocks above 0.25 cores were retaken.",
+        "Regenerate with `.venv/bin/python -m benchmarks.run`.",
+        "",
+        "| model | Kiln ms | ORT ms | Kiln / ORT | Kiln p90 | ORT p90 | outputs match | outside load | compile s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        k, o = r["kiln"], r["onnxruntime"]
+        load = max(k["outside_load_cores"], o["outside_load_cores"])
+        lines.append(f"| {r['model']} | {k['median_ms']:.2f} | {o['median_ms']:.2f} | {r['ratio']:.2f}x | "
+                     f"{k['p90_ms']:.2f} | {o['p90_ms']:.2f} | {'yes' if r['outputs_match'] else 'NO'} | "
+                     f"{load:.2f} | {r['compile_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Kiln vs ONNX Runtime on the zoo models.")
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help=f"from: {', '.join(sorted(ZOO))}")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    unknown = sorted(set(args.models) - set(ZOO))
+    if unknown:
+        sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(ZOO))})")
+    import onnxruntime  # noqa: PLC0415
+    import tvm  # noqa: PLC0415
+
+    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+            "threads": args.threads, "kiln": runtime.__version__, "tvm": tvm.__version__, "ort": onnxruntime.__version__}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        for name in args.models:
+            row = bench_model(name, Path(tmp), args.threads, args.repeat)
+            rows.append(row)
+            print(f"{name:<12} kiln {row['kiln']['median_ms']:8.2f} ms  ort {row['onnxruntime']['median_ms']:8.2f} ms"
+                  f"  ratio {row['ratio']:.2f}x  match {row['outputs_match']}", flush=True)
+    if not args.no_write:
+        atomic_write(HERE / "RESULTS.md", to_markdown(rows, meta))
+        atomic_write(HERE / "results.json", json.dumps({"meta": meta, "results": rows}, indent=2))
+        print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
