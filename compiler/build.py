@@ -9,6 +9,7 @@ from pathlib import Path
 import tvm
 from tvm import relax, tirx
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.support import cc
 
 from .passes import lowering_passes
@@ -20,17 +21,35 @@ log = logging.getLogger(__name__)
 _SCHEDULED = "tirx.is_scheduled"
 
 
+HEAVY_MFLOP = 1.0  # naive kernels below this are left out of the warning (reshapes, small copies)
+
+
 @dataclass
 class KernelReport:
-    """How each TIR kernel got its schedule: a tuned record, a default rule, or none (naive loops)."""
+    """How each TIR kernel got its schedule: a tuned record, a default rule, or none (naive loops).
+    unscheduled_mflop holds the estimated work of each naive kernel (None where shapes are symbolic)."""
 
     tuned: list[str] = field(default_factory=list)
     default_rule: list[str] = field(default_factory=list)
     unscheduled: list[str] = field(default_factory=list)
+    unscheduled_mflop: dict[str, float | None] = field(default_factory=dict)
+
+    def heavy(self) -> list[tuple[str, float | None]]:
+        """Naive kernels worth a warning, heaviest first: at least HEAVY_MFLOP, or of unknown size."""
+        found = [(k, f) for k, f in self.unscheduled_mflop.items() if f is None or f >= HEAVY_MFLOP]
+        return sorted(found, key=lambda item: -(item[1] or float("inf")))
 
     def to_json(self) -> dict:
         return {"tuned": len(self.tuned), "default_rule": len(self.default_rule),
-                "unscheduled": len(self.unscheduled), "unscheduled_kernels": self.unscheduled}
+                "unscheduled": len(self.unscheduled), "unscheduled_kernels": self.unscheduled,
+                "heavy_unscheduled": [{"kernel": k, "mflop": f} for k, f in self.heavy()]}
+
+
+def _mflop(func: tirx.PrimFunc) -> float | None:
+    try:
+        return round(estimate_tir_flops(tvm.IRModule({"main": func})) / 1e6, 3)
+    except Exception:  # noqa: BLE001 - symbolic shapes and opaque calls have no estimate; report it as unknown
+        return None
 
 
 def _scheduled(mod: tvm.IRModule) -> set[str]:
@@ -52,10 +71,9 @@ def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int)
         done = dl.ApplyDefaultSchedule(*default_rules(lanes))(tuned_mod)
     by_rule = _scheduled(done) - tuned
     kernels = _kernels(done)
-    report = KernelReport(
-        tuned=sorted(tuned), default_rule=sorted(by_rule),
-        unscheduled=[k for k in kernels if k not in tuned and k not in by_rule],
-    )
+    unscheduled = [k for k in kernels if k not in tuned and k not in by_rule]
+    report = KernelReport(tuned=sorted(tuned), default_rule=sorted(by_rule), unscheduled=unscheduled,
+                          unscheduled_mflop={k: _mflop(mod[k]) for k in unscheduled})
     return done, report
 
 

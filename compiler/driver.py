@@ -89,6 +89,12 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
         f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
         f"({len(kernels.tuned)} tuned); building for {preset.name}")
+    heavy = kernels.heavy()
+    if heavy:
+        listed = ", ".join(f"{k} ({'?' if f is None else f'{f:g}'} MFLOP)" for k, f in heavy)
+        log.warning("%d heavy kernel(s) have no schedule and run as naive loops: %s", len(heavy), listed)
+        say(f"warning: {len(heavy)} heavy kernel(s) run as naive loops (no tuned record, no default rule): "
+            f"{listed}")
     outputs = output_specs(mod, [o.name for o in loaded.proto.graph.output])
     executable = build.build_executable(mod, tvm_target)
     manifest = Manifest(

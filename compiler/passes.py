@@ -162,7 +162,10 @@ def graph_passes(layout: str = "NHWC") -> list[tvm.transform.Pass]:
     # Weights are transposed once here and folded; only the model's borders get a transpose.
         *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
           if layout == "NHWC" else []),
-        # Lower to TIR and fuse producers with their consumers.
+        # Lower to TIR and fuse producers with their consumers (sort/scan/sampling ops first, through TVM's
+        # CPU dispatch: LegalizeOps leaves them to it).
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.models import F32, compile_and_check, finish, single_op_model
 
@@ -69,3 +69,17 @@ def test_residual_add_after_conv(tmp_path):
                               [helper.make_tensor_value_info("y", F32, [1, 4, 8, 8])],
                               [numpy_helper.from_array(w(4, 4, 3, 3), "w")])
     compile_and_check(finish(graph), tmp_path)
+
+
+def test_cumsum_goes_through_tvm_scan_dispatch(tmp_path):
+    compile_and_check(single_op_model("CumSum", {"x": [4, 50]}, weights={"a": np.array(1, np.int64)}), tmp_path)
+
+
+def test_topk_goes_through_tvm_sort_dispatch(tmp_path):
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=-1)
+    graph = helper.make_graph([node], "topk", [helper.make_tensor_value_info("x", F32, [3, 20])],
+                              [helper.make_tensor_value_info("values", F32, [3, 5]),
+                               helper.make_tensor_value_info("indices", TensorProto.INT64, [3, 5])],
+                              [numpy_helper.from_array(np.array([5], np.int64), "k")])
+    x = np.random.default_rng(9).permutation(60).reshape(3, 20).astype(np.float32)  # distinct: no ties
+    compile_and_check(finish(graph), tmp_path, inputs={"x": x})

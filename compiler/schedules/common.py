@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+
 from tvm import s_tir, tirx
+from tvm.s_tir.stmt import SBlockRealize
+
+log = logging.getLogger(__name__)
+
+
+def declines_on_schedule_error(apply):
+    """Wrap a rule's apply(): a kernel the rule cannot schedule (a ScheduleError anywhere) is declined (None),
+    so another rule or the naive loops take it and the kernel report says so; a default rule never fails a build."""
+
+    @functools.wraps(apply)
+    def guarded(self, func, target, tunable):
+        try:
+            return apply(self, func, target, tunable)
+        except s_tir.ScheduleError as err:
+            log.debug("%s declined a kernel: %s", type(self).__name__, str(err).splitlines()[0])
+            return None
+
+    return guarded
+
+
+def root_blocks(sch: s_tir.Schedule) -> list | None:
+    """The top-level blocks of the scheduled function, or None when it has no root block (hand-written TIR)."""
+    if not isinstance(sch.mod["main"].body, SBlockRealize):
+        return None
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
 def const_extent(sch: s_tir.Schedule, loop) -> int | None:

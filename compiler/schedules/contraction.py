@@ -17,7 +17,8 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .common import const_extent, schedule_injective, vector_factor, vector_factors
+from .common import (const_extent, declines_on_schedule_error, root_blocks, schedule_injective, vector_factor,
+                     vector_factors)
 
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
 
@@ -103,11 +104,14 @@ class Contraction(ScheduleRule):
         for block in leftover:
             schedule_injective(sch, block, self.lanes)
 
+    @declines_on_schedule_error
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        blocks = root_blocks(sch)
+        if not blocks:
+            return None
         infos = [get_sblock_info(sch, b) for b in blocks]
         reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
         if len(reductions) != 1 or any(not infos[i].is_injective() for i in range(len(infos)) if i != reductions[0]):

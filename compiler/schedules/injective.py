@@ -7,7 +7,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .common import schedule_injective
+from .common import declines_on_schedule_error, root_blocks, schedule_injective
 
 
 class Injective(ScheduleRule):
@@ -16,11 +16,12 @@ class Injective(ScheduleRule):
     def __init__(self, lanes: int):
         self.lanes = lanes
 
+    @declines_on_schedule_error
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        blocks = root_blocks(sch)
         if not blocks or not all(get_sblock_info(sch, b).is_injective() for b in blocks):
             return None
         for block in blocks[:-1]:
@@ -28,6 +29,6 @@ class Injective(ScheduleRule):
                 sch.compute_inline(block)
             except s_tir.ScheduleError:
                 pass  # a block that cannot be inlined keeps its own loop nest, scheduled below
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for block in root_blocks(sch):
             schedule_injective(sch, block, self.lanes)
         return sch

@@ -1,0 +1,88 @@
+"""Kiln's default CPU schedules on awkward shapes: numerically equal to ONNX Runtime, and actually applied."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import compiler
+from compiler.schedules.common import vector_factors
+from compiler.schedules.contraction import register_tile
+from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
+
+R = np.random.default_rng(7)
+
+
+def w(*shape):
+    return (R.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+CONV = {  # name: (input NCHW, weight OIHW, attributes)
+    "odd_13x13_to_1000": ([1, 64, 13, 13], (1000, 64, 1, 1), {}),
+    "odd_channels_17": ([1, 5, 11, 9], (17, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "stride2_even": ([1, 16, 28, 28], (32, 16, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "stride2_odd_input": ([1, 8, 15, 15], (16, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "asymmetric_pad": ([1, 8, 10, 12], (16, 8, 3, 3), {"pads": [0, 1, 2, 1]}),
+    "5x5_no_pad": ([1, 4, 12, 12], (8, 4, 5, 5), {}),
+    "1x1_stride2": ([1, 32, 14, 14], (64, 32, 1, 1), {"strides": [2, 2]}),
+    "depthwise_3x3": ([1, 48, 14, 14], (48, 1, 3, 3), {"group": 48, "pads": [1, 1, 1, 1]}),
+    "depthwise_stride2": ([1, 32, 15, 15], (32, 1, 3, 3), {"group": 32, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "single_pixel": ([1, 256, 1, 1], (10, 256, 1, 1), {}),
+}
+
+MATMUL = {  # name: (a shape, b shape)
+    "gemv_1000": ([1, 512], [512, 1000]),
+    "odd_169x37": ([169, 40], [40, 37]),
+    "tall": ([256, 64], [64, 48]),
+    "batched_attention": ([2, 4, 32, 16], [2, 4, 16, 32]),
+}
+
+
+def _compile(model, tmp_path):
+    path = save(model, tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "k.so")
+    assert_matches_onnxruntime(path, artifact.path)
+    return artifact.manifest.kernels
+
+
+@pytest.mark.parametrize("case", sorted(CONV))
+def test_conv_shapes(case, tmp_path):
+    shape, weight, attrs = CONV[case]
+    kernels = _compile(single_op_model("Conv", {"x": shape}, weights={"w": w(*weight), "b": w(weight[0])}, **attrs),
+                       tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+@pytest.mark.parametrize("case", sorted(MATMUL))
+def test_matmul_shapes(case, tmp_path):
+    a, b = MATMUL[case]
+    kernels = _compile(single_op_model("MatMul", {"a": a}, weights={"b": w(*b)}), tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "count_include_pad": 0}),
+])
+def test_pooling_after_conv(op, attrs, tmp_path):
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])
+    pool = helper.make_node(op, ["c"], ["y"], **attrs)
+    graph = helper.make_graph([conv, pool], "pool", [helper.make_tensor_value_info("x", F32, [1, 3, 13, 13])],
+                              [helper.make_value_info("y", helper.make_tensor_type_proto(TensorProto.FLOAT, None))],
+                              [numpy_helper.from_array(w(16, 3, 3, 3), "w")])
+    kernels = _compile(finish(graph), tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+def test_vector_widths_are_powers_of_two_dividing_the_axis():
+    assert vector_factors(1000, 16) == [8, 4]
+    assert vector_factors(512, 16) == [32, 16, 8, 4]
+    assert vector_factors(10, 16) == [10]
+
+
+def test_register_tile_prefers_exact_divisors_within_the_register_budget():
+    assert register_tile(169, 1000, 16) == (13, 8)  # SqueezeNet's classifier: 13 rows x one half vector
+    assert register_tile(56, 64, 16) == (8, 32)
+    assert register_tile(7, 512, 16) == (7, 32)
+    rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
+    assert rows * -(-vf // 8) <= 12
