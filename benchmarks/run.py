@@ -28,7 +28,7 @@ from runtime.bench import compare
 from .zoo import ZOO
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "bert-mini"]
+DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "bert-mini"]
 
 
 def machine() -> str:

@@ -135,6 +135,46 @@ def squeezenet(size: int = 224, classes: int = 1000, seed: int = 0, batch: int |
     return g.model([inp], {x: [batch, classes]}, "squeezenet")
 
 
+def shufflenet(groups: int = 3, size: int = 224, classes: int = 1000, seed: int = 0,
+               batch: int | str = "N") -> onnx.ModelProto:
+    """ShuffleNet v1: grouped 1x1 convs, channel shuffle (reshape-transpose-reshape), depthwise 3x3, and
+    average-pool shortcuts concatenated on the stride-2 units."""
+    g = GraphBuilder(seed)
+    widths = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}[groups]
+
+    def shuffle(x, c, hw):
+        five = g.weight(np.array([0, groups, c // groups, hw, hw], np.int64), "shape")
+        four = g.weight(np.array([0, c, hw, hw], np.int64), "shape")
+        return g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [x, five])], perm=[0, 2, 1, 3, 4]), four])
+
+    x = g.op("Relu", [g.bn(g.conv("input", 3, 24, 3, stride=2), 24)])
+    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin, hw = 24, size // 4
+    for stage, repeats in enumerate((4, 8, 4)):
+        cout = widths * 2**stage
+        for unit in range(repeats):
+            stride = 2 if unit == 0 else 1
+            first_groups = 1 if stage == 0 and unit == 0 else groups
+            branch_out = cout - cin if stride == 2 else cout
+            mid = cout // 4
+            y = g.op("Relu", [g.bn(g.conv(x, cin, mid, 1, groups=first_groups), mid)])
+            y = shuffle(y, mid, hw)
+            hw = hw // stride
+            y = g.bn(g.conv(y, mid, mid, 3, stride, groups=mid), mid)
+            y = g.bn(g.conv(y, mid, branch_out, 1, groups=groups), branch_out)
+            if stride == 2:
+                pooled = g.op("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+                x = g.op("Relu", [g.op("Concat", [pooled, y], axis=1)])
+            else:
+                x = g.op("Relu", [g.op("Add", [x, y])])
+            cin = cout
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
+    w = (g.rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32)
+    logits = g.op("Gemm", [x, g.weight(w), g.weight(np.zeros(classes, np.float32), "b")], transB=1)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
+    return g.model([inp], {logits: [batch, classes]}, "shufflenet")
+
+
 def mobilenet_v2(width_mult: float = 1.0, size: int = 224, classes: int = 1000, seed: int = 0,
                  batch: int | str = "N") -> onnx.ModelProto:
     """MobileNetV2: inverted residual blocks with depthwise 3x3 convs and ReLU6 (Clip)."""
@@ -209,6 +249,7 @@ ZOO = {
     "resnet50": lambda: resnet_bottleneck(),
     "squeezenet": lambda: squeezenet(),
     "mobilenetv2": lambda: mobilenet_v2(),
+    "shufflenet": lambda: shufflenet(),
     "bert-mini": lambda: bert_encoder(layers=4, hidden=256, heads=4, ffn=1024, seq=128),
 }
 

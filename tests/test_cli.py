@@ -127,13 +127,13 @@ def test_unsupported_ops_exit_code_and_debug_traceback(tmp_path):
 
 
 def test_compile_warns_about_heavy_kernels_without_a_schedule(tmp_path):
-    # A grouped (not depthwise) convolution has no default rule yet: it must not pass silently.
-    w = np.random.default_rng(6).standard_normal((16, 4, 3, 3)).astype(np.float32)
-    path = save(single_op_model("Conv", {"x": [1, 16, 32, 32]}, weights={"w": w}, group=4, pads=[1, 1, 1, 1]),
+    # 3-D max-pooling with stride 2 on the innermost axis has no default rule: it must not pass silently.
+    path = save(single_op_model("MaxPool", {"x": [1, 16, 32, 64, 64]}, kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
                 tmp_path)
-    result = kiln("compile", path, "-o", tmp_path / "grouped.so")
+    result = kiln("compile", path, "-o", tmp_path / "pool3d.so")
     assert result.exit_code == 0, result.output
     assert "warning: 1 heavy kernel(s) run as naive loops" in result.output
-    assert "conv2d (1.18 MFLOP)" in result.output  # 16 x 32 x 32 outputs x 36 MACs x 2
-    manifest = json.loads(kiln("inspect", tmp_path / "grouped.so", "--json").stdout)["manifest"]
-    assert manifest["kernels"]["heavy_unscheduled"] == [{"kernel": "conv2d", "mflop": 1.18}]
+    assert "max_pool3d (" in result.output
+    manifest = json.loads(kiln("inspect", tmp_path / "pool3d.so", "--json").stdout)["manifest"]
+    heavy = manifest["kernels"]["heavy_unscheduled"]
+    assert [h["kernel"] for h in heavy] == ["max_pool3d"] and heavy[0]["mflop"] >= 1.0

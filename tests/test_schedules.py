@@ -86,3 +86,11 @@ def test_register_tile_prefers_exact_divisors_within_the_register_budget():
     assert register_tile(7, 512, 16) == (7, 32)
     rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
     assert rows * -(-vf // 8) <= 12
+
+
+@pytest.mark.parametrize("groups, cin, cout", [(3, 24, 48), (4, 32, 32), (8, 64, 128)])
+def test_grouped_conv_is_split_per_group(groups, cin, cout, tmp_path):
+    model = single_op_model("Conv", {"x": [1, cin, 14, 14]}, weights={"w": w(cout, cin // groups, 3, 3)},
+                            group=groups, pads=[1, 1, 1, 1])
+    kernels = _compile(model, tmp_path)
+    assert kernels["unscheduled"] == 0, kernels

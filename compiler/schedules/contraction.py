@@ -24,24 +24,48 @@ SMALL_REDUCTION = 32  # reduction terms per output below which padding is inline
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
 
 
-def _uses(expr, var: tirx.Var) -> bool:
-    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+def _uses(expr, var: tirx.Var, group: int | None = None) -> bool:
+    """True when EXPR uses VAR other than inside VAR // GROUP (which is the same for every lane of a vector
+    whose width divides GROUP)."""
+    if isinstance(expr, tirx.Var):
+        return expr.same_as(var)
+    if group and isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) and expr.a.same_as(var) \
+            and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group:
+        return False
+    children = [getattr(expr, name, None) for name in ("a", "b", "value")]
+    children += list(getattr(expr, "args", []) or [])
+    return any(_uses(child, var, group) for child in children if isinstance(child, tvm.ir.expr.Expr))
 
 
-def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var) -> bool:
+def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None = None) -> bool:
     """True when every buffer access either steps with VEC_VAR in its last index (contiguous: the index is
-    VEC_VAR plus terms free of it, as in a depthwise conv's `c + rc`) or does not use it at all (broadcast)."""
+    VEC_VAR plus terms free of it, as in a depthwise conv's `c + rc`) or does not use it at all (broadcast).
+    In a grouped convolution the input's `ff // GROUP * C + rc` counts as free of ff (see _uses)."""
     analyzer = tvm.sym.Analyzer()
+    for iv in block.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
     for region in list(block.reads) + list(block.writes):
         if not region.region:
             continue
-        last = region.region[-1].min
-        if _uses(last, vec_var):
-            if _uses(analyzer.simplify(last - vec_var), vec_var):
+        last = analyzer.simplify(region.region[-1].min)
+        if _uses(last, vec_var, group):
+            if _uses(analyzer.simplify(last - vec_var), vec_var, group):
                 return False
-        elif any(_uses(r.min, vec_var) for r in region.region):
+        elif any(_uses(analyzer.simplify(r.min), vec_var, group) for r in region.region):
             return False
     return True
+
+
+def _group_size(expr, var: tirx.Var) -> int | None:
+    """K when EXPR contains VAR // K (a grouped convolution's `ff // K * C + rc`), else None."""
+    if isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) and expr.a.same_as(var) \
+            and isinstance(expr.b, tirx.IntImm):
+        return int(expr.b)
+    for child in (getattr(expr, "a", None), getattr(expr, "b", None)):
+        found = _group_size(child, var) if child is not None else None
+        if found:
+            return found
+    return None
 
 
 def _is_copy(block: tirx.SBlock) -> bool:
@@ -56,14 +80,15 @@ def _output_rows(sch: s_tir.Schedule, loops: list) -> int:
     return total
 
 
-def register_tile(rows: int | None, cols: int, lanes: int) -> tuple[int, int]:
+def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = None) -> tuple[int, int]:
     """(row tile, vector width) of the register tile, the pair with the most accumulators that fits the vector
     registers: exact divisors of ROWS first; a guarded tile (last one partly empty) only when no divisor of 4 or
     more fits. Measured on SqueezeNet's 169x1000 classifier: 13 x 8 ran in 0.98 ms, 8 x 8 guarded in 2.2 ms,
-    1 x 40 in 6.2 ms."""
+    1 x 40 in 6.2 ms. With GROUP (a grouped convolution's channels per group) the vector width divides it, so a
+    vector never spans two groups."""
     budget = MAX_ACCUMULATORS if lanes >= 16 else 12
     best = (0.0, 1, vector_factor(cols, lanes))
-    for vf in vector_factors(cols, lanes):
+    for vf in vector_factors(group or cols, lanes):
         regs = -(-vf // lanes)
         limit = max(1, budget // regs)
         if rows is None:
@@ -123,7 +148,9 @@ class Contraction(ScheduleRule):
         if n_spatial == 0 or any(k != tirx.IterVar.CommReduce for k in kinds[n_spatial:]):
             return None
         vec_var = sch.get(main).iter_vars[n_spatial - 1].var
-        if not _innermost_index_ok(sch.get(main), vec_var):
+        group = next((k for r in sch.get(main).reads for rng in r.region if (k := _group_size(rng.min, vec_var))),
+                     None)
+        if not _innermost_index_ok(sch.get(main), vec_var, group):
             return None
         loops = sch.get_loops(main)
         if len(loops) != len(kinds):
@@ -148,7 +175,7 @@ class Contraction(ScheduleRule):
 
         weights_first = cols > _output_rows(sch, spatial[:-1])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
-        rn, vf = register_tile(rows, cols, self.lanes)
+        rn, vf = register_tile(rows, cols, self.lanes, group)
         col_outer, col_inner = sch.split(spatial[-1], [None, vf])
         if rows is not None:
             row_outer, row_inner = sch.split(spatial[-2], [None, rn])
