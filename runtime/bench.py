@@ -15,6 +15,9 @@ import numpy as np
 
 from .artifact import TensorSpec
 
+# Both runtimes' worker threads spin for a while after their last task; a pause between the engines' blocks lets
+# them go idle, so neither engine is timed while the other's pool still burns the cores.
+_SETTLE_S = 0.2
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -162,7 +165,9 @@ def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup
     kiln_runs, ort_runs = [], []
     for _ in range(2):
         kiln_runs.append(measure(lambda: model.run(feeds), half, warmup))
+        time.sleep(_SETTLE_S)
         ort_runs.append(measure(lambda: session.run(output_names, feeds), half, warmup))
+        time.sleep(_SETTLE_S)
     kiln, ort = _merge(kiln_runs), _merge(ort_runs)
     return Comparison(kiln.summary(batch), ort.summary(batch), round(kiln.median_ms / ort.median_ms, 3), ok, error)
 
