@@ -58,6 +58,17 @@ class GraphBuilder:
         b = (self.rng.standard_normal(cout) * 0.02).astype(np.float32)
         return self.op("Add", [self.op("MatMul", [x, self.weight(w)]), self.weight(b, "b")])
 
+    def classifier(self, x: str, channels: int, classes: int) -> str:
+        """Global average pool, flatten, fully connected layer to CLASSES logits."""
+        x = self.op("Flatten", [self.op("GlobalAveragePool", [x])], axis=1)
+        w = (self.rng.standard_normal((classes, channels)) / np.sqrt(channels)).astype(np.float32)
+        return self.op("Gemm", [x, self.weight(w), self.weight(np.zeros(classes, np.float32), "b")], transB=1)
+
+    def image_model(self, logits: str, batch: int | str, size: int, classes: int, name: str) -> onnx.ModelProto:
+        """The model with one NCHW image input called 'input' and LOGITS as its output."""
+        inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
+        return self.model([inp], {logits: [batch, classes]}, name)
+
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: dict[str, list], name: str) -> onnx.ModelProto:
         outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape) for o, shape in outputs.items()]
         graph = helper.make_graph(self.nodes, name, inputs, outs, self.inits)
@@ -68,48 +79,28 @@ class GraphBuilder:
 
 
 def resnet(depths=(2, 2, 2, 2), width: int = 64, size: int = 224, classes: int = 1000, seed: int = 0,
-           batch: int | str = "N") -> onnx.ModelProto:
-    """A ResNet with basic blocks (ResNet-18 by default): conv+BN+ReLU stem, max-pool, residual stages, GAP, FC."""
+           batch: int | str = "N", bottleneck: bool = False) -> onnx.ModelProto:
+    """A ResNet: conv+BN+ReLU stem, max-pool, residual stages, GAP, FC. Basic blocks (ResNet-18/34) by default;
+    bottleneck blocks (1x1 reduce, 3x3, 1x1 expand x4: ResNet-50) with BOTTLENECK."""
     g = GraphBuilder(seed)
     x = g.op("Relu", [g.bn(g.conv("input", 3, width, 7, stride=2), width)])
     x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     cin = width
     for stage, blocks in enumerate(depths):
-        cout = width * 2**stage
+        mid = width * 2**stage
+        cout = mid * 4 if bottleneck else mid
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1
-            y = g.op("Relu", [g.bn(g.conv(x, cin, cout, 3, stride), cout)])
-            y = g.bn(g.conv(y, cout, cout, 3), cout)
+            if bottleneck:
+                y = g.op("Relu", [g.bn(g.conv(x, cin, mid, 1), mid)])
+                y = g.op("Relu", [g.bn(g.conv(y, mid, mid, 3, stride), mid)])
+                y = g.bn(g.conv(y, mid, cout, 1), cout)
+            else:
+                y = g.op("Relu", [g.bn(g.conv(x, cin, cout, 3, stride), cout)])
+                y = g.bn(g.conv(y, cout, cout, 3), cout)
             shortcut = g.bn(g.conv(x, cin, cout, 1, stride), cout) if stride != 1 or cin != cout else x
             x, cin = g.op("Relu", [g.op("Add", [y, shortcut])]), cout
-    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
-    w = (g.rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32)
-    logits = g.op("Gemm", [x, g.weight(w), g.weight(np.zeros(classes, np.float32), "b")], transB=1)
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
-    return g.model([inp], {logits: [batch, classes]}, "resnet")
-
-
-def resnet_bottleneck(depths=(3, 4, 6, 3), width: int = 64, size: int = 224, classes: int = 1000, seed: int = 0,
-                      batch: int | str = "N") -> onnx.ModelProto:
-    """A ResNet with bottleneck blocks (ResNet-50 by default): 1x1 reduce, 3x3, 1x1 expand (x4), projection."""
-    g = GraphBuilder(seed)
-    x = g.op("Relu", [g.bn(g.conv("input", 3, width, 7, stride=2), width)])
-    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    cin = width
-    for stage, blocks in enumerate(depths):
-        mid, cout = width * 2**stage, width * 2**stage * 4
-        for block in range(blocks):
-            stride = 2 if stage > 0 and block == 0 else 1
-            y = g.op("Relu", [g.bn(g.conv(x, cin, mid, 1), mid)])
-            y = g.op("Relu", [g.bn(g.conv(y, mid, mid, 3, stride), mid)])
-            y = g.bn(g.conv(y, mid, cout, 1), cout)
-            shortcut = g.bn(g.conv(x, cin, cout, 1, stride), cout) if stride != 1 or cin != cout else x
-            x, cin = g.op("Relu", [g.op("Add", [y, shortcut])]), cout
-    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
-    w = (g.rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32)
-    logits = g.op("Gemm", [x, g.weight(w), g.weight(np.zeros(classes, np.float32), "b")], transB=1)
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
-    return g.model([inp], {logits: [batch, classes]}, "resnet_bottleneck")
+    return g.image_model(g.classifier(x, cin, classes), batch, size, classes, "resnet")
 
 
 def squeezenet(size: int = 224, classes: int = 1000, seed: int = 0, batch: int | str = "N") -> onnx.ModelProto:
@@ -131,8 +122,7 @@ def squeezenet(size: int = 224, classes: int = 1000, seed: int = 0, batch: int |
     x = pool(fire(fire(x, 128, 32, 128), 256, 32, 128))
     x = fire(fire(fire(fire(x, 256, 48, 192), 384, 48, 192), 384, 64, 256), 512, 64, 256)
     x = g.op("Flatten", [g.op("GlobalAveragePool", [conv_relu(x, 512, classes, 1)])], axis=1)
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
-    return g.model([inp], {x: [batch, classes]}, "squeezenet")
+    return g.image_model(x, batch, size, classes, "squeezenet")
 
 
 def shufflenet(groups: int = 3, size: int = 224, classes: int = 1000, seed: int = 0,
@@ -168,11 +158,7 @@ def shufflenet(groups: int = 3, size: int = 224, classes: int = 1000, seed: int 
             else:
                 x = g.op("Relu", [g.op("Add", [x, y])])
             cin = cout
-    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
-    w = (g.rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32)
-    logits = g.op("Gemm", [x, g.weight(w), g.weight(np.zeros(classes, np.float32), "b")], transB=1)
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
-    return g.model([inp], {logits: [batch, classes]}, "shufflenet")
+    return g.image_model(g.classifier(x, cin, classes), batch, size, classes, "shufflenet")
 
 
 def mobilenet_v2(width_mult: float = 1.0, size: int = 224, classes: int = 1000, seed: int = 0,
@@ -203,11 +189,7 @@ def mobilenet_v2(width_mult: float = 1.0, size: int = 224, classes: int = 1000, 
             x, cin = (g.op("Add", [x, y]) if stride == 1 and cin == cout else y), cout
     last = ch(1280) if width_mult > 1 else 1280
     x = conv_bn(x, cin, last, 1)
-    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
-    w = (g.rng.standard_normal((classes, last)) / np.sqrt(last)).astype(np.float32)
-    logits = g.op("Gemm", [x, g.weight(w), g.weight(np.zeros(classes, np.float32), "b")], transB=1)
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])
-    return g.model([inp], {logits: [batch, classes]}, "mobilenet_v2")
+    return g.image_model(g.classifier(x, last, classes), batch, size, classes, "mobilenet_v2")
 
 
 def bert_encoder(layers: int = 2, hidden: int = 256, heads: int = 4, ffn: int = 1024, seq: int | str = 128,
@@ -246,7 +228,7 @@ def bert_encoder(layers: int = 2, hidden: int = 256, heads: int = 4, ffn: int = 
 ZOO = {
     "resnet18": lambda: resnet((2, 2, 2, 2)),
     "resnet34": lambda: resnet((3, 4, 6, 3)),
-    "resnet50": lambda: resnet_bottleneck(),
+    "resnet50": lambda: resnet((3, 4, 6, 3), bottleneck=True),
     "squeezenet": lambda: squeezenet(),
     "mobilenetv2": lambda: mobilenet_v2(),
     "shufflenet": lambda: shufflenet(),

@@ -78,14 +78,19 @@ class _BatchNormFolder(PyExprMutator):
         return relax.Tuple([folded, stats[2], stats[3]])
 
 
+def _rewrite_relax_functions(mod: tvm.IRModule, mutator_class) -> tvm.IRModule:
+    """Run a PyExprMutator over every Relax function of MOD and return the rewritten module."""
+    mutator = mutator_class(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 @tvm.transform.module_pass(opt_level=0, name="kiln.FoldBatchNorm")
 def fold_batch_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Fold inference batch-norms into the conv2d / matmul (with constant weights) that feeds them."""
-    folder = _BatchNormFolder(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            folder.builder_.update_func(gvar, folder.visit_expr(func))
-    return folder.builder_.get()
+    return _rewrite_relax_functions(mod, _BatchNormFolder)
 
 
 _CLAMPS = {"Max": "lower", "Min": "upper"}
@@ -139,11 +144,7 @@ class _ClampRaiser(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="kiln.RaiseClamps")
 def raise_clamps(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Turn the importer's TIR max/min-with-a-scalar kernels (ONNX Clip, ReLU6) back into Relax ops."""
-    raiser = _ClampRaiser(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            raiser.builder_.update_func(gvar, raiser.visit_expr(func))
-    return raiser.builder_.get()
+    return _rewrite_relax_functions(mod, _ClampRaiser)
 
 
 def graph_passes(layout: str = "NHWC") -> list[tvm.transform.Pass]:

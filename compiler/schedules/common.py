@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.stmt import SBlockRealize
+from tvm.target import Target
 
 log = logging.getLogger(__name__)
 
 
-def declines_on_schedule_error(apply):
-    """Wrap a rule's apply(): a kernel the rule cannot schedule (a ScheduleError anywhere) is declined (None),
-    so another rule or the naive loops take it and the kernel report says so; a default rule never fails a build."""
+class KilnRule(ScheduleRule):
+    """Base of Kiln's CPU rules: opens a schedule on an llvm kernel and hands its top-level blocks to
+    schedule(); a kernel the rule cannot schedule (ScheduleError anywhere) is declined, so another rule or the
+    naive loops take it and the kernel report says so: a default rule never fails a build."""
 
-    @functools.wraps(apply)
-    def guarded(self, func, target, tunable):
+    def __init__(self, lanes: int):
+        self.lanes = lanes  # fp32 vector width of the target
+
+    def apply(self, func, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
         try:
-            return apply(self, func, target, tunable)
+            blocks = root_blocks(sch)
+            return self.schedule(sch, blocks) if blocks else None
         except s_tir.ScheduleError as err:
             log.debug("%s declined a kernel: %s", type(self).__name__, str(err).splitlines()[0])
             return None
 
-    return guarded
+    def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
+        """Schedule the kernel in SCH (top-level BLOCKS); None when this rule does not fit it."""
+        raise NotImplementedError
 
 
 def root_blocks(sch: s_tir.Schedule) -> list | None:

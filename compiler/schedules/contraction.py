@@ -14,11 +14,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
 
-from .common import (const_extent, declines_on_schedule_error, root_blocks, schedule_injective, vector_factor,
-                     vector_factors)
+from .common import KilnRule, const_extent, schedule_injective, vector_factor, vector_factors
 
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
@@ -102,11 +99,8 @@ def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = N
     return best[1], best[2]
 
 
-class Contraction(ScheduleRule):
+class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
-
-    def __init__(self, lanes: int):
-        self.lanes = lanes
 
     def _fuse_epilogue(self, sch: s_tir.Schedule, epilogue: list) -> None:
         """Fold the elementwise tail into the write-back of the register tile.
@@ -130,14 +124,7 @@ class Contraction(ScheduleRule):
         for block in leftover:
             schedule_injective(sch, block, self.lanes)
 
-    @declines_on_schedule_error
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        blocks = root_blocks(sch)
-        if not blocks:
-            return None
+    def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         infos = [get_sblock_info(sch, b) for b in blocks]
         reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
         if len(reductions) != 1 or any(not infos[i].is_injective() for i in range(len(infos)) if i != reductions[0]):
