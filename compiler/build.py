@@ -77,6 +77,30 @@ def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int)
     return done, report
 
 
+def _arg_spec(ty) -> dict | None:
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = [int(d) if isinstance(d, tirx.IntImm) else str(d) for d in ty.shape.values]
+    return {"shape": dims, "dtype": str(ty.dtype)}
+
+
+def kernel_calls(mod: tvm.IRModule) -> list[dict]:
+    """Each TIR kernel `main` calls, in order, with the shapes and dtypes of its arguments (inputs, then
+    outputs; symbolic dims by name): what `kiln run --profile` needs to time the kernels of an artifact."""
+    calls = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+            args = list(expr.args[1].fields) if isinstance(expr.args[1], relax.Tuple) else []
+            outs = expr.ty.fields if isinstance(expr.ty, relax.TupleType) else [expr.ty]
+            specs = [_arg_spec(a.ty) for a in args] + [_arg_spec(o) for o in outs]
+            if all(specs):
+                calls.append({"kernel": expr.args[0].name_hint, "args": specs})
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return calls
+
+
 def lowering_context() -> tvm.transform.PassContext:
     """PassContext for TIR lowering: loops whose tile does not divide their extent are split into a main part
     without guards and a tail, so the register tile of the main part stays branch-free."""

@@ -96,7 +96,8 @@ def _read_inputs(specs, pairs: tuple[str, ...], random: bool) -> dict:
 @click.option("--random", is_flag=True, help="Use seeded random inputs.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write all outputs to this .npz.")
 @click.option("--threads", type=int, help="Worker threads (default: all cores).")
-def run_cmd(artifact, inputs, random, output, threads):
+@click.option("--profile", is_flag=True, help="Also time each fused kernel alone and list the top 10 by share.")
+def run_cmd(artifact, inputs, random, output, threads, profile):
     """Run ARTIFACT on inputs from .npy/.npz files (or --random) and summarise or save the outputs."""
     import io  # noqa: PLC0415
 
@@ -104,7 +105,10 @@ def run_cmd(artifact, inputs, random, output, threads):
     from runtime.atomic import atomic_write  # noqa: PLC0415
 
     model = runtime.load(artifact, threads=threads)
-    results = model.run(_read_inputs(model.inputs, inputs, random))
+    feeds = _read_inputs(model.inputs, inputs, random)
+    results = model.run(feeds)
+    if profile:
+        _print_profile(model, feeds)
     if output:
         buffer = io.BytesIO()
         np.savez(buffer, **results)
@@ -115,6 +119,19 @@ def run_cmd(artifact, inputs, random, output, threads):
         flat = value.reshape(-1)
         click.echo(f"{name}: {value.dtype}[{'x'.join(map(str, value.shape))}] min {flat.min():.6g} "
                    f"max {flat.max():.6g} mean {flat.mean():.6g} first {np.array2string(flat[:5], precision=4)}")
+
+
+def _print_profile(model, feeds: dict) -> None:
+    from runtime.profile import profile_kernels  # noqa: PLC0415
+
+    dims = {d: size for spec in model.inputs for d, size in zip(spec.shape, np.shape(feeds[spec.name]))
+            if isinstance(d, str)}
+    times = profile_kernels(model, dims)
+    total = sum(t.ms_per_run for t in times)
+    click.echo(f"kernels: {len(times)}, {total:.3f} ms summed (each timed alone, warm); top 10:")
+    click.echo(f"{'share':>6} {'ms/run':>8} {'calls':>5}  kernel")
+    for t in times[:10]:
+        click.echo(f"{t.share:>6.1%} {t.ms_per_run:>8.3f} {t.calls:>5}  {t.kernel}")
 
 
 @main.command("inspect")

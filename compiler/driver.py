@@ -112,7 +112,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
                 "records": len(database.get_all_tuning_records()) if database else 0,
                 "tasks_tuned": len(kernels.tuned),
                 "tasks_default": len(kernels.default_rule) + len(kernels.unscheduled)},
-        kernels=kernels.to_json(),
+        kernels={**kernels.to_json(), "calls": build.kernel_calls(mod)},
         tvm_version=tvm.__version__,
         kiln_version=runtime.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

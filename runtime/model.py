@@ -17,9 +17,10 @@ _POOLED_ALLOCATOR = 2
 class Model:
     """A loaded artifact. `run({name: array}) -> {name: array}`; `model(*arrays)` returns one array per output."""
 
-    def __init__(self, path: Path, manifest: Manifest, vm):
+    def __init__(self, path: Path, manifest: Manifest, library, vm):
         self.path = path
         self.manifest = manifest
+        self.library = library
         self._vm = vm
         self._main = vm["main"]
 
@@ -109,4 +110,4 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         raise KilnError(f"{path}: the library could not be loaded ({type(err).__name__}: {err})".splitlines()[0],
                         "rebuild it with `kiln compile` for this machine") from None
     vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
-    return Model(path, manifest, vm)
+    return Model(path, manifest, lib, vm)

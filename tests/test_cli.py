@@ -137,3 +137,15 @@ def test_compile_warns_about_heavy_kernels_without_a_schedule(tmp_path):
     manifest = json.loads(kiln("inspect", tmp_path / "pool3d.so", "--json").stdout)["manifest"]
     heavy = manifest["kernels"]["heavy_unscheduled"]
     assert [h["kernel"] for h in heavy] == ["max_pool3d"] and heavy[0]["mflop"] >= 1.0
+
+
+def test_run_profile_lists_kernels_by_share(artifact):
+    result = kiln("run", artifact, "--random", "--profile")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("kernels: ") and "ms summed" in lines[0]
+    rows = [line.split() for line in lines[2:] if line.strip().endswith(tuple("0123456789_abcdefghijklmnopqrstuvwxyz"))
+            and "%" in line]
+    assert rows and any("conv2d" in row[-1] for row in rows)
+    shares = [float(row[0].rstrip("%")) for row in rows]
+    assert shares == sorted(shares, reverse=True) and 99.0 <= sum(shares) <= 101.0
