@@ -101,16 +101,18 @@ def kernel_calls(mod: tvm.IRModule) -> list[dict]:
     return calls
 
 
-def lowering_context() -> tvm.transform.PassContext:
+def lowering_context(instruments: list | None = None) -> tvm.transform.PassContext:
     """PassContext for TIR lowering: loops whose tile does not divide their extent are split into a main part
     without guards and a tail, so the register tile of the main part stays branch-free."""
-    return tvm.transform.PassContext(opt_level=3, config={"s_tir.LoopPartition": {"partition_const_loop": True}})
+    return tvm.transform.PassContext(opt_level=3, config={"s_tir.LoopPartition": {"partition_const_loop": True}},
+                                     instruments=instruments)
 
 
-def build_executable(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """Lower the scheduled module to VM code and machine code."""
+def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
+                     instruments: list | None = None) -> relax.VMExecutable:
+    """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing)."""
     pipeline = tvm.transform.Sequential(lowering_passes(target), name="kiln.lower")
-    with lowering_context():
+    with lowering_context(instruments):
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 

@@ -61,13 +61,23 @@ def _progress(message: str) -> None:
 @click.option("--tuning-log", metavar="DIR|none", help="Tuning database folder (default tuning_logs/TARGET).")
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NHWC", show_default=True,
               help="Convolution layout: NHWC suits Kiln's CPU schedules; NCHW keeps the model's.")
-def compile_cmd(model, target, output, input_shape, tuning_log, layout):
+@click.option("--dump", "dump", nargs=2, metavar="KINDS DIR",
+              help="Write intermediate forms (comma list of relax,tir,ll,asm) into DIR.")
+@click.option("--pass-times", is_flag=True, help="Print the time each compiler pass took.")
+def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pass_times):
     """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
     from . import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light
+    from .dump import parse_kinds  # noqa: PLC0415
 
+    kinds, dump_dir = (parse_kinds(dump[0]), dump[1]) if dump else ((), None)
     artifact = driver.compile(model, target=target, output=output,
                               input_shapes=frontend.parse_shape_overrides(input_shape),
-                              tuning_log=tuning_log, layout=layout, progress=_progress)
+                              tuning_log=tuning_log, layout=layout, progress=_progress,
+                              dump_dir=dump_dir, dump_kinds=kinds, pass_times=pass_times)
+    if artifact.pass_times:
+        click.echo(artifact.pass_times)
+    for path in artifact.dumped:
+        click.echo(f"dumped {path}")
     m = artifact.manifest
     click.echo(f"wrote {artifact.path} ({artifact.size_mb:.1f} MB, target {m.target}, "
                f"{m.compile_seconds:.1f} s, {m.kernels['unscheduled']} kernel(s) on naive schedules)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -16,7 +16,10 @@ from tvm import relax, tirx
 import runtime
 from runtime.artifact import Manifest, TensorSpec, write_artifact
 
+from tvm.ir.instrument import PassTimingInstrument
+
 from . import build, frontend, passes, tuning
+from .dump import KINDS, Dumper
 from .targets import TargetPreset, get_target
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,12 @@ Progress = Callable[[str], None]
 
 @dataclass
 class Artifact:
-    """A compiled model on disk."""
+    """A compiled model on disk; pass_times holds TVM's per-pass timing table when it was asked for."""
 
     path: Path
     manifest: Manifest
+    pass_times: str | None = None
+    dumped: list[Path] = field(default_factory=list)
 
     @property
     def size_mb(self) -> float:
@@ -63,12 +68,17 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     tuning_log: str | Path | None = None,
     layout: str = "NHWC",
     progress: Progress | None = None,
+    dump_dir: str | Path | None = None,
+    dump_kinds: tuple[str, ...] = KINDS,
+    pass_times: bool = False,
 ) -> Artifact:
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
     input_shapes fixes symbolic input dims ({name: [dims]}); tuning_log is a tuning database folder, 'none' for
     default schedules only, or None for tuning_logs/TARGET; layout 'NHWC' (the default, which Kiln's CPU schedules are written for) converts
     convolutions to NHWC with HWIO weights once at compile time, 'NCHW' keeps the model's layout.
+    dump_dir receives the intermediate forms named in dump_kinds (relax, tir, ll, asm); pass_times=True fills
+    Artifact.pass_times with TVM's time per pass.
     """
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
@@ -80,12 +90,17 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     mod = frontend.import_relax(loaded)
     graph = passes.graph_passes(layout)
     tvm_target = preset.tvm()
+    dumper = Dumper(dump_dir, dump_kinds)
+    instruments = [PassTimingInstrument()] if pass_times else []
     say(f"optimizing the graph ({len(graph)} passes)")
-    with tvm_target, tvm.transform.PassContext(opt_level=3):
+    with tvm_target, tvm.transform.PassContext(opt_level=3, instruments=instruments):
         mod = tvm.transform.Sequential(graph, name="kiln.graph")(mod)
+        timing = instruments[0].render() if instruments else None
+    dumper.graph(mod)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
     database = tuning.open_database(db_dir) if db_dir else None
     mod, kernels = build.schedule(mod, database, tvm_target, preset.vector_lanes_fp32)
+    dumper.kernels(mod)
     say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
         f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
         f"({len(kernels.tuned)} tuned); building for {preset.name}")
@@ -96,7 +111,11 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         say(f"warning: {len(heavy)} heavy kernel(s) run as naive loops (no tuned record, no default rule): "
             f"{listed}")
     outputs = output_specs(mod, [o.name for o in loaded.proto.graph.output])
-    executable = build.build_executable(mod, tvm_target)
+    lower_timing = [PassTimingInstrument()] if pass_times else []
+    executable = build.build_executable(mod, tvm_target, lower_timing)
+    if lower_timing:
+        timing = f"{timing}\n{lower_timing[0].render()}"
+    dumper.machine_code(executable)
     manifest = Manifest(
         source_model=model.name,
         source_sha256=loaded.sha256,
@@ -122,4 +141,4 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         manifest.compile_seconds = round(time.perf_counter() - started, 2)
         write_artifact(library, manifest, out)
     say(f"wrote {out}")
-    return Artifact(out, manifest)
+    return Artifact(out, manifest, timing, dumper.written)

@@ -7,6 +7,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside PATH; on success it replaces PATH in one rename, on failure it is removed."""
@@ -16,6 +22,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files 0600; give the mode any new file would get
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

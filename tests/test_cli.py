@@ -149,3 +149,23 @@ def test_run_profile_lists_kernels_by_share(artifact):
     assert rows and any("conv2d" in row[-1] for row in rows)
     shares = [float(row[0].rstrip("%")) for row in rows]
     assert shares == sorted(shares, reverse=True) and 99.0 <= sum(shares) <= 101.0
+
+
+def test_compile_dump_and_pass_times(model, tmp_path):
+    out = tmp_path / "dump"
+    result = kiln("compile", model, "-o", tmp_path / "d.so", "--dump", "relax,tir,ll,asm", out, "--pass-times")
+    assert result.exit_code == 0, result.output
+    assert "kiln.FoldBatchNorm:" in result.stdout and "FuseOps:" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["kernels.ll", "kernels.s", "kernels.tir.py", "relax.py"]
+    assert "T.prim_func" in (out / "kernels.tir.py").read_text()
+    assert "define" in (out / "kernels.ll").read_text() and ".text" in (out / "kernels.s").read_text()
+    bad = kiln("compile", model, "--dump", "tir,foo", out)
+    assert bad.exit_code == 1 and "unknown --dump kind(s): foo (use some of relax,tir,ll,asm)" in bad.output
+
+
+def test_written_files_get_the_usual_mode(artifact):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert artifact.stat().st_mode & 0o777 == 0o666 & ~mask
