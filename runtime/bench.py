@@ -18,6 +18,8 @@ from .artifact import TensorSpec
 # Both runtimes' worker threads spin for a while after their last task; a pause between the engines' blocks lets
 # them go idle, so neither engine is timed while the other's pool still burns the cores.
 _SETTLE_S = 0.2
+# Alternating blocks per engine: a slow spell of the shared machine then hits both engines, not one.
+_BLOCKS = 4
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -150,7 +152,7 @@ def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup
             dims: dict[str, int] | None = None, batch: int = 1) -> Comparison:
     """Time the loaded MODEL and (when ONNX_PATH is given) ONNX Runtime on the same seeded inputs.
 
-    The two are timed in alternating blocks so that a change in machine load hits both alike.
+    The two are timed in _BLOCKS alternating blocks each, so that a change in machine load hits both alike.
     """
     feeds = random_inputs(model.inputs, dims)
     ours = model.run(feeds)
@@ -161,12 +163,12 @@ def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup
     output_names = [o.name for o in model.outputs]
     reference = dict(zip(output_names, session.run(output_names, feeds)))
     ok, error = outputs_match(ours, reference)
-    half = max(1, repeat // 2)
+    per_block = max(1, repeat // _BLOCKS)
     kiln_runs, ort_runs = [], []
-    for _ in range(2):
-        kiln_runs.append(measure(lambda: model.run(feeds), half, warmup))
+    for _ in range(_BLOCKS):
+        kiln_runs.append(measure(lambda: model.run(feeds), per_block, warmup))
         time.sleep(_SETTLE_S)
-        ort_runs.append(measure(lambda: session.run(output_names, feeds), half, warmup))
+        ort_runs.append(measure(lambda: session.run(output_names, feeds), per_block, warmup))
         time.sleep(_SETTLE_S)
     kiln, ort = _merge(kiln_runs), _merge(ort_runs)
     return Comparison(kiln.summary(batch), ort.summary(batch), round(kiln.median_ms / ort.median_ms, 3), ok, error)
