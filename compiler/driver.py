@@ -88,7 +88,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     loaded = frontend.load_model(model, input_shapes)
     say(f"importing {model.name} (opset {loaded.opset})")
     mod = frontend.import_relax(loaded)
-    graph = passes.graph_passes(layout)
+    graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
     tvm_target = preset.tvm()
     dumper = Dumper(dump_dir, dump_kinds)
     instruments = [PassTimingInstrument()] if pass_times else []

@@ -147,7 +147,46 @@ def raise_clamps(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return _rewrite_relax_functions(mod, _ClampRaiser)
 
 
-def graph_passes(layout: str = "NHWC") -> list[tvm.transform.Pass]:
+@mutator
+class _ChannelPadder(PyExprMutator):
+    """conv2d (NHWC, HWIO) / matmul with constant weights whose output channels are not a multiple of the vector
+    width: weights padded with zero columns, the output sliced back."""
+
+    lanes = 16
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        name = _op_name(call)
+        if name == "relax.nn.conv2d" and (call.attrs.data_layout, call.attrs.kernel_layout) != ("NHWC", "HWIO"):
+            return call
+        weight = _const(call.args[1]) if name in ("relax.nn.conv2d", "relax.matmul") else None
+        if weight is None or weight.ndim < 2 or (name == "relax.nn.conv2d" and int(call.attrs.groups) != 1):
+            return call
+        cols = weight.shape[-1]
+        padded = -(-cols // self.lanes) * self.lanes
+        if cols % self.lanes == 0 or cols < 2 * self.lanes:
+            return call
+        widths = [(0, 0)] * (weight.ndim - 1) + [(0, padded - cols)]
+        wide = self.builder_.emit(relax.Call(call.op, [call.args[0], relax.const(np.pad(weight, widths))],
+                                             call.attrs))
+        rank = call.ty.ndim
+        return relax.op.strided_slice(wide, axes=[rank - 1], begin=[0], end=[cols])
+
+
+def pad_channels(lanes: int) -> tvm.transform.Pass:
+    """Pad output channels of constant-weight convolutions and matmuls to a multiple of LANES (1000 -> 1008):
+    the register tile then uses full vectors. Measured on SqueezeNet's 169x1000 classifier: half-width vectors
+    ran 2x slower, and a guarded last vector 2.5-10x slower, than full ones."""
+
+    @tvm.transform.module_pass(opt_level=0, name="kiln.PadChannels")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        padder = type("_Padder", (_ChannelPadder,), {"lanes": lanes})
+        return _rewrite_relax_functions(mod, padder)
+
+    return _pass
+
+
+def graph_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pass]:
     """Graph-level passes, from the imported module to fused TIR kernels."""
     return [
         # Simplify the graph while it is still made of high-level ops.
@@ -163,6 +202,8 @@ def graph_passes(layout: str = "NHWC") -> list[tvm.transform.Pass]:
     # Weights are transposed once here and folded; only the model's borders get a transpose.
         *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
           if layout == "NHWC" else []),
+        pad_channels(lanes),
+        relax.transform.FoldConstant(),
         # Lower to TIR and fuse producers with their consumers (sort/scan/sampling ops first, through TVM's
         # CPU dispatch: LegalizeOps leaves them to it).
         relax.backend.DispatchSampling(),

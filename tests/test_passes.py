@@ -138,3 +138,44 @@ def test_relu6_follows_nhwc_without_transposes(tmp_path):
         lowered = tvm.transform.Sequential(graph[: pass_names(graph).index("LegalizeOps")])(mod)
     assert _ops(lowered).count("relax.permute_dims") == 2  # the model's input and output borders only
     compile_and_check(clip_model(), tmp_path)
+
+
+def test_pad_channels_pads_weights_and_slices_back(tmp_path):
+    from compiler.passes import pad_channels
+
+    model = single_conv(cout=1000)
+    mod = from_onnx(model)
+    with tvm.target.Target({"kind": "llvm"}):
+        graph = graph_passes("NHWC")
+        before = tvm.transform.Sequential(graph[: pass_names(graph).index("kiln.PadChannels")])(mod)
+        after = relax.transform.FoldConstant()(pad_channels(16)(before))
+    assert "relax.strided_slice" not in _ops(before) and _ops(after).count("relax.strided_slice") == 1
+    widths = []
+    relax.analysis.post_order_visit(after["main"].body, lambda e: widths.append(int(e.ty.shape.values[-1]))
+                                    if _op_name_of(e) == "relax.nn.conv2d" else None)
+    assert widths == [1008]
+    compile_and_check(model, tmp_path)
+
+
+def test_pad_channels_leaves_vector_multiples_alone():
+    from compiler.passes import pad_channels
+
+    with tvm.target.Target({"kind": "llvm"}):
+        graph = graph_passes("NHWC")
+        before = tvm.transform.Sequential(graph[: pass_names(graph).index("kiln.PadChannels")])(
+            from_onnx(single_conv(cout=64)))
+        after = pad_channels(16)(before)
+    assert "relax.strided_slice" not in _ops(after)
+
+
+def single_conv(cout: int):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", F32, [1, 32, 5, 5])],
+                              [helper.make_tensor_value_info("y", F32, [1, cout, 5, 5])],
+                              [numpy_helper.from_array(R.standard_normal((cout, 32, 1, 1)).astype(np.float32), "w"),
+                               numpy_helper.from_array(R.standard_normal(cout).astype(np.float32), "b")])
+    return finish(graph)
+
+
+def _op_name_of(expr) -> str:
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""

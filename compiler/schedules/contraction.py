@@ -103,12 +103,19 @@ def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = N
 class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
 
-    def _fuse_epilogue(self, sch: s_tir.Schedule, epilogue: list) -> None:
+    def _fuse_epilogue(self, sch: s_tir.Schedule, main, epilogue: list) -> None:
         """Fold the elementwise tail into the write-back of the register tile.
 
         Intermediate tail blocks are inlined forward first (one may feed several others, as in GELU), so only the
         last has to be inlined backwards into the write-back; what cannot be fused gets its own loop nest.
         """
+        out_shape = [str(d) for d in sch.get(main).writes[0].source.shape]
+        if any([str(d) for d in sch.get(b).writes[0].source.shape] != out_shape for b in epilogue):
+            # A tail that changes the shape (the slice after padded channels) would make the tile's write-back
+            # run past the output: it keeps loop nests of its own.
+            for block in epilogue:
+                schedule_injective(sch, block, self.lanes)
+            return
         leftover = []
         for block in epilogue[:-1]:
             try:
@@ -184,7 +191,7 @@ class Contraction(KilnRule):
         sch.parallel(parallel)
 
         write_back = sch.cache_write(main, 0, "local")
-        self._fuse_epilogue(sch, epilogue)
+        self._fuse_epilogue(sch, main, epilogue)
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
         wb_loops = sch.get_loops(write_back)[1:]
         if wb_loops and vf > 1:
