@@ -5,6 +5,7 @@ import pytest
 import compiler
 import runtime
 from benchmarks.zoo import bert_encoder, mobilenet_v2, resnet
+from compiler.targets import all_targets
 from runtime.bench import random_inputs
 from tests.models import assert_matches_onnxruntime, compile_and_check, save
 
@@ -46,3 +47,10 @@ def test_input_shape_fixes_dynamic_batch(tmp_path):
                          ids=["resnet18", "mobilenet_v2", "bert_2layer"])
 def test_full_size_model(build, tmp_path):
     compile_and_check(build(), tmp_path)
+
+
+@pytest.mark.parametrize("target", [t.name for t in all_targets().values() if t.runs_here()])
+def test_every_runnable_preset_compiles_and_matches(target, tmp_path):
+    model = resnet((1, 1, 1, 1), width=16, size=32, classes=10)
+    artifact = compile_and_check(model, tmp_path, target=target)
+    assert runtime.read_manifest(artifact).target == target
