@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +45,26 @@ def machine() -> str:
     return f"{name}, {len(usable_cpus())} cores, {vector}, {platform.system()} {platform.machine()}"
 
 
+_FOOTPRINT_PROBE = """
+import json, sys, time
+start = time.perf_counter()
+import runtime
+from runtime.bench import random_inputs
+model = runtime.load(sys.argv[1])
+model.run(random_inputs(model.inputs))
+seconds = time.perf_counter() - start
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"seconds": seconds, "peak_rss_mb": int(hwm.split()[1]) / 1024}))
+"""
+
+
+def runtime_footprint(artifact: Path) -> dict:
+    """Import + load + first run of ARTIFACT with the thin runtime alone, in a fresh process: seconds, peak RSS."""
+    done = subprocess.run([sys.executable, "-c", _FOOTPRINT_PROBE, str(artifact)], capture_output=True, text=True,
+                          check=True, cwd=HERE.parent)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def bench_model(name: str, folder: Path, threads: int, repeat: int, rounds: int) -> dict:
     """Build, compile (batch 1, no tuning) and time one zoo model beside ONNX Runtime in ROUNDS rounds; the row
     is the round with the median ratio, and every round's ratio is kept."""
@@ -54,11 +75,14 @@ def bench_model(name: str, folder: Path, threads: int, repeat: int, rounds: int)
     started = time.perf_counter()
     artifact = compiler.compile(path, output=folder / f"{name}.so", input_shapes=shapes, tuning_log="none")
     compile_s = time.perf_counter() - started
+    footprint = runtime_footprint(artifact.path)
     loaded = runtime.load(artifact.path, threads=threads)
     results = [compare(loaded, str(path), threads, repeat=repeat).to_json() for _ in range(rounds)]
     ratios = sorted(r["ratio"] for r in results)
     middle = min(results, key=lambda r: abs(r["ratio"] - statistics.median(ratios)))
-    return {"model": name, "compile_s": round(compile_s, 1), **middle, "round_ratios": ratios,
+    return {"model": name, "compile_s": round(compile_s, 1), "artifact_mb": round(artifact.size_mb, 1),
+            "runtime_first_result_s": round(footprint["seconds"], 2),
+            "runtime_peak_rss_mb": round(footprint["peak_rss_mb"]), **middle, "round_ratios": ratios,
             "outputs_match": all(r["outputs_match"] for r in results)}
 
 
@@ -73,11 +97,13 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         "round with the median Kiln / ORT ratio and 'ratio range' the lowest and highest round. 'Outside load' is",
         "the CPU (in cores) other processes used during the timing, read from /proc/stat; blocks above 0.25 cores",
         "were retaken. This machine is shared: whole runs drift by up to 30% with no outside load visible.",
+        "'Runtime start' is a fresh process importing Kiln's runtime alone, loading the artifact and running it once;",
+        "'runtime RSS' is that process's peak resident memory (VmHWM).",
         "Regenerate with `.venv/bin/python -m benchmarks.run`.",
         "",
         "| model | Kiln ms | ORT ms | Kiln / ORT | ratio range | Kiln p90 | ORT p90 | outputs match | outside load "
-        "| compile s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| compile s | artifact MB | runtime start s | runtime RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         k, o = r["kiln"], r["onnxruntime"]
@@ -86,7 +112,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {r['model']} | {k['median_ms']:.2f} | {o['median_ms']:.2f} | {r['ratio']:.2f}x | "
                      f"{lo:.2f}-{hi:.2f} | "
                      f"{k['p90_ms']:.2f} | {o['p90_ms']:.2f} | {'yes' if r['outputs_match'] else 'NO'} | "
-                     f"{load:.2f} | {r['compile_s']:.1f} |")
+                     f"{load:.2f} | {r['compile_s']:.1f} | {r['artifact_mb']:.1f} | {r['runtime_first_result_s']:.2f} | "
+                     f"{r['runtime_peak_rss_mb']} |")
     return "\n".join(lines) + "\n"
 
 
