@@ -83,6 +83,8 @@ def test_vector_widths_are_powers_of_two_dividing_the_axis():
 def test_register_tile_prefers_exact_divisors_within_the_register_budget():
     assert register_tile(169, 1000, 16) == (13, 8)  # SqueezeNet's classifier: 13 rows x one half vector
     assert register_tile(56, 64, 16) == (8, 32)
+    assert register_tile(128, 256, 16) == (16, 16)  # more rows on a tie...
+    assert register_tile(128, 256, 16, aliased_rows=True) == (8, 32)  # ...unless they share cache sets
     assert register_tile(7, 512, 16) == (7, 32)
     rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
     assert rows * -(-vf // 8) <= 12

@@ -18,7 +18,8 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from .common import KilnRule, const_extent, schedule_injective, vector_factor, vector_factors
 
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
-MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
+MAX_ACCUMULATORS = 24
+ALIASED_ROW_LIMIT = 8  # rows whose operand lines share cache sets (4 KB apart); the L1 is 8-12-way  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
 
 
 def _uses(expr, var: tirx.Var, group: int | None = None) -> bool:
@@ -77,27 +78,51 @@ def _output_rows(sch: s_tir.Schedule, loops: list) -> int:
     return total
 
 
-def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = None) -> tuple[int, int]:
-    """(row tile, vector width) of the register tile, the pair with the most accumulators that fits the vector
-    registers, the wider vector on a tie: exact divisors of ROWS first; a guarded tile (last one partly empty)
-    only when no divisor of 4 or more fits. Measured on SqueezeNet's 169x1000 classifier: 13 x 8 ran in 0.98 ms,
-    8 x 8 guarded in 2.2 ms, 1 x 40 in 6.2 ms; on a 128x1024x256 matmul 8 x 32 ran at 223 GFLOP/s and 16 x 16
-    (as many accumulators, but 16 rows 4 KB apart share cache sets) at 108. With GROUP (a grouped convolution's
-    channels per group) the vector width divides it, so a vector never spans two groups."""
+def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = None,
+                  aliased_rows: bool = False) -> tuple[int, int]:
+    """(row tile, vector width) of the register tile: the pair with the most accumulators that fits the vector
+    registers, more rows on a tie; exact divisors of ROWS first, a guarded tile (last one partly empty) only when
+    no divisor of 4 or more fits. Measured: SqueezeNet's 169x1000 classifier ran 13 x 8 in 0.98 ms, 8 x 8 guarded
+    in 2.2 ms, 1 x 40 in 6.2 ms; ResNet-18 with 14 x 16 tiles at 28x28 and 14x14 in 22.5 ms, with 7 x 32 in 25.9.
+    ALIASED_ROWS (the rows of the broadcast operand lie a multiple of 4 KB apart, so they share cache sets) caps
+    the tile at 8 rows: a 128x1024x256 matmul ran 8 x 32 at 223 GFLOP/s and 16 x 16 at 108. With GROUP (a
+    grouped convolution's channels per group) the vector width divides it, so a vector never spans two groups."""
     budget = MAX_ACCUMULATORS if lanes >= 16 else 12
-    best = (0.0, vector_factor(group or cols, lanes), 1)  # (accumulated outputs, vector width, rows)
+    best = (0.0, 1, vector_factor(group or cols, lanes))  # (accumulated outputs, rows, vector width)
     for vf in vector_factors(group or cols, lanes):
-        regs = -(-vf // lanes)
-        limit = max(1, budget // regs)
+        limit = max(1, budget // -(-vf // lanes))
+        if aliased_rows:
+            limit = min(limit, ALIASED_ROW_LIMIT)
         if rows is None:
-            best = max(best, (float(vf), vf, 1))
+            best = max(best, (float(vf), 1, vf))
             continue
         exact = max((d for d in range(1, min(rows, limit) + 1) if rows % d == 0), default=1)
-        best = max(best, (float(exact * vf), vf, exact))
+        best = max(best, (float(exact * vf), exact, vf))
         if exact < 4 and rows > limit:
             guarded = min(8, limit)
-            best = max(best, (0.5 * guarded * vf, vf, guarded))
-    return best[2], best[1]
+            best = max(best, (0.5 * guarded * vf, guarded, vf))
+    return best[1], best[2]
+
+
+def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> bool:
+    """True when a broadcast operand (an input read without VEC_VAR) steps a multiple of 4 KB per row."""
+    for region in block.reads:
+        shape = [d for d in region.source.shape]
+        mins = [r.min for r in region.region]
+        if any(_uses(m, vec_var) for m in mins) or not all(isinstance(d, tirx.IntImm) for d in shape):
+            continue
+        for dim, index in enumerate(mins):
+            if not _uses(index, row_var):
+                continue
+            coeff = tvm.sym.detect_linear_equation(index, [row_var])
+            if coeff and isinstance(coeff[0], tirx.IntImm):
+                inner = 1
+                for d in shape[dim + 1:]:
+                    inner *= int(d)
+                stride = int(coeff[0]) * inner * tvm.runtime.DataType(str(region.source.dtype)).bits // 8
+                if stride and stride % 4096 == 0:
+                    return True
+    return False
 
 
 class Contraction(KilnRule):
@@ -170,7 +195,8 @@ class Contraction(KilnRule):
 
         weights_first = cols > _output_rows(sch, spatial[:-1])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
-        rn, vf = register_tile(rows, cols, self.lanes, group)
+        aliased = n_spatial >= 2 and _rows_alias(sch.get(main), sch.get(main).iter_vars[n_spatial - 2].var, vec_var)
+        rn, vf = register_tile(rows, cols, self.lanes, group, aliased)
         col_outer, col_inner = sch.split(spatial[-1], [None, vf])
         if rows is not None:
             row_outer, row_inner = sch.split(spatial[-2], [None, rn])
