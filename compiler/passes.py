@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -78,9 +80,9 @@ class _BatchNormFolder(PyExprMutator):
         return relax.Tuple([folded, stats[2], stats[3]])
 
 
-def _rewrite_relax_functions(mod: tvm.IRModule, mutator_class) -> tvm.IRModule:
-    """Run a PyExprMutator over every Relax function of MOD and return the rewritten module."""
-    mutator = mutator_class(mod)
+def _rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
+    """Run the PyExprMutator that MAKE_MUTATOR(mod) builds over every Relax function of MOD; return the result."""
+    mutator = make_mutator(mod)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gvar, mutator.visit_expr(func))
@@ -152,7 +154,9 @@ class _ChannelPadder(PyExprMutator):
     """conv2d (NHWC, HWIO) / matmul with constant weights whose output channels are not a multiple of the vector
     width: weights padded with zero columns, the output sliced back."""
 
-    lanes = 16
+    def __init__(self, mod, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -180,8 +184,7 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="kiln.PadChannels")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        padder = type("_Padder", (_ChannelPadder,), {"lanes": lanes})
-        return _rewrite_relax_functions(mod, padder)
+        return _rewrite_relax_functions(mod, functools.partial(_ChannelPadder, lanes=lanes))
 
     return _pass
 
