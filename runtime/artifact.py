@@ -84,30 +84,56 @@ def write_artifact(library: Path, manifest: Manifest, out: Path) -> Path:
     return Path(out)
 
 
-def split_artifact(path: Path) -> tuple[bytes, Manifest]:
-    """(library bytes, manifest) of the artifact at PATH."""
+def _locate(path: Path) -> tuple[int, Manifest]:
+    """(length of the library part, manifest) of the artifact at PATH, reading only its tail."""
     try:
-        blob = path.read_bytes()
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < _TRAILER.size:
+                raise KilnError(f"{path} is not a Kiln artifact (too short)", "build one with `kiln compile`")
+            f.seek(size - _TRAILER.size)
+            length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+            if magic != MAGIC or length > size - _TRAILER.size:
+                raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
+            library_size = size - _TRAILER.size - length
+            f.seek(library_size)
+            text = f.read(length)
     except FileNotFoundError:
         raise KilnError(f"artifact not found: {path}", "check the path, or build one with `kiln compile`") from None
     except IsADirectoryError:
         raise KilnError(f"{path} is a directory, not an artifact", "pass the .so file written by `kiln compile`") from None
-    if len(blob) < _TRAILER.size:
-        raise KilnError(f"{path} is not a Kiln artifact (too short)", "build one with `kiln compile`")
-    length, magic = _TRAILER.unpack(blob[-_TRAILER.size:])
-    if magic != MAGIC or length > len(blob) - _TRAILER.size:
-        raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
-    end = len(blob) - _TRAILER.size
     try:
-        manifest = Manifest.from_json(blob[end - length:end].decode())
+        return library_size, Manifest.from_json(text.decode())
     except (ValueError, TypeError, KeyError) as err:
         raise KilnError(f"{path} has a damaged manifest ({err})", "rebuild it with `kiln compile`") from None
-    return blob[: end - length], manifest
+
+
+def split_artifact(path: Path) -> tuple[bytes, Manifest]:
+    """(library bytes, manifest) of the artifact at PATH."""
+    library_size, manifest = _locate(Path(path))
+    with open(path, "rb") as f:
+        return f.read(library_size), manifest
+
+
+def _library_facts(path: Path, library_size: int) -> tuple[str, bytes]:
+    """(sha256, first 64 bytes) of the library part, hashed in chunks: no copy of the library in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(min(64, library_size))
+        digest.update(head)
+        left = library_size - len(head)
+        while left > 0:
+            chunk = f.read(min(1 << 20, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest(), head
 
 
 def read_manifest(path: str | Path) -> Manifest:
     """Return the manifest of the artifact at PATH without loading its library."""
-    return split_artifact(Path(path))[1]
+    return _locate(Path(path))[1]
 
 
 def host_cpu_features() -> set[str]:
@@ -126,8 +152,9 @@ def host_cpu_features() -> set[str]:
 def verify(path: str | Path) -> Manifest:
     """Check that the artifact at PATH is intact and runs on this machine; return its manifest."""
     path = Path(path)
-    library, manifest = split_artifact(path)
-    if hashlib.sha256(library).hexdigest() != manifest.library_sha256:
+    library_size, manifest = _locate(path)
+    digest, library = _library_facts(path, library_size)
+    if digest != manifest.library_sha256:
         raise KilnError(
             f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",
             "rebuild it with `kiln compile`",
