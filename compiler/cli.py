@@ -153,17 +153,10 @@ def _print_profile(model, feeds: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_cmd(path, as_json):
     """Show an artifact's manifest, or what Kiln makes of an ONNX model before compiling it."""
-    from .report import describe  # noqa: PLC0415
+    from .report import describe, to_text  # noqa: PLC0415
 
     report = describe(path)
-    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else report_text(report))
-
-
-def report_text(report: dict) -> str:
-    """Human-readable form of an inspect report."""
-    from .report import to_text  # noqa: PLC0415
-
-    return to_text(report)
+    click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else to_text(report))
 
 
 @main.command("targets")
