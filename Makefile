@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup demo test test-fast clean
+.PHONY: all setup demo test test-fast bench clean
 
 all: setup
 
@@ -29,6 +29,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) $(MODELS) .pytest_cache
