@@ -99,7 +99,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         "were retaken. This machine is shared: whole runs drift by up to 30% with no outside load visible.",
         "'Runtime start' is a fresh process importing Kiln's runtime alone, loading the artifact and running it once;",
         "'runtime RSS' is that process's peak resident memory (VmHWM).",
-        "Regenerate with `.venv/bin/python -m benchmarks.run`.",
+        "Regenerate with `make bench` (or `.venv/bin/python -m benchmarks.run`).",
         "",
         "| model | Kiln ms | ORT ms | Kiln / ORT | ratio range | Kiln p90 | ORT p90 | outputs match | outside load "
         "| compile s | artifact MB | runtime start s | runtime RSS MB |",
