@@ -13,10 +13,10 @@ from typing import Callable
 import tvm
 from tvm import relax, tirx
 
+from tvm.ir.instrument import PassTimingInstrument
+
 import runtime
 from runtime.artifact import Manifest, TensorSpec, write_artifact
-
-from tvm.ir.instrument import PassTimingInstrument
 
 from . import build, frontend, passes, tuning
 from .dump import KINDS, Dumper
@@ -75,8 +75,9 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
     input_shapes fixes symbolic input dims ({name: [dims]}); tuning_log is a tuning database folder, 'none' for
-    default schedules only, or None for tuning_logs/TARGET; layout 'NHWC' (the default, which Kiln's CPU schedules are written for) converts
-    convolutions to NHWC with HWIO weights once at compile time, 'NCHW' keeps the model's layout.
+    default schedules only, or None for tuning_logs/TARGET; layout 'NHWC' (the default, which Kiln's CPU
+    schedules are written for) converts convolutions to NHWC with HWIO weights once at compile time, 'NCHW'
+    keeps the model's layout.
     dump_dir receives the intermediate forms named in dump_kinds (relax, tir, ll, asm); pass_times=True fills
     Artifact.pass_times with TVM's time per pass.
     """

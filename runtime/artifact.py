@@ -101,7 +101,8 @@ def _locate(path: Path) -> tuple[int, Manifest]:
     except FileNotFoundError:
         raise KilnError(f"artifact not found: {path}", "check the path, or build one with `kiln compile`") from None
     except IsADirectoryError:
-        raise KilnError(f"{path} is a directory, not an artifact", "pass the .so file written by `kiln compile`") from None
+        raise KilnError(f"{path} is a directory, not an artifact",
+                        "pass the .so file written by `kiln compile`") from None
     try:
         return library_size, Manifest.from_json(text.decode())
     except (ValueError, TypeError, KeyError) as err:
@@ -159,7 +160,8 @@ def verify(path: str | Path) -> Manifest:
             f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",
             "rebuild it with `kiln compile`",
         )
-    elf_arch = ELF_MACHINES.get(struct.unpack_from("<H", library, 18)[0], "unknown") if library[:4] == b"\x7fELF" else "unknown"
+    is_elf = library[:4] == b"\x7fELF" and len(library) >= 20
+    elf_arch = ELF_MACHINES.get(struct.unpack_from("<H", library, 18)[0], "unknown") if is_elf else "unknown"
     host = platform.machine()
     if elf_arch != host:
         raise KilnError(

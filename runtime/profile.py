@@ -30,6 +30,8 @@ class KernelTime:
 
 
 def _arg(spec: dict, dims: dict[str, int], rng: np.random.Generator):
+    # Not runtime.bench.random_inputs: an integer argument of a kernel may be an index into another argument,
+    # so integers stay 0 or 1 here, always in bounds.
     shape = [d if isinstance(d, int) else dims.get(d, 1) for d in spec["shape"]]
     dtype = np.dtype(spec["dtype"])
     data = rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)

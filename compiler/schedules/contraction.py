@@ -18,8 +18,8 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from .common import KilnRule, const_extent, schedule_injective, vector_factor, vector_factors
 
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
-MAX_ACCUMULATORS = 24
-ALIASED_ROW_LIMIT = 8  # rows whose operand lines share cache sets (4 KB apart); the L1 is 8-12-way  # of the 32 vector registers of AVX-512 (16 on AVX2: see _row_tile)
+MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (12 of 16 on AVX2: see register_tile)
+ALIASED_ROW_LIMIT = 8  # rows whose operand lines share cache sets (4 KB apart); the L1 is 8-12-way
 
 
 def _uses(expr, var: tirx.Var, group: int | None = None) -> bool:
