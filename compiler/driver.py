@@ -60,6 +60,16 @@ def default_output(model: Path, preset: TargetPreset) -> Path:
     return model.with_name(f"{model.stem}.{preset.name}.so")
 
 
+def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
+                   instruments: list | None = None) -> tvm.IRModule:
+    """Import LOADED into Relax and run Kiln's graph passes for PRESET: the fused kernels that get scheduled
+    (and that `kiln tune` tunes: both must see the same kernels for tuned records to apply)."""
+    mod = frontend.import_relax(loaded)
+    graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
+    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments or []):
+        return tvm.transform.Sequential(graph, name="kiln.graph")(mod)
+
+
 def compile(  # noqa: A001 - the name users expect: compiler.compile(model, target=...)
     model: str | Path,
     target: str = "auto",
@@ -88,18 +98,19 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     out = Path(output) if output else default_output(model, preset)
     loaded = frontend.load_model(model, input_shapes)
     say(f"importing {model.name} (opset {loaded.opset})")
-    mod = frontend.import_relax(loaded)
     graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
     tvm_target = preset.tvm()
     dumper = Dumper(dump_dir, dump_kinds)
     instruments = [PassTimingInstrument()] if pass_times else []
     say(f"optimizing the graph ({len(graph)} passes)")
-    with tvm_target, tvm.transform.PassContext(opt_level=3, instruments=instruments):
-        mod = tvm.transform.Sequential(graph, name="kiln.graph")(mod)
-        timing = instruments[0].render() if instruments else None
+    mod = optimize_graph(loaded, preset, layout, instruments)
+    timing = instruments[0].render() if instruments else None
     dumper.graph(mod)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
-    database = tuning.open_database(db_dir) if db_dir else None
+    database, why_not = tuning.database_for_compile(db_dir, preset) if db_dir else (None, None)
+    if why_not:
+        log.warning("%s", why_not)
+        say(f"warning: {why_not}")
     mod, kernels = build.schedule(mod, database, tvm_target, preset.vector_lanes_fp32)
     dumper.kernels(mod)
     say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "

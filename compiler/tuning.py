@@ -1,7 +1,10 @@
-"""Tuning records in tuning_logs/TARGET/: open a target's MetaSchedule database and apply it to a module."""
+"""Tuning records in tuning_logs/TARGET/: one MetaSchedule JSON database per target (workloads + records), and
+Kiln's notes beside it (kiln_tuning.json: the target and TVM version that wrote it, trials spent per task).
+Open, repair after a kill, prune, check against a target, apply to a module."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,10 +12,17 @@ import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
+from runtime.atomic import atomic_write
+from runtime.errors import KilnError
+
+from .targets import TargetPreset
+
 log = logging.getLogger(__name__)
 
 TUNING_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
-_WORKLOADS, _RECORDS = "database_workload.json", "database_tuning_record.json"
+WORKLOADS, RECORDS, NOTES = "database_workload.json", "database_tuning_record.json", "kiln_tuning.json"
+# Target attributes that decide what code a record's schedule is right for; num-cores is a tuning setting.
+_TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "arch")
 
 
 def database_dir(target_name: str, root: Path | None = None) -> Path:
@@ -20,11 +30,111 @@ def database_dir(target_name: str, root: Path | None = None) -> Path:
     return (root or TUNING_LOGS) / target_name
 
 
-def open_database(folder: Path) -> ms.database.JSONDatabase | None:
-    """The JSON database in FOLDER, or None when FOLDER holds none."""
-    if not (folder / _WORKLOADS).is_file() or not (folder / _RECORDS).is_file():
-        return None
-    return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
+def has_database(folder: Path) -> bool:
+    """True when FOLDER holds a MetaSchedule JSON database."""
+    return (folder / WORKLOADS).is_file() and (folder / RECORDS).is_file()
+
+
+def repair(folder: Path) -> int:
+    """Drop what a killed writer left half-written at the end of the database files (a line without its newline,
+    or one that is not JSON); returns how many lines were dropped. Appends are single lines, so only the last
+    line can be torn."""
+    dropped = 0
+    for name in (WORKLOADS, RECORDS):
+        path = folder / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        lines = text.split("\n")
+        complete, tail = lines[:-1], lines[-1]  # tail is "" when the file ends with a newline
+        keep = []
+        for line in complete:
+            try:
+                json.loads(line)
+                keep.append(line)
+            except ValueError:
+                dropped += 1
+        dropped += bool(tail.strip())
+        if len(keep) != len(complete) or tail.strip():
+            atomic_write(path, "".join(line + "\n" for line in keep))
+    return dropped
+
+
+def read_notes(folder: Path) -> dict:
+    """Kiln's notes on the database in FOLDER ({} when there are none)."""
+    path = folder / NOTES
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        log.warning("ignoring unreadable %s", path)
+        return {}
+
+
+def write_notes(folder: Path, notes: dict) -> None:
+    """Replace Kiln's notes in FOLDER (atomically)."""
+    atomic_write(folder / NOTES, json.dumps(notes, indent=1, sort_keys=True) + "\n")
+
+
+def _target_identity(target: dict) -> dict:
+    return {k: target[k] for k in _TARGET_KEYS if k in target}
+
+
+def check_target(folder: Path, preset: TargetPreset) -> None:
+    """Fail when the database in FOLDER was written for another target than PRESET: its schedules would apply
+    (the kernels look the same) but were chosen for other hardware."""
+    notes = read_notes(folder)
+    written_for = notes.get("tvm_target")
+    if written_for and _target_identity(written_for) != _target_identity(preset.tvm_target):
+        raise KilnError(f"tuning log {folder} was written for target '{notes.get('target')}' "
+                        f"({_target_identity(written_for)}), not '{preset.name}' "
+                        f"({_target_identity(preset.tvm_target)})",
+                        f"use --tuning-log {database_dir(preset.name)} or --tuning-log none")
+
+
+def open_database(folder: Path, create: bool = False) -> ms.database.JSONDatabase | None:
+    """The JSON database in FOLDER (repaired first), or None when FOLDER holds none and CREATE is False."""
+    if not has_database(folder):
+        if not create:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+    dropped = repair(folder)
+    if dropped:
+        log.warning("dropped %d half-written line(s) from %s (a tune was killed while writing)", dropped, folder)
+    return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=create)
+
+
+def database_for_compile(folder: Path, preset: TargetPreset) -> tuple[ms.database.JSONDatabase | None, str | None]:
+    """The database `kiln compile` applies for PRESET, and why none is applied when it is None (a warning
+    for the user) or None when there simply is none."""
+    if not has_database(folder):
+        return None, None
+    check_target(folder, preset)
+    written_by = read_notes(folder).get("tvm_version")
+    if written_by and written_by != tvm.__version__:
+        return None, (f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}: "
+                      "its records are not applied (retune with `kiln tune`)")
+    return open_database(folder), None
+
+
+def prune(folder: Path, keep: int) -> tuple[int, int]:
+    """Keep the KEEP fastest successful records of each workload in FOLDER's database; returns (before, after)."""
+    path = folder / RECORDS
+    if not path.is_file():
+        return 0, 0
+    repair(folder)
+    lines = [line for line in path.read_text().split("\n") if line.strip()]
+    by_workload: dict[int, list[tuple[float, int]]] = {}
+    for index, line in enumerate(lines):
+        workload, (_trace, run_secs, *_rest) = json.loads(line)
+        times = [float(t) for t in run_secs or []]
+        if times and all(t < 1e9 for t in times):  # MetaSchedule records failed runs as 1e10 s
+            by_workload.setdefault(workload, []).append((sum(times) / len(times), index))
+    kept = sorted(i for runs in by_workload.values() for _t, i in sorted(runs)[:keep])
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(lines[i] + "\n" for i in kept))
+    return len(lines), len(kept)
 
 
 def apply_database(mod: tvm.IRModule, database: ms.database.JSONDatabase | None) -> tvm.IRModule:

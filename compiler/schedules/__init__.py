@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tvm import s_tir
 from tvm.s_tir import dlight as dl
 
+from .common import root_blocks
 from .contraction import Contraction
 from .injective import Injective
 
@@ -11,3 +13,25 @@ from .injective import Injective
 def default_rules(lanes: int) -> list:
     """Rules tried in order on each unscheduled kernel; LANES is the target's fp32 vector width."""
     return [Contraction(lanes), Injective(lanes), dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def tuning_space(lanes: int):
+    """A MetaSchedule schedule function (for ms.space_generator.ScheduleFn): Kiln's default schedule of the kernel
+    with its tile sizes as sampling instructions, so the tuner starts from the default and mutates the tiles.
+    Returns no schedule for a kernel no Kiln rule fits (MetaSchedule's generic space still covers it)."""
+    rules = [Contraction(lanes, tunable=True), Injective(lanes)]
+
+    def space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
+        for rule in rules:
+            trial = sch.copy()
+            blocks = root_blocks(trial)
+            if not blocks:
+                return []
+            try:
+                if rule.schedule(trial, blocks) is not None:
+                    return [trial]
+            except s_tir.ScheduleError:
+                continue
+        return []
+
+    return space

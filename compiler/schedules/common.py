@@ -10,6 +10,7 @@ from tvm.s_tir.stmt import SBlockRealize
 from tvm.target import Target
 
 log = logging.getLogger(__name__)
+MAX_SAMPLED_INNER = 64  # the largest inner tile the tuner may pick: 4 vectors of 16 lanes
 
 
 class KilnRule(ScheduleRule):
@@ -17,8 +18,11 @@ class KilnRule(ScheduleRule):
     schedule(); a kernel the rule cannot schedule (ScheduleError anywhere) is declined, so another rule or the
     naive loops take it and the kernel report says so: a default rule never fails a build."""
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, tunable: bool = False):
         self.lanes = lanes  # fp32 vector width of the target
+        # tunable: tile sizes become MetaSchedule sampling instructions whose decisions are the defaults, so the
+        # schedule is the same but the tuner can mutate the tiles (see split_tile)
+        self.tunable = tunable
 
     def apply(self, func, target: Target, _tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
@@ -47,6 +51,17 @@ def const_extent(sch: s_tir.Schedule, loop) -> int | None:
     """The loop's extent when it is a constant, else None."""
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def split_tile(sch: s_tir.Schedule, loop, inner: int, tunable: bool) -> list:
+    """Split LOOP into (outer, INNER). TUNABLE: as a perfect-tile sample whose decision is (outer, INNER), which
+    MetaSchedule's tile mutator can change; a plain split when INNER does not divide the extent (guarded tile)."""
+    extent = const_extent(sch, loop)
+    if tunable and extent and extent % inner == 0:
+        factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=MAX_SAMPLED_INNER,
+                                          decision=[extent // inner, inner])
+        return list(sch.split(loop, factors))
+    return list(sch.split(loop, [None, inner]))
 
 
 def vector_factors(extent: int, lanes: int) -> list[int]:

@@ -15,7 +15,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, schedule_injective, vector_factor, vector_factors
+from .common import KilnRule, const_extent, schedule_injective, split_tile, vector_factor, vector_factors
 
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (12 of 16 on AVX2: see register_tile)
@@ -197,9 +197,9 @@ class Contraction(KilnRule):
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
         aliased = n_spatial >= 2 and _rows_alias(sch.get(main), sch.get(main).iter_vars[n_spatial - 2].var, vec_var)
         rn, vf = register_tile(rows, cols, self.lanes, group, aliased)
-        col_outer, col_inner = sch.split(spatial[-1], [None, vf])
+        col_outer, col_inner = split_tile(sch, spatial[-1], vf, self.tunable)
         if rows is not None:
-            row_outer, row_inner = sch.split(spatial[-2], [None, rn])
+            row_outer, row_inner = split_tile(sch, spatial[-2], rn, self.tunable)
             outer = [*spatial[:-2], row_outer, col_outer]
             inner = [row_inner, col_inner]
         else:

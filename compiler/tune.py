@@ -1,0 +1,304 @@
+"""`kiln tune`: search faster schedules for a model's kernels and append them to the target's database.
+
+Search: MetaSchedule's evolutionary search with its XGBoost cost model, over the union of two design spaces: Kiln's
+default schedule with its tile sizes left to the tuner (schedules.tuning_space) and MetaSchedule's generic CPU
+space. Kiln's default schedule of each kernel is measured and recorded first, so the search starts from it and a
+tuned kernel is never slower than the default one. Trials go to kernels by their share of the model's work
+(weight x FLOPs); kernels with a negligible share keep their default schedules. Candidates run with the thread
+count the model will run with. Progress is saved after every batch (records in the database, trials per kernel in
+kiln_tuning.json): a killed tune loses at most the batch in flight and the next one resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import tvm
+import tvm_ffi
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+import runtime
+from runtime.errors import KilnError
+from runtime.tvm_runtime import usable_cpus
+
+from . import frontend, measure, tuning
+from .build import _mflop
+from .driver import optimize_graph
+from .schedules import tuning_space
+from .targets import TargetPreset, get_target
+
+log = logging.getLogger(__name__)
+
+LIGHT_SHARE = 0.005  # kernels below this share of the model's work are not searched
+MIN_TASK_TRIALS = 16  # a searched kernel gets at least this many trials (when the budget allows)
+BATCH = 32  # candidates measured per round of the search
+
+
+@dataclass
+class TaskState:
+    """One kernel being tuned. trials counts searched candidates over every run; times are in microseconds."""
+
+    key: str
+    name: str
+    weight: int
+    mflop: float
+    budget: int = 0
+    trials: int = 0
+    default_us: float | None = None
+    best_us: float | None = None
+
+    @property
+    def work(self) -> float:
+        return self.weight * self.mflop
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget - self.trials)
+
+
+@dataclass
+class TuneSummary:
+    """What a tune did: per-kernel state, trials measured in this run, why it stopped."""
+
+    model: str
+    target: str
+    database: str
+    tasks: list[TaskState]
+    trials_run: int = 0
+    seconds: float = 0.0
+    stopped: str = "budget"  # budget | time | interrupted | nothing to do
+    records: int = 0
+    kept: int = 0
+
+    def model_ms(self, attr: str) -> float | None:
+        """Sum over the searched kernels of weight x time (ATTR: 'best_us' or 'default_us'), in ms."""
+        times = [(t.weight, getattr(t, attr)) for t in self.searched]
+        if not times or any(v is None for _w, v in times):
+            return None
+        return sum(w * v for w, v in times) / 1000
+
+    @property
+    def searched(self) -> list[TaskState]:
+        return [t for t in self.tasks if t.budget > 0]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "target": self.target, "database": self.database,
+                "trials_run": self.trials_run, "seconds": round(self.seconds, 1), "stopped": self.stopped,
+                "records_kept": self.kept, "records_before_pruning": self.records,
+                "kernels_searched": len(self.searched), "kernels": len(self.tasks),
+                "searched_kernels_ms": {"default": self.model_ms("default_us"), "tuned": self.model_ms("best_us")},
+                "tasks": [asdict(t) for t in self.tasks]}
+
+
+class Stop(Exception):
+    """Raised from the measure callback to end the search early (time budget reached)."""
+
+
+def allocate(tasks: list[TaskState], trials: int) -> None:
+    """Give each kernel its share of TRIALS by weight x FLOPs; kernels under LIGHT_SHARE of the work get none."""
+    total = sum(t.work for t in tasks) or 1.0
+    heavy = [t for t in tasks if t.work >= LIGHT_SHARE * total]
+    heavy_work = sum(t.work for t in heavy) or 1.0
+    floor = min(MIN_TASK_TRIALS, max(1, trials // max(1, len(heavy))))
+    for task in tasks:
+        task.budget = max(floor, round(trials * task.work / heavy_work)) if task in heavy else 0
+
+
+@derived_object
+class _BatchCallback(ms.measure_callback.PyMeasureCallback):
+    """Hands each measured batch to Kiln's tuner (after MetaSchedule has stored it in the database)."""
+
+    def __init__(self, on_batch: Callable):
+        super().__init__()
+        self.on_batch = on_batch
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        times = [sum(float(t) for t in r.run_secs) / len(r.run_secs) * 1e6
+                 if r.error_msg is None and r.run_secs else None for r in runner_results]
+        self.on_batch(task_id, times)
+
+
+@derived_object
+class _BudgetScheduler(ms.task_scheduler.PyTaskScheduler):
+    """Next batch goes to the kernel furthest behind its own budget (TaskState.budget, spread by weight x FLOPs
+    over this run and earlier ones); no kernel gets more than its budget. MetaSchedule's schedulers share one
+    per-task cap, which cannot resume a tune where some kernels are done and others are not."""
+
+    def __init__(self, states: list[TaskState]):
+        super().__init__()
+        self.states = states
+
+    def next_task_id(self) -> int:
+        for task_id in range(len(self.states)):
+            ms.task_scheduler.TaskScheduler.touch_task(self._outer(), task_id)  # takes in finished batches
+        open_tasks = [i for i, s in enumerate(self.states) if s.remaining > 0 and not self._outer().tasks_[i].is_terminated]
+        if not open_tasks:
+            return -1
+        task_id = min(open_tasks, key=lambda i: (self.states[i].trials / self.states[i].budget, -self.states[i].work))
+        if self._outer().tasks_[task_id].measure_candidates is not None:  # a batch still on a remote board
+            self.join_running_task(task_id)
+        return task_id
+
+
+class Tuner:
+    """One `kiln tune` run over one model for one target preset."""
+
+    def __init__(self, preset: TargetPreset, folder: Path, threads: int, workers: int,
+                 rpc: str | None, key: str | None, devices: int, report: Callable[[TuneSummary, str], None]):
+        self.preset = preset
+        self.folder = folder
+        self.threads = threads
+        self.target = tvm.target.Target({**preset.tvm_target, "num-cores": threads})
+        self.builder = measure.make_builder(preset, workers)
+        self.runner = measure.make_runner(threads, rpc, key, devices)
+        self.report = report
+        self.notes = tuning.read_notes(folder)
+        written_by = self.notes.get("tvm_version")
+        if written_by and written_by != tvm.__version__:
+            raise KilnError(f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}",
+                            "tune into another folder with --log DIR, or move the old one away")
+        tuning.check_target(folder, preset)
+        self.database = tuning.open_database(folder, create=True)
+
+    def _save_notes(self, tasks: list[TaskState]) -> None:
+        known = self.notes.setdefault("tasks", {})
+        for task in tasks:
+            known[task.key] = {"name": task.name, "trials": task.trials, "default_us": task.default_us,
+                               "best_us": task.best_us, "mflop": task.mflop}
+        self.notes.update(target=self.preset.name, tvm_target=dict(self.preset.tvm_target),
+                          tvm_version=tvm.__version__, kiln_version=runtime.__version__, threads=self.threads)
+        tuning.write_notes(self.folder, self.notes)
+
+    def tasks(self, mod: tvm.IRModule) -> tuple[list[TaskState], list]:
+        """The model's kernels as TaskStates (with what earlier runs recorded) and MetaSchedule's tasks."""
+        extracted = ms.relax_integration.extract_tasks(mod, self.target)
+        states = []
+        for task in extracted:
+            key = str(tvm_ffi.structural_hash(task.dispatched[0]))
+            seen = self.notes.get("tasks", {}).get(key, {})
+            states.append(TaskState(key=key, name=task.task_name, weight=int(task.weight),
+                                    mflop=_mflop(task.dispatched[0]["main"]) or 0.0, trials=int(seen.get("trials", 0)),
+                                    default_us=seen.get("default_us"), best_us=seen.get("best_us")))
+        return states, extracted
+
+    def seed(self, states: list[TaskState], task_mods: list[tvm.IRModule]) -> None:
+        """Measure Kiln's default schedule of each kernel (one batch) and record it: the search starts from it."""
+        space = tuning_space(self.preset.vector_lanes_fp32)
+        seeds = [(state, mod, (space(tvm.s_tir.Schedule(mod)) or [None])[0]) for state, mod in zip(states, task_mods)]
+        seeds = [(state, mod, sch) for state, mod, sch in seeds if sch is not None]
+        timed = measure.measure_schedules(self.builder, self.runner, [sch.mod for _s, _m, sch in seeds], self.target)
+        for (state, mod, sch), run_secs in zip(seeds, timed):
+            if run_secs is None:
+                log.warning("Kiln's default schedule of %s failed to build or run; searching without it", state.name)
+                continue
+            self.database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, self.database.commit_workload(mod), run_secs=run_secs, target=self.target,
+                args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+            state.default_us = sum(run_secs) / len(run_secs) * 1e6
+            state.best_us = min(state.best_us or float("inf"), state.default_us)
+
+    def run(self, summary: TuneSummary, mod: tvm.IRModule, trials: int, deadline: float | None,
+            seed: int | None) -> None:
+        """Search until every kernel has its trials, or DEADLINE (time.monotonic()) passes."""
+        states, extracted = self.tasks(mod)
+        summary.tasks = states
+        allocate(states, trials)
+        todo = [(s, t) for s, t in zip(states, extracted) if s.remaining > 0]
+        started = time.monotonic()
+        if not todo:
+            summary.stopped = "nothing to do"
+            return
+        unseeded = [(s, t.dispatched[0]) for s, t in todo if s.default_us is None]
+        if unseeded:
+            self.report(summary, f"measuring Kiln's default schedules of {len(unseeded)} kernel(s)")
+            self.seed([s for s, _m in unseeded], [m for _s, m in unseeded])
+        self._save_notes(states)
+
+        def on_batch(task_id: int, times: list[float | None]) -> bool:
+            state = todo[task_id][0]
+            state.trials += len(times)
+            summary.trials_run += len(times)
+            good = [t for t in times if t is not None]
+            if good:
+                state.best_us = min([*good, state.best_us or float("inf")])
+            summary.seconds = time.monotonic() - started
+            self._save_notes(states)
+            self.report(summary, "")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Stop()
+
+        # MetaSchedule prints its task tables to stdout at its logger's level: keep them for -v / --debug only
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(max(logging.root.level, logging.DEBUG)
+                                                             if logging.root.level <= logging.INFO else logging.WARNING)
+        with tempfile.TemporaryDirectory(prefix="kiln-tune-") as work_dir:
+            space = ms.space_generator.SpaceGeneratorUnion([
+                ms.space_generator.ScheduleFn(tuning_space(self.preset.vector_lanes_fp32), sch_rules=[]),
+                ms.space_generator.PostOrderApply()])
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [t for _s, t in todo], work_dir=work_dir, space=space, num_threads=self.threads, seed=seed)
+            callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _BatchCallback(on_batch)]
+            try:
+                ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                              max_trials_global=sum(s.remaining for s, _t in todo),
+                              max_trials_per_task=max(s.remaining for s, _t in todo) + BATCH,
+                              num_trials_per_iter=min(BATCH, max(8, min(s.remaining for s, _t in todo))),
+                              builder=self.builder, runner=self.runner, database=self.database,
+                              cost_model=ms.cost_model.XGBModel(num_tuning_cores=self.threads),
+                              measure_callbacks=callbacks,
+                              task_scheduler=_BudgetScheduler([s for s, _t in todo]))
+                summary.stopped = "budget"
+            except Stop:
+                summary.stopped = "time"
+        summary.seconds = time.monotonic() - started
+
+
+def default_trials(preset: TargetPreset, kernels: int) -> int:
+    """Trials when neither --trials nor --minutes is given: the preset's trials per kernel for each kernel."""
+    return int(preset.tuning.get("trials_per_task", 64)) * max(1, kernels)
+
+
+def tune(model: str | Path, target: str = "auto", trials: int | None = None, minutes: float | None = None,
+         log_dir: str | Path | None = None, workers: int | None = None, threads: int | None = None,
+         rpc: str | None = None, key: str | None = None, devices: int = 1, input_shapes=None,
+         layout: str = "NHWC", keep: int | None = None, seed: int | None = None,
+         report: Callable[[TuneSummary, str], None] | None = None) -> TuneSummary:
+    """Tune MODEL's kernels for the preset TARGET and append the records to LOG_DIR (default tuning_logs/TARGET).
+
+    Budget: TRIALS candidates in all and/or MINUTES of wall time (neither: the preset's trials per kernel).
+    THREADS: threads each candidate runs with (default: every usable CPU, as `kiln run` does); WORKERS: builder
+    processes. RPC ('HOST:PORT' of a TVM RPC tracker) with KEY measures on DEVICES remote boards at a time.
+    KEEP: records kept per kernel afterwards (default: the preset's keep_records, 4). REPORT(summary, message) is
+    called after each measured batch and for each step worth saying.
+    """
+    if trials is not None and trials < 1:
+        raise KilnError(f"--trials must be at least 1, got {trials}", "e.g. --trials 2000")
+    if minutes is not None and minutes <= 0:
+        raise KilnError(f"--minutes must be positive, got {minutes}", "e.g. --minutes 30")
+    say = report or (lambda _summary, _message: None)
+    preset = get_target(target)
+    folder = Path(log_dir) if log_dir else tuning.database_dir(preset.name)
+    threads = threads or len(usable_cpus())
+    loaded = frontend.load_model(Path(model), input_shapes)
+    summary = TuneSummary(model=Path(model).name, target=preset.name, database=str(folder), tasks=[])
+    say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
+    mod = optimize_graph(loaded, preset, layout)
+    tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say)
+    budget = trials if trials is not None else (10 ** 9 if minutes else None)
+    if budget is None:
+        states, _ = tuner.tasks(mod)
+        allocate(states, 1)
+        budget = default_trials(preset, sum(1 for s in states if s.budget))
+    deadline = time.monotonic() + minutes * 60 if minutes else None
+    try:
+        tuner.run(summary, mod, budget, deadline, seed)
+    except KeyboardInterrupt:
+        summary.stopped = "interrupted"
+    finally:
+        summary.records, summary.kept = tuning.prune(folder, keep or int(preset.tuning.get("keep_records", 4)))
+    return summary
