@@ -4,6 +4,7 @@ count, on this machine (a MetaSchedule LocalRunner) or on boards registered with
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 from tvm.s_tir import meta_schedule as ms
 
 from runtime.errors import KilnError
+
+log = logging.getLogger(__name__)
 
 from .targets import TargetPreset
 
@@ -52,10 +55,15 @@ def set_threads(threads: int) -> None:
 
 
 def remote_evaluator(threads: int, session, rt_mod, device, evaluator_config, repeated_args) -> list[float]:
-    """RPC run function: size the board's thread pool first (its CPUs numbered from 0), then time as usual."""
+    """RPC run function: ask the board for THREADS threads and refuse to time with another count (the records
+    would be for the wrong setting); then time as MetaSchedule does."""
     from tvm.s_tir.meta_schedule.runner.rpc_runner import default_run_evaluator  # noqa: PLC0415
 
-    session.get_function("runtime.config_threadpool")(-3, threads, [str(c) for c in range(threads)])
+    session.get_function("runtime.config_threadpool")(1, threads)
+    actual = int(session.get_function("runtime.NumThreads")())
+    if actual != threads:
+        raise RuntimeError(f"the board runs {actual} thread(s), not {threads}: start its RPC server with "
+                           f"TVM_NUM_THREADS={threads}, or tune with --threads {actual}")
     return default_run_evaluator(session, rt_mod, device, evaluator_config, repeated_args)
 
 
@@ -91,9 +99,11 @@ def make_runner(threads: int, rpc: str | None = None, key: str | None = None,
                                f_run_evaluator=functools.partial(remote_evaluator, threads))
 
 
-def measure_schedules(builder, runner, mods: list, target) -> list[list[float] | None]:
-    """Build and time scheduled kernels MODS as one batch; each one's run times in seconds, None where it failed."""
+def measure_schedules(builder, runner, mods: list, target) -> tuple[list[list[float] | None], list[str]]:
+    """Build and time scheduled kernels MODS as one batch: each one's run times in seconds (None where it
+    failed), and the last line of each failure's message."""
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
+    errors = [b.error_msg.strip() for b in built if b.error_msg]
     runs = [(i, b) for i, b in enumerate(built) if not b.error_msg]
     times: list[list[float] | None] = [None] * len(mods)
     try:
@@ -104,7 +114,11 @@ def measure_schedules(builder, runner, mods: list, target) -> list[list[float] |
             result = future.result()
             if not result.error_msg and result.run_secs:
                 times[i] = [float(t) for t in result.run_secs]
+            else:
+                errors.append((result.error_msg or "no run times").strip())
     finally:
         for _i, b in runs:
             shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)
-    return times
+    for error in errors:
+        log.debug("a candidate failed: %s", error)
+    return times, [error.splitlines()[-1] for error in errors]

@@ -192,7 +192,11 @@ class Tuner:
         space = tuning_space(self.preset.vector_lanes_fp32)
         seeds = [(state, mod, (space(tvm.s_tir.Schedule(mod)) or [None])[0]) for state, mod in zip(states, task_mods)]
         seeds = [(state, mod, sch) for state, mod, sch in seeds if sch is not None]
-        timed = measure.measure_schedules(self.builder, self.runner, [sch.mod for _s, _m, sch in seeds], self.target)
+        timed, errors = measure.measure_schedules(self.builder, self.runner, [sch.mod for _s, _m, sch in seeds],
+                                                  self.target)
+        if seeds and all(t is None for t in timed):
+            raise KilnError(f"no kernel could be built and timed on this target: {errors[0] if errors else '?'}",
+                            "fix the measurement setup (rerun with --debug for every failure)")
         for (state, mod, sch), run_secs in zip(seeds, timed):
             if run_secs is None:
                 log.warning("Kiln's default schedule of %s failed to build or run; searching without it", state.name)
@@ -240,8 +244,14 @@ class Tuner:
             space = ms.space_generator.SpaceGeneratorUnion([
                 ms.space_generator.ScheduleFn(tuning_space(self.preset.vector_lanes_fp32), sch_rules=[]),
                 ms.space_generator.PostOrderApply()])
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [t for _s, t in todo], work_dir=work_dir, space=space, num_threads=self.threads, seed=seed)
+            # Built here rather than by extracted_tasks_to_tune_contexts, whose per-task log files break the
+            # second time a process tunes (its logging config chokes on handlers it added the first time).
+            contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
+                                       search_strategy="evolutionary", task_name=task.task_name,
+                                       logger=logging.getLogger(f"kiln.tune.{task.task_name}"),
+                                       rand_state=rand, num_threads=self.threads).clone()
+                        for (_s, task), rand in zip(todo, ms.utils.fork_seed(seed, n=len(todo)))]
+            weights = [float(task.weight) for _s, task in todo]
             callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _BatchCallback(on_batch)]
             try:
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
@@ -256,6 +266,17 @@ class Tuner:
             except Stop:
                 summary.stopped = "time"
         summary.seconds = time.monotonic() - started
+
+
+def require_fixed_shapes(loaded: frontend.LoadedModel) -> None:
+    """Kernels are timed on concrete tensors: fail, naming the fix, when an input still has symbolic dims."""
+    dynamic = [spec for spec in loaded.inputs if any(isinstance(d, str) for d in spec.shape)]
+    if dynamic:
+        fixed = " ".join(f"--input-shape {s.name}={'x'.join(str(d if isinstance(d, int) else 1) for d in s.shape)}"
+                         for s in dynamic)
+        raise KilnError(f"kiln tune needs fixed input shapes; {', '.join(s.name + ':' + s.shape_text() for s in dynamic)}"
+                        f" has symbolic dims",
+                        f"pass {fixed}, and compile with the same shapes so the tuned kernels match")
 
 
 def default_trials(preset: TargetPreset, kernels: int) -> int:
@@ -285,6 +306,7 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
     folder = Path(log_dir) if log_dir else tuning.database_dir(preset.name)
     threads = threads or len(usable_cpus())
     loaded = frontend.load_model(Path(model), input_shapes)
+    require_fixed_shapes(loaded)
     summary = TuneSummary(model=Path(model).name, target=preset.name, database=str(folder), tasks=[])
     say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
     mod = optimize_graph(loaded, preset, layout)

@@ -1,0 +1,228 @@
+"""`kiln tune`: a short tune writes a valid database, resumes without redoing finished kernels, survives a kill,
+measures through a TVM RPC tracker, and `kiln compile` applies its records (and still matches ONNX Runtime)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+import compiler
+from compiler import tune, tuning
+from compiler.cli import main
+from compiler.targets import get_target
+from runtime.errors import KilnError
+from tests.models import assert_matches_onnxruntime, finish, save
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIALS = 8
+
+
+def two_conv_model(channels: int = 16, size: int = 14):
+    """conv3x3 + bias + relu twice: two kernels heavy enough to be searched."""
+    rng = np.random.default_rng(11)
+    weights = [helper.make_tensor(name, TensorProto.FLOAT, arr.shape, arr.flatten())
+               for name, arr in (("w1", rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1),
+                                 ("b1", rng.standard_normal(channels).astype(np.float32)),
+                                 ("w2", rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["y"])]
+    graph = helper.make_graph(nodes, "two_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    return finish(graph)
+
+
+def records(folder: Path) -> list[str]:
+    return [line for line in (folder / tuning.RECORDS).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return save(two_conv_model(), tmp_path_factory.mktemp("tune"), "two_conv")
+
+
+@pytest.fixture(scope="module")
+def tuned(model):
+    """A first short tune into a fresh folder (shared by the tests below, which only read it or add to it)."""
+    folder = model.parent / "log"
+    summary = tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder, keep=100)
+    return folder, summary
+
+
+def test_short_tune_writes_a_valid_database(tuned):
+    folder, summary = tuned
+    assert summary.stopped == "budget"
+    searched = summary.searched
+    assert len(searched) == 2 and summary.trials_run >= TRIALS
+    for task in searched:
+        assert task.trials >= task.budget > 0
+        assert task.default_us and task.best_us and task.best_us <= task.default_us
+    lines = records(folder)
+    assert len(lines) == summary.kept and len(lines) >= 2  # at least the two default schedules
+    for line in lines:
+        workload, (_trace, run_secs, _target, _args) = json.loads(line)
+        assert isinstance(workload, int) and all(t > 0 for t in run_secs)
+    db = tuning.open_database(folder)
+    assert len(db.get_all_tuning_records()) == len(lines)
+    notes = tuning.read_notes(folder)
+    assert notes["target"] == "x86-avx512" and notes["tvm_target"]["mcpu"] == "icelake-server"
+    assert sum(t["trials"] for t in notes["tasks"].values()) == summary.trials_run
+
+
+def test_second_run_resumes_and_skips_finished_kernels(tuned, model):
+    folder, first = tuned
+    before = records(folder)
+    again = tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder, keep=100)
+    assert again.stopped == "nothing to do" and again.trials_run == 0
+    assert records(folder) == before
+    assert [t.trials for t in again.searched] == [t.trials for t in first.searched]
+
+
+def test_compile_applies_records_and_still_matches_onnxruntime(tuned, model, tmp_path):
+    folder, _summary = tuned
+    artifact = compiler.compile(model, target="x86-avx512", output=tmp_path / "tuned.so", tuning_log=folder)
+    assert artifact.manifest.tuning["tasks_tuned"] == 2
+    assert artifact.manifest.tuning["records"] == len(records(folder))
+    assert_matches_onnxruntime(model, artifact.path)
+    untuned = compiler.compile(model, target="x86-avx512", output=tmp_path / "plain.so", tuning_log="none")
+    assert untuned.manifest.tuning["tasks_tuned"] == 0
+
+
+def test_a_log_for_another_target_is_refused(tuned, model, tmp_path):
+    folder, _summary = tuned
+    with pytest.raises(KilnError, match="written for target 'x86-avx512'"):
+        compiler.compile(model, target="host", output=tmp_path / "host.so", tuning_log=folder)
+
+
+def test_records_of_another_tvm_version_are_reported_not_applied(tuned, model, tmp_path):
+    folder, _summary = tuned
+    copy = tmp_path / "old"
+    copy.mkdir()
+    for name in (tuning.WORKLOADS, tuning.RECORDS, tuning.NOTES):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    notes = tuning.read_notes(copy)
+    tuning.write_notes(copy, {**notes, "tvm_version": "0.1.0"})
+    lines = []
+    artifact = compiler.compile(model, target="x86-avx512", output=tmp_path / "a.so", tuning_log=copy,
+                                progress=lines.append)
+    assert artifact.manifest.tuning["tasks_tuned"] == 0
+    assert any("written by TVM 0.1.0" in line for line in lines)
+
+
+def test_prune_keeps_the_fastest_record_of_each_workload(tuned, tmp_path):
+    folder, _summary = tuned
+    copy = tmp_path / "prune"
+    copy.mkdir()
+    for name in (tuning.WORKLOADS, tuning.RECORDS):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    best: dict[int, float] = {}
+    for line in records(copy):
+        workload, (_trace, run_secs, *_rest) = json.loads(line)
+        if all(t < 1e9 for t in run_secs):
+            best[workload] = min(best.get(workload, 1e9), sum(run_secs) / len(run_secs))
+    before, after = tuning.prune(copy, keep=1)
+    assert after == len(best) <= before
+    kept = {json.loads(line)[0]: json.loads(line)[1][1] for line in records(copy)}
+    assert {w: sum(t) / len(t) for w, t in kept.items()} == best
+
+
+def test_repair_drops_a_torn_last_line(tuned, tmp_path):
+    folder, _summary = tuned
+    copy = tmp_path / "torn"
+    copy.mkdir()
+    for name in (tuning.WORKLOADS, tuning.RECORDS):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    whole = records(copy)
+    with open(copy / tuning.RECORDS, "a") as f:
+        f.write(whole[0][: len(whole[0]) // 2])  # what a kill in the middle of an append leaves
+    assert tuning.repair(copy) == 1
+    assert records(copy) == whole
+    assert len(tuning.open_database(copy).get_all_tuning_records()) == len(whole)
+
+
+def test_killed_tune_resumes_and_the_database_grows(model, tmp_path):
+    folder = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from compiler.cli import main; main()", "tune", str(model), "--target", "x86-avx512",
+           "--trials", "400", "--log", str(folder)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # wait until the search has saved at least one batch
+            notes = tuning.read_notes(folder) if (folder / tuning.NOTES).is_file() else {}
+            if sum(t.get("trials", 0) for t in notes.get("tasks", {}).values()) > 0:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(1)
+        else:
+            pytest.fail("the tune saved no batch within 4 minutes")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = len(tuning.open_database(folder).get_all_tuning_records())
+    done = sum(t["trials"] for t in tuning.read_notes(folder)["tasks"].values())
+    assert killed_at >= 2 and done > 0
+    resumed = tune.tune(model, target="x86-avx512", trials=done + TRIALS, log_dir=folder, keep=1000)
+    assert resumed.stopped == "budget" and 0 < resumed.trials_run
+    assert sum(t.trials for t in resumed.searched) >= done + TRIALS
+    assert len(tuning.open_database(folder).get_all_tuning_records()) > killed_at
+
+
+def test_tune_through_a_local_rpc_tracker(model, tmp_path):
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
+    # A board's server runs as many threads as TVM_NUM_THREADS says; the tuner refuses any other count.
+    os.environ["TVM_NUM_THREADS"] = "2"
+    try:
+        server = rpc.Server("127.0.0.1", port=9300, port_end=9400, key="kiln-test",
+                            tracker_addr=("127.0.0.1", tracker.port), silent=True)
+    finally:
+        del os.environ["TVM_NUM_THREADS"]
+    try:
+        folder = tmp_path / "rpc"
+        summary = tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder, threads=2,
+                            rpc=f"127.0.0.1:{tracker.port}", key="kiln-test", keep=100)
+        assert summary.stopped == "budget" and summary.trials_run >= TRIALS
+        assert all(t.default_us and t.best_us for t in summary.searched)
+        assert len(records(folder)) > 2
+    finally:
+        server.terminate()
+        tracker.terminate()
+
+
+def test_allocation_follows_weight_times_flops():
+    tasks = [tune.TaskState("a", "big", 2, 100.0), tune.TaskState("b", "small", 1, 50.0),
+             tune.TaskState("c", "copy", 1, 0.0)]
+    tune.allocate(tasks, 500)
+    assert tasks[0].budget == 400 and tasks[1].budget == 100 and tasks[2].budget == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--rpc", "nohostport", "--key", "k"], "--rpc expects HOST:PORT"),
+    (["--target", "nosuch"], "unknown target 'nosuch'"),
+])
+def test_tune_errors_are_one_line(model, args, message):
+    result = CliRunner().invoke(main, ["tune", str(model), *args])
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tune_refuses_symbolic_shapes_and_names_the_fix(tmp_path):
+    dynamic = two_conv_model()
+    dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    path = save(dynamic, tmp_path, "dyn")
+    result = CliRunner().invoke(main, ["tune", str(path), "--log", str(tmp_path / "log")])
+    assert result.exit_code == 1 and "--input-shape x=1x16x14x14" in result.output
