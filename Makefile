@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup demo test test-fast bench clean
+.PHONY: all setup demo test test-fast bench tune-zoo clean
 
 all: setup
 
@@ -21,7 +21,7 @@ $(DEMO_MODEL): benchmarks/zoo.py | setup
 	$(BIN)/python -m benchmarks.zoo resnet18 -o $@
 
 demo: setup $(DEMO_MODEL)
-	$(BIN)/kiln compile $(DEMO_MODEL) --target auto -o $(MODELS)/resnet18.so
+	$(BIN)/kiln compile $(DEMO_MODEL) --target auto --input-shape input=1x3x224x224 -o $(MODELS)/resnet18.so
 	$(BIN)/kiln bench $(MODELS)/resnet18.so --model $(DEMO_MODEL) --threads 2 --repeat 10
 
 test: setup
@@ -32,6 +32,11 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# Regenerates the committed tuning records (tuning_logs/): resumes where the last run stopped.
+tune-zoo: setup
+	$(BIN)/python -m benchmarks.tune_zoo --target x86-avx512 --minutes 10
+	$(BIN)/python -m benchmarks.tune_zoo resnet18 --target host --minutes 8
 
 clean:
 	rm -rf $(VENV) $(MODELS) .pytest_cache

@@ -3,7 +3,8 @@
     python -m benchmarks.run [MODEL ...] [--threads 2] [--repeat 20] [--no-write]
 
 Each model is built reproducibly (benchmarks/zoo.py), compiled for this machine's best preset with batch 1
-fixed and no tuning records, then timed beside ONNX Runtime on the same inputs in alternating blocks. Every
+fixed, with the committed tuning records and without, then each is timed beside ONNX Runtime on the same inputs
+in alternating blocks. Every
 block records the CPU time other processes used meanwhile (/proc/stat) and is retaken when that load was high.
 """
 
@@ -65,25 +66,36 @@ def runtime_footprint(artifact: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _median_round(results: list[dict]) -> dict:
+    ratios = sorted(r["ratio"] for r in results)
+    middle = min(results, key=lambda r: abs(r["ratio"] - statistics.median(ratios)))
+    return {**middle, "round_ratios": ratios, "outputs_match": all(r["outputs_match"] for r in results)}
+
+
 def bench_model(name: str, folder: Path, threads: int, repeat: int, rounds: int) -> dict:
-    """Build, compile (batch 1, no tuning) and time one zoo model beside ONNX Runtime in ROUNDS rounds; the row
-    is the round with the median ratio, and every round's ratio is kept."""
+    """Build and compile one zoo model (batch 1) twice, with the committed tuning records (tuning_logs/) and
+    without; time each beside ONNX Runtime in ROUNDS rounds. Each variant's row is its round with the median
+    ratio, and every round's ratio is kept."""
     model = ZOO[name]()
     path = folder / f"{name}.onnx"
     onnx.save(model, str(path))
     shapes = {i.name: [dim.dim_value or 1 for dim in i.type.tensor_type.shape.dim] for i in model.graph.input}
     started = time.perf_counter()
-    artifact = compiler.compile(path, output=folder / f"{name}.so", input_shapes=shapes, tuning_log="none")
+    tuned = compiler.compile(path, output=folder / f"{name}.so", input_shapes=shapes)
     compile_s = time.perf_counter() - started
-    footprint = runtime_footprint(artifact.path)
-    loaded = runtime.load(artifact.path, threads=threads)
-    results = [compare(loaded, str(path), threads, repeat=repeat).to_json() for _ in range(rounds)]
-    ratios = sorted(r["ratio"] for r in results)
-    middle = min(results, key=lambda r: abs(r["ratio"] - statistics.median(ratios)))
-    return {"model": name, "compile_s": round(compile_s, 1), "artifact_mb": round(artifact.size_mb, 1),
+    untuned = compiler.compile(path, output=folder / f"{name}.untuned.so", input_shapes=shapes, tuning_log="none")
+    footprint = runtime_footprint(tuned.path)
+    loaded = {"tuned": runtime.load(tuned.path, threads=threads), "untuned": runtime.load(untuned.path, threads=threads)}
+    results: dict[str, list[dict]] = {"tuned": [], "untuned": []}
+    for _ in range(rounds):
+        for variant, artifact in loaded.items():
+            results[variant].append(compare(artifact, str(path), threads, repeat=repeat).to_json())
+    return {"model": name, "compile_s": round(compile_s, 1), "artifact_mb": round(tuned.size_mb, 1),
+            "tuned_kernels": tuned.manifest.tuning["tasks_tuned"],
+            "kernels": tuned.manifest.tuning["tasks_tuned"] + tuned.manifest.tuning["tasks_default"],
             "runtime_first_result_s": round(footprint["seconds"], 2),
-            "runtime_peak_rss_mb": round(footprint["peak_rss_mb"]), **middle, "round_ratios": ratios,
-            "outputs_match": all(r["outputs_match"] for r in results)}
+            "runtime_peak_rss_mb": round(footprint["peak_rss_mb"]), **_median_round(results["tuned"]),
+            "untuned": _median_round(results["untuned"])}
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
@@ -91,27 +103,30 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"Run {meta['date']} on {meta['machine']}; {meta['threads']} threads, batch 1, fp32, no tuning records",
-        f"(Kiln's default schedules only). Kiln {meta['kiln']}, TVM {meta['tvm']}, ONNX Runtime {meta['ort']}.",
-        "Each model is compared in several rounds of alternating timing blocks in one process; the row shows the",
-        "round with the median Kiln / ORT ratio and 'ratio range' the lowest and highest round. 'Outside load' is",
+        f"Run {meta['date']} on {meta['machine']}; {meta['threads']} threads, batch 1, fp32.",
+        f"Kiln {meta['kiln']}, TVM {meta['tvm']}, ONNX Runtime {meta['ort']}.",
+        "Each model is compiled twice: 'tuned' applies the committed records in tuning_logs/ (kernels without one keep",
+        "Kiln's default schedules; 'tuned kernels' says how many have one), 'untuned' uses the default schedules only.",
+        "Each is compared with ONNX Runtime in several rounds of alternating timing blocks in one process; a row shows",
+        "the round with the median Kiln / ORT ratio and 'range' the lowest and highest round. 'Outside load' is",
         "the CPU (in cores) other processes used during the timing, read from /proc/stat; blocks above 0.25 cores",
         "were retaken. This machine is shared: whole runs drift by up to 30% with no outside load visible.",
-        "'Runtime start' is a fresh process importing Kiln's runtime alone, loading the artifact and running it once;",
-        "'runtime RSS' is that process's peak resident memory (VmHWM).",
+        "'Runtime start' is a fresh process importing Kiln's runtime alone, loading the tuned artifact and running it",
+        "once; 'runtime RSS' is that process's peak resident memory (VmHWM).",
         "Regenerate with `make bench` (or `.venv/bin/python -m benchmarks.run`).",
         "",
-        "| model | Kiln ms | ORT ms | Kiln / ORT | ratio range | Kiln p90 | ORT p90 | outputs match | outside load "
-        "| compile s | artifact MB | runtime start s | runtime RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | tuned kernels | Kiln tuned ms | Kiln untuned ms | ORT ms | tuned / ORT | range | untuned / ORT "
+        "| range | outputs match | outside load | compile s | artifact MB | runtime start s | runtime RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        k, o = r["kiln"], r["onnxruntime"]
-        load = max(k["outside_load_cores"], o["outside_load_cores"])
-        lo, hi = r["round_ratios"][0], r["round_ratios"][-1]
-        lines.append(f"| {r['model']} | {k['median_ms']:.2f} | {o['median_ms']:.2f} | {r['ratio']:.2f}x | "
-                     f"{lo:.2f}-{hi:.2f} | "
-                     f"{k['p90_ms']:.2f} | {o['p90_ms']:.2f} | {'yes' if r['outputs_match'] else 'NO'} | "
+        k, o, u = r["kiln"], r["onnxruntime"], r["untuned"]
+        load = max(k["outside_load_cores"], o["outside_load_cores"], u["kiln"]["outside_load_cores"])
+        match = r["outputs_match"] and u["outputs_match"]
+        lines.append(f"| {r['model']} | {r['tuned_kernels']}/{r['kernels']} | {k['median_ms']:.2f} | "
+                     f"{u['kiln']['median_ms']:.2f} | {o['median_ms']:.2f} | {r['ratio']:.2f}x | "
+                     f"{r['round_ratios'][0]:.2f}-{r['round_ratios'][-1]:.2f} | {u['ratio']:.2f}x | "
+                     f"{u['round_ratios'][0]:.2f}-{u['round_ratios'][-1]:.2f} | {'yes' if match else 'NO'} | "
                      f"{load:.2f} | {r['compile_s']:.1f} | {r['artifact_mb']:.1f} | {r['runtime_first_result_s']:.2f} | "
                      f"{r['runtime_peak_rss_mb']} |")
     return "\n".join(lines) + "\n"
@@ -138,9 +153,10 @@ def main() -> None:
         for name in args.models:
             row = bench_model(name, Path(tmp), args.threads, args.repeat, args.rounds)
             rows.append(row)
-            print(f"{name:<12} kiln {row['kiln']['median_ms']:8.2f} ms  ort {row['onnxruntime']['median_ms']:8.2f} ms"
-                  f"  ratio {row['ratio']:.2f}x (rounds {', '.join(f'{r:.2f}' for r in row['round_ratios'])})"
-                  f"  match {row['outputs_match']}", flush=True)
+            print(f"{name:<12} tuned {row['kiln']['median_ms']:8.2f} ms  untuned {row['untuned']['kiln']['median_ms']:8.2f}"
+                  f" ms  ort {row['onnxruntime']['median_ms']:8.2f} ms  tuned/ort {row['ratio']:.2f}x "
+                  f"(rounds {', '.join(f'{r:.2f}' for r in row['round_ratios'])})  untuned/ort "
+                  f"{row['untuned']['ratio']:.2f}x  tuned kernels {row['tuned_kernels']}/{row['kernels']}", flush=True)
     if not args.no_write:
         atomic_write(HERE / "RESULTS.md", to_markdown(rows, meta))
         atomic_write(HERE / "results.json", json.dumps({"meta": meta, "results": rows}, indent=2))

@@ -12,7 +12,9 @@ kiln_tuning.json): a killed tune loses at most the batch in flight and the next 
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +77,7 @@ class TuneSummary:
     stopped: str = "budget"  # budget | time | interrupted | nothing to do
     records: int = 0
     kept: int = 0
+    curve: list[tuple[float, int, float]] = field(default_factory=list)  # (seconds, trials, searched-kernels ms)
 
     def model_ms(self, attr: str) -> float | None:
         """Sum over the searched kernels of weight x time (ATTR: 'best_us' or 'default_us'), in ms."""
@@ -93,11 +96,44 @@ class TuneSummary:
                 "records_kept": self.kept, "records_before_pruning": self.records,
                 "kernels_searched": len(self.searched), "kernels": len(self.tasks),
                 "searched_kernels_ms": {"default": self.model_ms("default_us"), "tuned": self.model_ms("best_us")},
+                "curve": [{"seconds": round(s, 1), "trials": n, "searched_kernels_ms": round(ms_, 4)}
+                          for s, n, ms_ in self.curve],
                 "tasks": [asdict(t) for t in self.tasks]}
 
 
 class Stop(Exception):
-    """Raised from the measure callback to end the search early (time budget reached)."""
+    """Raised from the measure callback to end the search after a batch (time is up, or Ctrl-C). It reaches the
+    caller as a TVM error (it crosses MetaSchedule's C++ loop), so the reason is kept in StopSignal."""
+
+
+class StopSignal:
+    """Why the search should stop after the current batch, if it should: 'time' or 'interrupted'. The first
+    Ctrl-C asks for a stop after the batch in flight (its results are kept); a second one stops at once."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.reason: str | None = None
+
+    def check(self) -> None:
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = "time"
+        if self.reason:
+            raise Stop(self.reason)
+
+    def __enter__(self):
+        def first_interrupt(_signum, _frame):
+            self.reason = "interrupted"
+            log.warning("stopping after the batch in flight (Ctrl-C again to stop at once)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, first_interrupt)
+        return self
+
+    def __exit__(self, *_exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def allocate(tasks: list[TaskState], trials: int) -> None:
@@ -207,9 +243,9 @@ class Tuner:
             state.default_us = sum(run_secs) / len(run_secs) * 1e6
             state.best_us = min(state.best_us or float("inf"), state.default_us)
 
-    def run(self, summary: TuneSummary, mod: tvm.IRModule, trials: int, deadline: float | None,
+    def run(self, summary: TuneSummary, mod: tvm.IRModule, trials: int, stop: StopSignal,
             seed: int | None) -> None:
-        """Search until every kernel has its trials, or DEADLINE (time.monotonic()) passes."""
+        """Search until every kernel has its trials, or STOP says to (time is up, Ctrl-C)."""
         states, extracted = self.tasks(mod)
         summary.tasks = states
         allocate(states, trials)
@@ -223,6 +259,8 @@ class Tuner:
             self.report(summary, f"measuring Kiln's default schedules of {len(unseeded)} kernel(s)")
             self.seed([s for s, _m in unseeded], [m for _s, m in unseeded])
         self._save_notes(states)
+        if summary.model_ms("best_us") is not None:
+            summary.curve.append((time.monotonic() - started, 0, summary.model_ms("best_us")))
 
         def on_batch(task_id: int, times: list[float | None]) -> bool:
             state = todo[task_id][0]
@@ -232,10 +270,12 @@ class Tuner:
             if good:
                 state.best_us = min([*good, state.best_us or float("inf")])
             summary.seconds = time.monotonic() - started
+            estimate = summary.model_ms("best_us")
+            if estimate is not None:
+                summary.curve.append((summary.seconds, summary.trials_run, estimate))
             self._save_notes(states)
             self.report(summary, "")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Stop()
+            stop.check()
 
         # MetaSchedule prints its task tables to stdout at its logger's level: keep them for -v / --debug only
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(max(logging.root.level, logging.DEBUG)
@@ -263,8 +303,10 @@ class Tuner:
                               measure_callbacks=callbacks,
                               task_scheduler=_BudgetScheduler([s for s, _t in todo]))
                 summary.stopped = "budget"
-            except Stop:
-                summary.stopped = "time"
+            except Exception:  # noqa: BLE001 - Stop arrives wrapped in a TVM error; anything else goes on up
+                if stop.reason is None:
+                    raise
+                summary.stopped = stop.reason
         summary.seconds = time.monotonic() - started
 
 
@@ -318,7 +360,8 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
         budget = default_trials(preset, sum(1 for s in states if s.budget))
     deadline = time.monotonic() + minutes * 60 if minutes else None
     try:
-        tuner.run(summary, mod, budget, deadline, seed)
+        with StopSignal(deadline) as stop:
+            tuner.run(summary, mod, budget, stop, seed)
     except KeyboardInterrupt:
         summary.stopped = "interrupted"
     finally:
