@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 LIGHT_SHARE = 0.005  # kernels below this share of the model's work are not searched
 MIN_TASK_TRIALS = 16  # a searched kernel gets at least this many trials (when the budget allows)
 BATCH = 32  # candidates measured per round of the search
+WARM_START_RECORDS = 256  # records per kernel the cost model is trained on before a resumed search
+CONFIRM_ROUNDS = 3  # paired timings of best record vs default schedule per kernel after the search
 
 
 @dataclass
@@ -243,6 +245,48 @@ class Tuner:
             state.default_us = sum(run_secs) / len(run_secs) * 1e6
             state.best_us = min(state.best_us or float("inf"), state.default_us)
 
+    def warm_start(self, cost_model, contexts: list, tasks: list) -> int:
+        """Train COST_MODEL on the records the database already holds for TASKS (an earlier run's
+        measurements), so a resumed search predicts well from its first batch; returns how many were used."""
+        used = 0
+        for context, task in zip(contexts, tasks):
+            records = self.database.get_top_k(self.database.commit_workload(task.dispatched[0]), WARM_START_RECORDS)
+            if records:
+                cost_model.update(context, [r.as_measure_candidate() for r in records],
+                                  [ms.runner.RunnerResult(run_secs=r.run_secs, error_msg=None) for r in records])
+                used += len(records)
+        return used
+
+    def confirm(self, summary: TuneSummary, todo: list) -> None:
+        """Time each searched kernel's best record against Kiln's default schedule back to back (CONFIRM_ROUNDS
+        times each, interleaved) and keep the better: a record that won only because the machine was busy when
+        the default was timed is dropped. The summary's times become these paired measurements."""
+        space = tuning_space(self.preset.vector_lanes_fp32)
+        for state, task in todo:
+            mod = task.dispatched[0]
+            workload = self.database.commit_workload(mod)
+            top = self.database.get_top_k(workload, 1)
+            default = space(tvm.s_tir.Schedule(mod))
+            if not top or not default:
+                continue
+            best = top[0].as_measure_candidate().sch.mod
+            timed, _errors = measure.measure_schedules(self.builder, self.runner,
+                                                       [best, default[0].mod] * CONFIRM_ROUNDS, self.target)
+            best_runs = [sum(t) / len(t) for t in timed[0::2] if t]
+            default_runs = [sum(t) / len(t) for t in timed[1::2] if t]
+            if not best_runs or not default_runs:
+                continue
+            best_s, default_s = sorted(best_runs)[len(best_runs) // 2], sorted(default_runs)[len(default_runs) // 2]
+            if best_s >= default_s:
+                dropped = tuning.drop_records(self.folder, state.key, default_s)
+                self.database.commit_tuning_record(ms.database.TuningRecord(
+                    default[0].trace, workload, run_secs=default_runs, target=self.target,
+                    args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+                log.info("%s: the default schedule is as fast as the best record (%d dropped)", state.name, dropped)
+                best_s = default_s
+            state.default_us, state.best_us = default_s * 1e6, best_s * 1e6
+        self._save_notes(summary.tasks)
+
     def run(self, summary: TuneSummary, mod: tvm.IRModule, trials: int, stop: StopSignal,
             seed: int | None) -> None:
         """Search until every kernel has its trials, or STOP says to (time is up, Ctrl-C)."""
@@ -292,6 +336,8 @@ class Tuner:
                                        rand_state=rand, num_threads=self.threads).clone()
                         for (_s, task), rand in zip(todo, ms.utils.fork_seed(seed, n=len(todo)))]
             weights = [float(task.weight) for _s, task in todo]
+            cost_model = ms.cost_model.XGBModel(num_tuning_cores=self.threads)
+            self.warm_start(cost_model, contexts, [task for _s, task in todo])
             callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _BatchCallback(on_batch)]
             try:
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
@@ -299,7 +345,7 @@ class Tuner:
                               max_trials_per_task=max(s.remaining for s, _t in todo) + BATCH,
                               num_trials_per_iter=min(BATCH, max(8, min(s.remaining for s, _t in todo))),
                               builder=self.builder, runner=self.runner, database=self.database,
-                              cost_model=ms.cost_model.XGBModel(num_tuning_cores=self.threads),
+                              cost_model=cost_model,
                               measure_callbacks=callbacks,
                               task_scheduler=_BudgetScheduler([s for s, _t in todo]))
                 summary.stopped = "budget"
@@ -307,6 +353,9 @@ class Tuner:
                 if stop.reason is None:
                     raise
                 summary.stopped = stop.reason
+        if summary.stopped != "interrupted":
+            self.report(summary, f"confirming the best schedules of {len(todo)} kernel(s) against the defaults")
+            self.confirm(summary, todo)
         summary.seconds = time.monotonic() - started
 
 

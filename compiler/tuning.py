@@ -137,6 +137,27 @@ def prune(folder: Path, keep: int) -> tuple[int, int]:
     return len(lines), len(kept)
 
 
+def drop_records(folder: Path, workload_key: str, faster_than: float) -> int:
+    """Drop the records of the workload whose structural hash is WORKLOAD_KEY that claim a mean run time below
+    FASTER_THAN seconds (measurements a busy machine made look better than they are); returns how many."""
+    keys = [json.loads(line)[0] for line in (folder / WORKLOADS).read_text().splitlines() if line.strip()]
+    if workload_key not in keys:
+        return 0
+    index = keys.index(workload_key)
+    path = folder / RECORDS
+    lines = [line for line in path.read_text().split("\n") if line.strip()]
+    kept = []
+    for line in lines:
+        workload, (_trace, run_secs, *_rest) = json.loads(line)
+        times = [float(t) for t in run_secs or []]
+        if workload == index and times and sum(times) / len(times) < faster_than:
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
 def apply_database(mod: tvm.IRModule, database: ms.database.JSONDatabase | None) -> tvm.IRModule:
     """Replace every kernel that has a tuned record in DATABASE by its best schedule (call inside the target)."""
     if database is None:

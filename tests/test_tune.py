@@ -150,32 +150,63 @@ def test_repair_drops_a_torn_last_line(tuned, tmp_path):
     assert len(tuning.open_database(copy).get_all_tuning_records()) == len(whole)
 
 
+def start_tune(model: Path, folder: Path) -> subprocess.Popen:
+    """`kiln tune` with a large budget in a child process; returns once it has saved a searched batch."""
+    cmd = [sys.executable, "-c", "from compiler.cli import main; main()", "tune", str(model), "--target",
+           "x86-avx512", "--trials", "400", "--log", str(folder), "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        notes = tuning.read_notes(folder) if (folder / tuning.NOTES).is_file() else {}
+        if sum(t.get("trials", 0) for t in notes.get("tasks", {}).values()) > 0:
+            return proc
+        if proc.poll() is not None:
+            pytest.fail(f"kiln tune ended early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the tune saved no batch within 4 minutes")
+
+
+def trials_done(folder: Path) -> int:
+    return sum(t["trials"] for t in tuning.read_notes(folder)["tasks"].values())
+
+
 def test_killed_tune_resumes_and_the_database_grows(model, tmp_path):
     folder = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from compiler.cli import main; main()", "tune", str(model), "--target", "x86-avx512",
-           "--trials", "400", "--log", str(folder)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:  # wait until the search has saved at least one batch
-            notes = tuning.read_notes(folder) if (folder / tuning.NOTES).is_file() else {}
-            if sum(t.get("trials", 0) for t in notes.get("tasks", {}).values()) > 0:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(1)
-        else:
-            pytest.fail("the tune saved no batch within 4 minutes")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_tune(model, folder)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     killed_at = len(tuning.open_database(folder).get_all_tuning_records())
-    done = sum(t["trials"] for t in tuning.read_notes(folder)["tasks"].values())
+    done = trials_done(folder)
     assert killed_at >= 2 and done > 0
     resumed = tune.tune(model, target="x86-avx512", trials=done + TRIALS, log_dir=folder, keep=1000)
     assert resumed.stopped == "budget" and 0 < resumed.trials_run
     assert sum(t.trials for t in resumed.searched) >= done + TRIALS
     assert len(tuning.open_database(folder).get_all_tuning_records()) > killed_at
+
+
+def test_ctrl_c_stops_after_the_batch_in_flight_and_keeps_it(model, tmp_path):
+    folder = tmp_path / "interrupted"
+    proc = start_tune(model, folder)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("kiln tune did not stop within 3 minutes of Ctrl-C")
+    assert proc.returncode == 130, err.decode()[-2000:]
+    summary = json.loads(out)
+    assert summary["stopped"] == "interrupted" and summary["trials_run"] == trials_done(folder) > 0
+    assert len(tuning.open_database(folder).get_all_tuning_records()) >= 2
+
+
+def test_minutes_budget_ends_the_search(model, tmp_path):
+    result = CliRunner().invoke(main, ["tune", str(model), "--target", "x86-avx512", "--minutes", "0.1",
+                                       "--log", str(tmp_path / "log"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["stopped"] == "time" and summary["trials_run"] > 0
+    assert summary["curve"] and summary["curve"][-1]["trials"] == summary["trials_run"]
 
 
 def test_tune_through_a_local_rpc_tracker(model, tmp_path):
