@@ -61,13 +61,16 @@ def default_output(model: Path, preset: TargetPreset) -> Path:
 
 
 def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
-                   instruments: list | None = None) -> tvm.IRModule:
+                   pass_times: bool = False) -> tuple[tvm.IRModule, str | None]:
     """Import LOADED into Relax and run Kiln's graph passes for PRESET: the fused kernels that get scheduled
-    (and that `kiln tune` tunes: both must see the same kernels for tuned records to apply)."""
+    (and that `kiln tune` tunes: both must see the same kernels for tuned records to apply). Also returns
+    TVM's time-per-pass table when PASS_TIMES."""
     mod = frontend.import_relax(loaded)
     graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
-    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments or []):
-        return tvm.transform.Sequential(graph, name="kiln.graph")(mod)
+    instruments = [PassTimingInstrument()] if pass_times else []
+    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments):
+        mod = tvm.transform.Sequential(graph, name="kiln.graph")(mod)
+        return mod, instruments[0].render() if instruments else None  # render before the context clears it
 
 
 def compile(  # noqa: A001 - the name users expect: compiler.compile(model, target=...)
@@ -101,13 +104,12 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
     tvm_target = preset.tvm()
     dumper = Dumper(dump_dir, dump_kinds)
-    instruments = [PassTimingInstrument()] if pass_times else []
     say(f"optimizing the graph ({len(graph)} passes)")
-    mod = optimize_graph(loaded, preset, layout, instruments)
-    timing = instruments[0].render() if instruments else None
+    mod, timing = optimize_graph(loaded, preset, layout, pass_times)
     dumper.graph(mod)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
-    database, why_not = tuning.database_for_compile(db_dir, preset) if db_dir else (None, None)
+    database, records, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(mod)) if db_dir
+                                  else (None, 0, None))
     if why_not:
         log.warning("%s", why_not)
         say(f"warning: {why_not}")
@@ -139,8 +141,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         cpu_features=list(preset.cpu_features),
         passes=passes.pass_names(graph) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
         + passes.pass_names(passes.lowering_passes(tvm_target)),
-        tuning={"database": str(db_dir) if database else None,
-                "records": len(database.get_all_tuning_records()) if database else 0,
+        tuning={"database": str(db_dir) if db_dir and tuning.has_database(db_dir) else None,
+                "records": records,
                 "tasks_tuned": len(kernels.tuned),
                 "tasks_default": len(kernels.default_rule) + len(kernels.unscheduled)},
         kernels={**kernels.to_json(), "calls": build.kernel_calls(mod)},

@@ -400,7 +400,7 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
     require_fixed_shapes(loaded)
     summary = TuneSummary(model=Path(model).name, target=preset.name, database=str(folder), tasks=[])
     say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
-    mod = optimize_graph(loaded, preset, layout)
+    mod, _times = optimize_graph(loaded, preset, layout)
     tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say)
     budget = trials if trials is not None else (10 ** 9 if minutes else None)
     if budget is None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
@@ -105,17 +107,50 @@ def open_database(folder: Path, create: bool = False) -> ms.database.JSONDatabas
     return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=create)
 
 
-def database_for_compile(folder: Path, preset: TargetPreset) -> tuple[ms.database.JSONDatabase | None, str | None]:
-    """The database `kiln compile` applies for PRESET, and why none is applied when it is None (a warning
-    for the user) or None when there simply is none."""
+def kernel_keys(mod: tvm.IRModule) -> set[str]:
+    """The workload keys (structural hashes, normalized as MetaSchedule does) of MOD's TIR kernels."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod  # noqa: PLC0415 - MetaSchedule's own rule
+
+    return {str(tvm_ffi.structural_hash(_normalize_mod(f))) for _gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _json_lines(path: Path) -> list:
+    """The parseable lines of a JSON-lines file (a torn last line, from a writer that is still running or was
+    killed, is skipped)."""
+    parsed = []
+    for line in path.read_text().splitlines():
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            continue
+    return parsed
+
+
+def database_for_compile(folder: Path, preset: TargetPreset,
+                         keys: set[str]) -> tuple[ms.database.JSONDatabase | None, int, str | None]:
+    """The records of FOLDER for the kernels with workload KEYS, as a database `kiln compile` applies for PRESET;
+    how many records that is; and why nothing is applied when the folder's records cannot be (a warning for
+    the user). Only the matching workloads are loaded (a shared database holds many models' kernels, and
+    loading a workload costs about 40 ms), from a copy: the folder is never written, so a tune may be
+    appending to it meanwhile."""
     if not has_database(folder):
-        return None, None
+        return None, 0, None
     check_target(folder, preset)
     written_by = read_notes(folder).get("tvm_version")
     if written_by and written_by != tvm.__version__:
-        return None, (f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}: "
-                      "its records are not applied (retune with `kiln tune`)")
-    return open_database(folder), None
+        return None, 0, (f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}: "
+                         "its records are not applied (retune with `kiln tune`)")
+    workloads = _json_lines(folder / WORKLOADS)
+    wanted = {index: new for new, index in enumerate(i for i, w in enumerate(workloads) if w[0] in keys)}
+    records = [[wanted[r[0]], r[1]] for r in _json_lines(folder / RECORDS) if r[0] in wanted]
+    if not records:
+        return None, 0, None
+    with tempfile.TemporaryDirectory(prefix="kiln-records-") as tmp:
+        subset = Path(tmp)
+        (subset / WORKLOADS).write_text("".join(json.dumps(workloads[i]) + "\n" for i in sorted(wanted)))
+        (subset / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
+        return ms.database.JSONDatabase(work_dir=str(subset), allow_missing=False), len(records), None
 
 
 def prune(folder: Path, keep: int) -> tuple[int, int]:

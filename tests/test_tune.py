@@ -257,3 +257,26 @@ def test_tune_refuses_symbolic_shapes_and_names_the_fix(tmp_path):
     path = save(dynamic, tmp_path, "dyn")
     result = CliRunner().invoke(main, ["tune", str(path), "--log", str(tmp_path / "log")])
     assert result.exit_code == 1 and "--input-shape x=1x16x14x14" in result.output
+
+
+def test_progress_redraws_a_table_on_a_terminal_and_logs_lines_otherwise():
+    import io
+
+    from compiler.tune_progress import TuneDisplay
+
+    summary = tune.TuneSummary(model="m.onnx", target="x86-avx512", database="db", tasks=[
+        tune.TaskState("a", "fused_conv2d_add_relu", 2, 100.0, budget=64, trials=32, default_us=500.0, best_us=400.0),
+        tune.TaskState("b", "transpose", 1, 0.0)])
+    summary.trials_run, summary.seconds = 32, 60.0
+    screen = io.StringIO()
+    live = TuneDisplay(screen, live=True)
+    live(summary, "")
+    live(summary, "")
+    text = screen.getvalue()
+    assert text.count("\x1b[3F\x1b[J") == 1  # the second frame replaces the first (headline + header + 1 row)
+    assert "1 kernel(s) searched, trials 32/64, searched kernels 1.00 -> 0.80 ms" in text
+    assert "fused_conv2d_add_relu" in text and "32/64" in text and "1.25x" in text and "transpose" not in text
+    log = io.StringIO()
+    TuneDisplay(log, live=False)(summary, "")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and "trials 32/64" in lines[0] and "left" in lines[0] and "\x1b" not in lines[0]
