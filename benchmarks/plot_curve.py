@@ -31,7 +31,8 @@ def svg(points: list[tuple[float, float]], title: str, best: float) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" '
              'font-size="12">', f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
              f'<text x="{WIDTH / 2}" y="20" text-anchor="middle">{title}</text>',
-             f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" stroke="black"/>',
+             f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" '
+             'stroke="black"/>',
              f'<line x1="{MARGIN}" y1="{MARGIN}" x2="{MARGIN}" y2="{HEIGHT - MARGIN}" stroke="black"/>',
              f'<line x1="{MARGIN}" y1="{band:.1f}" x2="{WIDTH - MARGIN}" y2="{band:.1f}" stroke="gray" '
              'stroke-dasharray="4"/>',

@@ -88,7 +88,8 @@ def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pa
 @click.option("--target", "-t", default="auto", show_default=True, help="Name from `kiln targets`.")
 @click.option("--trials", type=int, help="Candidates to measure in all (default: the preset's trials per kernel).")
 @click.option("--minutes", type=float, help="Stop after this much wall time (with --trials: whichever comes first).")
-@click.option("--log", "log_dir", type=click.Path(file_okay=False), help="Database folder (default tuning_logs/TARGET).")
+@click.option("--log", "log_dir", type=click.Path(file_okay=False),
+              help="Database folder (default tuning_logs/TARGET).")
 @click.option("--workers", type=int, help="Processes building candidates (default: one per core).")
 @click.option("--threads", type=int, help="Threads each candidate runs with (default: all cores, as `kiln run`).")
 @click.option("--rpc", metavar="HOST:PORT", help="Measure on boards registered with this TVM RPC tracker.")

@@ -175,11 +175,12 @@ class _BudgetScheduler(ms.task_scheduler.PyTaskScheduler):
     def next_task_id(self) -> int:
         for task_id in range(len(self.states)):
             ms.task_scheduler.TaskScheduler.touch_task(self._outer(), task_id)  # takes in finished batches
-        open_tasks = [i for i, s in enumerate(self.states) if s.remaining > 0 and not self._outer().tasks_[i].is_terminated]
+        records = self._outer().tasks_
+        open_tasks = [i for i, s in enumerate(self.states) if s.remaining > 0 and not records[i].is_terminated]
         if not open_tasks:
             return -1
         task_id = min(open_tasks, key=lambda i: (self.states[i].trials / self.states[i].budget, -self.states[i].work))
-        if self._outer().tasks_[task_id].measure_candidates is not None:  # a batch still on a remote board
+        if records[task_id].measure_candidates is not None:  # a batch still on a remote board
             self.join_running_task(task_id)
         return task_id
 
@@ -202,6 +203,10 @@ class Tuner:
             raise KilnError(f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}",
                             "tune into another folder with --log DIR, or move the old one away")
         tuning.check_target(folder, preset)
+        measured_with = self.notes.get("threads")
+        if measured_with and int(measured_with) != threads:
+            raise KilnError(f"tuning log {folder} was measured with {measured_with} thread(s), not {threads}",
+                            f"tune with --threads {measured_with}, or into another folder with --log DIR")
         self.database = tuning.open_database(folder, create=True)
 
     def _save_notes(self, tasks: list[TaskState]) -> None:
@@ -306,7 +311,7 @@ class Tuner:
         if summary.model_ms("best_us") is not None:
             summary.curve.append((time.monotonic() - started, 0, summary.model_ms("best_us")))
 
-        def on_batch(task_id: int, times: list[float | None]) -> bool:
+        def on_batch(task_id: int, times: list[float | None]) -> None:
             state = todo[task_id][0]
             state.trials += len(times)
             summary.trials_run += len(times)
@@ -365,8 +370,8 @@ def require_fixed_shapes(loaded: frontend.LoadedModel) -> None:
     if dynamic:
         fixed = " ".join(f"--input-shape {s.name}={'x'.join(str(d if isinstance(d, int) else 1) for d in s.shape)}"
                          for s in dynamic)
-        raise KilnError(f"kiln tune needs fixed input shapes; {', '.join(s.name + ':' + s.shape_text() for s in dynamic)}"
-                        f" has symbolic dims",
+        named = ", ".join(f"{s.name}:{s.shape_text()}" for s in dynamic)
+        raise KilnError(f"kiln tune needs fixed input shapes; {named} has symbolic dims",
                         f"pass {fixed}, and compile with the same shapes so the tuned kernels match")
 
 
