@@ -400,24 +400,25 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
     say = report or (lambda _summary, _message: None)
     preset = get_target(target)
     folder = Path(log_dir) if log_dir else tuning.database_dir(preset.name)
-    threads = threads or len(usable_cpus())
-    loaded = frontend.load_model(Path(model), input_shapes)
-    require_fixed_shapes(loaded)
-    summary = TuneSummary(model=Path(model).name, target=preset.name, database=str(folder), tasks=[])
-    say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
-    mod, _times = optimize_graph(loaded, preset, layout)
-    tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say)
-    budget = trials if trials is not None else (10 ** 9 if minutes else None)
-    if budget is None:
-        states, _ = tuner.tasks(mod)
-        allocate(states, 1)
-        budget = default_trials(preset, sum(1 for s in states if s.budget))
-    deadline = time.monotonic() + minutes * 60 if minutes else None
-    try:
-        with StopSignal(deadline) as stop:
-            tuner.run(summary, mod, budget, stop, seed)
-    except KeyboardInterrupt:
-        summary.stopped = "interrupted"
-    finally:
-        summary.records, summary.kept = tuning.prune(folder, keep or int(preset.tuning.get("keep_records", 4)))
-    return summary
+    with tuning.writer_lock(folder):  # held from the start, so a second tune fails before any work
+        threads = threads or len(usable_cpus())
+        loaded = frontend.load_model(Path(model), input_shapes)
+        require_fixed_shapes(loaded)
+        summary = TuneSummary(model=Path(model).name, target=preset.name, database=str(folder), tasks=[])
+        say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
+        mod, _times = optimize_graph(loaded, preset, layout)
+        tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say)
+        budget = trials if trials is not None else (10 ** 9 if minutes else None)
+        if budget is None:
+            states, _ = tuner.tasks(mod)
+            allocate(states, 1)
+            budget = default_trials(preset, sum(1 for s in states if s.budget))
+        deadline = time.monotonic() + minutes * 60 if minutes else None
+        try:
+            with StopSignal(deadline) as stop:
+                tuner.run(summary, mod, budget, stop, seed)
+        except KeyboardInterrupt:
+            summary.stopped = "interrupted"
+        finally:
+            summary.records, summary.kept = tuning.prune(folder, keep or int(preset.tuning.get("keep_records", 4)))
+        return summary

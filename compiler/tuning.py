@@ -4,10 +4,14 @@ Open, repair after a kill, prune, check against a target, apply to a module."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import tvm
 import tvm_ffi
@@ -25,6 +29,32 @@ TUNING_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
 WORKLOADS, RECORDS, NOTES = "database_workload.json", "database_tuning_record.json", "kiln_tuning.json"
 # Target attributes that decide what code a record's schedule is right for; num-cores is a tuning setting.
 _TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "arch")
+
+
+LOCK = ".kiln_tune.lock"
+
+
+@contextmanager
+def writer_lock(folder: Path) -> Iterator[None]:
+    """Hold FOLDER's writer lock for a tune: two tunes appending to one database at once would interleave
+    their lines. Fails at once, naming the holder, when another process has it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise KilnError(f"another kiln tune ({holder}) is writing {folder}",
+                            "wait for it to finish, or tune into another folder with --log DIR") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def database_dir(target_name: str, root: Path | None = None) -> Path:

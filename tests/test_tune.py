@@ -280,3 +280,12 @@ def test_progress_redraws_a_table_on_a_terminal_and_logs_lines_otherwise():
     TuneDisplay(log, live=False)(summary, "")
     lines = log.getvalue().splitlines()
     assert len(lines) == 1 and "trials 32/64" in lines[0] and "left" in lines[0] and "\x1b" not in lines[0]
+
+
+def test_a_second_tune_on_the_same_log_is_refused_while_one_runs(model, tmp_path):
+    folder = tmp_path / "locked"
+    with tuning.writer_lock(folder):
+        with pytest.raises(KilnError, match=f"another kiln tune \\(pid {os.getpid()}\\) is writing"):
+            tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder)
+    with tuning.writer_lock(folder):  # released: the next holder gets it
+        pass
