@@ -171,6 +171,7 @@ def trials_done(folder: Path) -> int:
     return sum(t["trials"] for t in tuning.read_notes(folder)["tasks"].values())
 
 
+@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
 def test_killed_tune_resumes_and_the_database_grows(model, tmp_path):
     folder = tmp_path / "killed"
     proc = start_tune(model, folder)
@@ -185,6 +186,7 @@ def test_killed_tune_resumes_and_the_database_grows(model, tmp_path):
     assert len(tuning.open_database(folder).get_all_tuning_records()) > killed_at
 
 
+@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
 def test_ctrl_c_stops_after_the_batch_in_flight_and_keeps_it(model, tmp_path):
     folder = tmp_path / "interrupted"
     proc = start_tune(model, folder)
@@ -200,6 +202,7 @@ def test_ctrl_c_stops_after_the_batch_in_flight_and_keeps_it(model, tmp_path):
     assert len(tuning.open_database(folder).get_all_tuning_records()) >= 2
 
 
+@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
 def test_minutes_budget_ends_the_search(model, tmp_path):
     result = CliRunner().invoke(main, ["tune", str(model), "--target", "x86-avx512", "--minutes", "0.1",
                                        "--log", str(tmp_path / "log"), "--json"])
@@ -209,6 +212,7 @@ def test_minutes_budget_ends_the_search(model, tmp_path):
     assert summary["curve"] and summary["curve"][-1]["trials"] == summary["trials_run"]
 
 
+@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
 def test_tune_through_a_local_rpc_tracker(model, tmp_path):
     from tvm import rpc
     from tvm.rpc.tracker import Tracker
