@@ -32,7 +32,7 @@ from runtime.tvm_runtime import usable_cpus
 from . import frontend, measure, tuning
 from .build import _mflop
 from .driver import optimize_graph
-from .schedules import tuning_space
+from .schedules import default_schedule, tuning_space
 from .targets import TargetPreset, get_target
 
 log = logging.getLogger(__name__)
@@ -232,8 +232,8 @@ class Tuner:
 
     def seed(self, states: list[TaskState], task_mods: list[tvm.IRModule]) -> None:
         """Measure Kiln's default schedule of each kernel (one batch) and record it: the search starts from it."""
-        space = tuning_space(self.preset.vector_lanes_fp32)
-        seeds = [(state, mod, (space(tvm.s_tir.Schedule(mod)) or [None])[0]) for state, mod in zip(states, task_mods)]
+        lanes = self.preset.vector_lanes_fp32
+        seeds = [(state, mod, default_schedule(mod, lanes, self.target)) for state, mod in zip(states, task_mods)]
         seeds = [(state, mod, sch) for state, mod, sch in seeds if sch is not None]
         timed, errors = measure.measure_schedules(self.builder, self.runner, [sch.mod for _s, _m, sch in seeds],
                                                   self.target)
@@ -266,17 +266,16 @@ class Tuner:
         """Time each searched kernel's best record against Kiln's default schedule back to back (CONFIRM_ROUNDS
         times each, interleaved) and keep the better: a record that won only because the machine was busy when
         the default was timed is dropped. The summary's times become these paired measurements."""
-        space = tuning_space(self.preset.vector_lanes_fp32)
         for state, task in todo:
             mod = task.dispatched[0]
             workload = self.database.commit_workload(mod)
             top = self.database.get_top_k(workload, 1)
-            default = space(tvm.s_tir.Schedule(mod))
-            if not top or not default:
+            default = default_schedule(mod, self.preset.vector_lanes_fp32, self.target)
+            if not top or default is None:
                 continue
             best = top[0].as_measure_candidate().sch.mod
             timed, _errors = measure.measure_schedules(self.builder, self.runner,
-                                                       [best, default[0].mod] * CONFIRM_ROUNDS, self.target)
+                                                       [best, default.mod] * CONFIRM_ROUNDS, self.target)
             best_runs = [sum(t) / len(t) for t in timed[0::2] if t]
             default_runs = [sum(t) / len(t) for t in timed[1::2] if t]
             if not best_runs or not default_runs:
@@ -285,7 +284,7 @@ class Tuner:
             if best_s >= default_s:
                 dropped = tuning.drop_records(self.folder, state.key, default_s)
                 self.database.commit_tuning_record(ms.database.TuningRecord(
-                    default[0].trace, workload, run_secs=default_runs, target=self.target,
+                    default.trace, workload, run_secs=default_runs, target=self.target,
                     args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
                 log.info("%s: the default schedule is as fast as the best record (%d dropped)", state.name, dropped)
                 best_s = default_s

@@ -293,3 +293,29 @@ def test_a_second_tune_on_the_same_log_is_refused_while_one_runs(model, tmp_path
             tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder)
     with tuning.writer_lock(folder):  # released: the next holder gets it
         pass
+
+
+def test_every_kernel_gets_a_replayable_default_schedule_as_its_seed(tmp_path):
+    """Kiln's rules or, for softmax / layer norm, dlight's: the seed record must replay to the same schedule."""
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from compiler import frontend
+    from compiler.driver import optimize_graph
+    from compiler.schedules import default_schedule
+    from tests.models import single_op_model
+
+    path = save(single_op_model("Softmax", {"x": [8, 1000]}, axis=-1), tmp_path, "softmax")
+    preset = get_target("x86-avx512")
+    mod, _times = optimize_graph(frontend.load_model(path), preset)
+    target = tvm.target.Target({**preset.tvm_target, "num-cores": 2})
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    assert tasks
+    for task in tasks:
+        kernel = task.dispatched[0]
+        seed = default_schedule(kernel, preset.vector_lanes_fp32, target)
+        assert seed is not None, task.task_name
+        replay = tvm.s_tir.Schedule(kernel)
+        seed.trace.apply_to_schedule(replay, remove_postproc=False)
+        assert tvm_ffi.structural_equal(replay.mod, seed.mod), task.task_name

@@ -35,3 +35,18 @@ def tuning_space(lanes: int):
         return []
 
     return space
+
+
+def default_schedule(mod, lanes: int, target) -> s_tir.Schedule | None:
+    """The schedule `kiln compile` gives the one kernel in MOD when it has no tuned record, as a traced schedule
+    whose trace replays on MOD (so it can be stored as a tuning record): Kiln's rules first (tiles as sampling
+    instructions, see tuning_space), then TVM's dlight rules, in default_rules' order. None when no rule fits."""
+    found = tuning_space(lanes)(s_tir.Schedule(mod))
+    if found:
+        return found[0]
+    with target:
+        for rule in (dl.cpu.GEMV(), dl.cpu.Reduction()):
+            scheduled = rule.apply(mod["main"], target, False)
+            if scheduled is not None:
+                return scheduled[0] if isinstance(scheduled, list) else scheduled
+    return None
