@@ -28,7 +28,7 @@ import runtime
 from runtime.atomic import atomic_write
 from runtime.bench import compare
 
-from .zoo import ZOO
+from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "bert-mini"]
@@ -79,7 +79,7 @@ def bench_model(name: str, folder: Path, threads: int, repeat: int, rounds: int)
     model = ZOO[name]()
     path = folder / f"{name}.onnx"
     onnx.save(model, str(path))
-    shapes = {i.name: [dim.dim_value or 1 for dim in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    shapes = batch_one_shapes(model)
     started = time.perf_counter()
     tuned = compiler.compile(path, output=folder / f"{name}.so", input_shapes=shapes)
     compile_s = time.perf_counter() - started

@@ -21,14 +21,9 @@ from compiler import tune
 from compiler.tune_progress import TuneDisplay
 from runtime.atomic import atomic_write
 
-from .zoo import ZOO
+from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
-
-
-def batch_one_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Every input's shape with symbolic dims (the batch) set to 1."""
-    return {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
 
 
 def main() -> None:

@@ -236,6 +236,11 @@ ZOO = {
 }
 
 
+def batch_one_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every input's shape with symbolic dims (the batch) set to 1: how the benchmarks compile and tune."""
+    return {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(ZOO))

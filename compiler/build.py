@@ -45,7 +45,8 @@ class KernelReport:
                 "heavy_unscheduled": [{"kernel": k, "mflop": f} for k, f in self.heavy()]}
 
 
-def _mflop(func: tirx.PrimFunc) -> float | None:
+def kernel_mflop(func: tirx.PrimFunc) -> float | None:
+    """Estimated work of one TIR kernel in MFLOP; None where it has no estimate (symbolic shapes)."""
     try:
         return round(estimate_tir_flops(tvm.IRModule({"main": func})) / 1e6, 3)
     except Exception:  # noqa: BLE001 - symbolic shapes and opaque calls have no estimate; report it as unknown
@@ -73,7 +74,7 @@ def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int)
     kernels = _kernels(done)
     unscheduled = [k for k in kernels if k not in tuned and k not in by_rule]
     report = KernelReport(tuned=sorted(tuned), default_rule=sorted(by_rule), unscheduled=unscheduled,
-                          unscheduled_mflop={k: _mflop(mod[k]) for k in unscheduled})
+                          unscheduled_mflop={k: kernel_mflop(mod[k]) for k in unscheduled})
     return done, report
 
 

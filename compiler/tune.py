@@ -16,12 +16,10 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import tvm
-import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -30,77 +28,17 @@ from runtime.errors import KilnError
 from runtime.tvm_runtime import usable_cpus
 
 from . import frontend, measure, tuning
-from .build import _mflop
+from .build import kernel_mflop
 from .driver import optimize_graph
 from .schedules import default_schedule, tuning_space
 from .targets import TargetPreset, get_target
+from .tune_state import TaskState, TuneSummary, allocate
 
 log = logging.getLogger(__name__)
 
-LIGHT_SHARE = 0.005  # kernels below this share of the model's work are not searched
-MIN_TASK_TRIALS = 16  # a searched kernel gets at least this many trials (when the budget allows)
 BATCH = 32  # candidates measured per round of the search
 WARM_START_RECORDS = 256  # records per kernel the cost model is trained on before a resumed search
 CONFIRM_ROUNDS = 3  # paired timings of best record vs default schedule per kernel after the search
-
-
-@dataclass
-class TaskState:
-    """One kernel being tuned. trials counts searched candidates over every run; times are in microseconds."""
-
-    key: str
-    name: str
-    weight: int
-    mflop: float
-    budget: int = 0
-    trials: int = 0
-    default_us: float | None = None
-    best_us: float | None = None
-
-    @property
-    def work(self) -> float:
-        return self.weight * self.mflop
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.budget - self.trials)
-
-
-@dataclass
-class TuneSummary:
-    """What a tune did: per-kernel state, trials measured in this run, why it stopped."""
-
-    model: str
-    target: str
-    database: str
-    tasks: list[TaskState]
-    trials_run: int = 0
-    seconds: float = 0.0
-    stopped: str = "budget"  # budget | time | interrupted | nothing to do
-    records: int = 0
-    kept: int = 0
-    curve: list[tuple[float, int, float]] = field(default_factory=list)  # (seconds, trials, searched-kernels ms)
-
-    def model_ms(self, attr: str) -> float | None:
-        """Sum over the searched kernels of weight x time (ATTR: 'best_us' or 'default_us'), in ms."""
-        times = [(t.weight, getattr(t, attr)) for t in self.searched]
-        if not times or any(v is None for _w, v in times):
-            return None
-        return sum(w * v for w, v in times) / 1000
-
-    @property
-    def searched(self) -> list[TaskState]:
-        return [t for t in self.tasks if t.budget > 0]
-
-    def to_json(self) -> dict:
-        return {"model": self.model, "target": self.target, "database": self.database,
-                "trials_run": self.trials_run, "seconds": round(self.seconds, 1), "stopped": self.stopped,
-                "records_kept": self.kept, "records_before_pruning": self.records,
-                "kernels_searched": len(self.searched), "kernels": len(self.tasks),
-                "searched_kernels_ms": {"default": self.model_ms("default_us"), "tuned": self.model_ms("best_us")},
-                "curve": [{"seconds": round(s, 1), "trials": n, "searched_kernels_ms": round(ms_, 4)}
-                          for s, n, ms_ in self.curve],
-                "tasks": [asdict(t) for t in self.tasks]}
 
 
 class Stop(Exception):
@@ -136,16 +74,6 @@ class StopSignal:
     def __exit__(self, *_exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def allocate(tasks: list[TaskState], trials: int) -> None:
-    """Give each kernel its share of TRIALS by weight x FLOPs; kernels under LIGHT_SHARE of the work get none."""
-    total = sum(t.work for t in tasks) or 1.0
-    heavy = [t for t in tasks if t.work >= LIGHT_SHARE * total]
-    heavy_work = sum(t.work for t in heavy) or 1.0
-    floor = min(MIN_TASK_TRIALS, max(1, trials // max(1, len(heavy))))
-    for task in tasks:
-        task.budget = max(floor, round(trials * task.work / heavy_work)) if task in heavy else 0
 
 
 @derived_object
@@ -198,8 +126,8 @@ class Tuner:
         self.runner = measure.make_runner(threads, rpc, key, devices)
         self.report = report
         self.notes = tuning.read_notes(folder)
-        written_by = self.notes.get("tvm_version")
-        if written_by and written_by != tvm.__version__:
+        written_by = tuning.other_tvm_version(folder)
+        if written_by:
             raise KilnError(f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}",
                             "tune into another folder with --log DIR, or move the old one away")
         tuning.check_target(folder, preset)
@@ -223,10 +151,11 @@ class Tuner:
         extracted = ms.relax_integration.extract_tasks(mod, self.target)
         states = []
         for task in extracted:
-            key = str(tvm_ffi.structural_hash(task.dispatched[0]))
+            key = tuning.workload_key(task.dispatched[0])
             seen = self.notes.get("tasks", {}).get(key, {})
             states.append(TaskState(key=key, name=task.task_name, weight=int(task.weight),
-                                    mflop=_mflop(task.dispatched[0]["main"]) or 0.0, trials=int(seen.get("trials", 0)),
+                                    mflop=kernel_mflop(task.dispatched[0]["main"]) or 0.0,
+                                    trials=int(seen.get("trials", 0)),
                                     default_us=seen.get("default_us"), best_us=seen.get("best_us")))
         return states, extracted
 
@@ -291,11 +220,14 @@ class Tuner:
             state.default_us, state.best_us = default_s * 1e6, best_s * 1e6
         self._save_notes(summary.tasks)
 
-    def run(self, summary: TuneSummary, mod: tvm.IRModule, trials: int, stop: StopSignal,
+    def run(self, summary: TuneSummary, mod: tvm.IRModule, trials: int | None, stop: StopSignal,
             seed: int | None) -> None:
-        """Search until every kernel has its trials, or STOP says to (time is up, Ctrl-C)."""
+        """Search until every kernel has its TRIALS (None: default_trials), or STOP says to (time, Ctrl-C)."""
         states, extracted = self.tasks(mod)
         summary.tasks = states
+        if trials is None:
+            allocate(states, 1)  # only to learn which kernels are worth searching
+            trials = default_trials(self.preset, sum(1 for s in states if s.budget))
         allocate(states, trials)
         todo = [(s, t) for s, t in zip(states, extracted) if s.remaining > 0]
         started = time.monotonic()
@@ -407,11 +339,7 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
         say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
         mod, _times = optimize_graph(loaded, preset, layout)
         tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say)
-        budget = trials if trials is not None else (10 ** 9 if minutes else None)
-        if budget is None:
-            states, _ = tuner.tasks(mod)
-            allocate(states, 1)
-            budget = default_trials(preset, sum(1 for s in states if s.budget))
+        budget = trials if trials is not None else (10 ** 9 if minutes else None)  # minutes alone: time-bound
         deadline = time.monotonic() + minutes * 60 if minutes else None
         try:
             with StopSignal(deadline) as stop:

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from .tune import TuneSummary
+from .tune_state import TuneSummary
 
 MAX_ROWS = 12  # kernels shown in the live table (the heaviest); the rest are summed up in one line
 

@@ -137,12 +137,22 @@ def open_database(folder: Path, create: bool = False) -> ms.database.JSONDatabas
     return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=create)
 
 
-def kernel_keys(mod: tvm.IRModule) -> set[str]:
-    """The workload keys (structural hashes, normalized as MetaSchedule does) of MOD's TIR kernels."""
+def workload_key(kernel: tvm.IRModule | tvm.tirx.PrimFunc) -> str:
+    """The key the database files a kernel under: its structural hash, normalized as MetaSchedule does."""
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod  # noqa: PLC0415 - MetaSchedule's own rule
 
-    return {str(tvm_ffi.structural_hash(_normalize_mod(f))) for _gv, f in mod.functions_items()
-            if isinstance(f, tvm.tirx.PrimFunc)}
+    return str(tvm_ffi.structural_hash(_normalize_mod(kernel)))
+
+
+def kernel_keys(mod: tvm.IRModule) -> set[str]:
+    """The workload keys of MOD's TIR kernels."""
+    return {workload_key(f) for _gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def other_tvm_version(folder: Path) -> str | None:
+    """The TVM version that wrote FOLDER's database when it is not this one (its records may not replay)."""
+    written_by = read_notes(folder).get("tvm_version")
+    return written_by if written_by and written_by != tvm.__version__ else None
 
 
 def _json_lines(path: Path) -> list:
@@ -167,8 +177,8 @@ def database_for_compile(folder: Path, preset: TargetPreset,
     if not has_database(folder):
         return None, 0, None
     check_target(folder, preset)
-    written_by = read_notes(folder).get("tvm_version")
-    if written_by and written_by != tvm.__version__:
+    written_by = other_tvm_version(folder)
+    if written_by:
         return None, 0, (f"tuning log {folder} was written by TVM {written_by}, this is TVM {tvm.__version__}: "
                          "its records are not applied (retune with `kiln tune`)")
     workloads = _json_lines(folder / WORKLOADS)
@@ -183,44 +193,53 @@ def database_for_compile(folder: Path, preset: TargetPreset,
         return ms.database.JSONDatabase(work_dir=str(subset), allow_missing=False), len(records), None
 
 
-def prune(folder: Path, keep: int) -> tuple[int, int]:
-    """Keep the KEEP fastest successful records of each workload in FOLDER's database; returns (before, after)."""
-    path = folder / RECORDS
-    if not path.is_file():
-        return 0, 0
-    repair(folder)
-    lines = [line for line in path.read_text().split("\n") if line.strip()]
-    by_workload: dict[int, list[tuple[float, int]]] = {}
-    for index, line in enumerate(lines):
+def _records(folder: Path) -> list[tuple[str, int, float | None]]:
+    """Each record line of FOLDER's database with its workload index and mean run time in seconds (None for a
+    failed run: MetaSchedule records those as 1e10 s)."""
+    parsed = []
+    for line in (folder / RECORDS).read_text().split("\n"):
+        if not line.strip():
+            continue
         workload, (_trace, run_secs, *_rest) = json.loads(line)
         times = [float(t) for t in run_secs or []]
-        if times and all(t < 1e9 for t in times):  # MetaSchedule records failed runs as 1e10 s
-            by_workload.setdefault(workload, []).append((sum(times) / len(times), index))
+        ok = times and all(t < 1e9 for t in times)
+        parsed.append((line, workload, sum(times) / len(times) if ok else None))
+    return parsed
+
+
+def _keep_records(folder: Path, records: list, kept: list[str]) -> None:
+    """Rewrite FOLDER's records file with the lines KEPT (atomically), unless nothing of RECORDS was dropped."""
+    if len(kept) != len(records):
+        atomic_write(folder / RECORDS, "".join(line + "\n" for line in kept))
+
+
+def prune(folder: Path, keep: int) -> tuple[int, int]:
+    """Keep the KEEP fastest successful records of each workload in FOLDER's database; returns (before, after)."""
+    if not (folder / RECORDS).is_file():
+        return 0, 0
+    repair(folder)
+    records = _records(folder)
+    by_workload: dict[int, list[tuple[float, int]]] = {}
+    for index, (_line, workload, mean) in enumerate(records):
+        if mean is not None:
+            by_workload.setdefault(workload, []).append((mean, index))
     kept = sorted(i for runs in by_workload.values() for _t, i in sorted(runs)[:keep])
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(lines[i] + "\n" for i in kept))
-    return len(lines), len(kept)
+    _keep_records(folder, records, [records[i][0] for i in kept])
+    return len(records), len(kept)
 
 
 def drop_records(folder: Path, workload_key: str, faster_than: float) -> int:
-    """Drop the records of the workload whose structural hash is WORKLOAD_KEY that claim a mean run time below
-    FASTER_THAN seconds (measurements a busy machine made look better than they are); returns how many."""
-    keys = [json.loads(line)[0] for line in (folder / WORKLOADS).read_text().splitlines() if line.strip()]
+    """Drop the records of the workload whose key is WORKLOAD_KEY that claim a mean run time below FASTER_THAN
+    seconds (measurements a busy machine made look better than they are); returns how many."""
+    keys = [workload[0] for workload in _json_lines(folder / WORKLOADS)]
     if workload_key not in keys:
         return 0
     index = keys.index(workload_key)
-    path = folder / RECORDS
-    lines = [line for line in path.read_text().split("\n") if line.strip()]
-    kept = []
-    for line in lines:
-        workload, (_trace, run_secs, *_rest) = json.loads(line)
-        times = [float(t) for t in run_secs or []]
-        if workload == index and times and sum(times) / len(times) < faster_than:
-            continue
-        kept.append(line)
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(line + "\n" for line in kept))
-    return len(lines) - len(kept)
+    records = _records(folder)
+    kept = [line for line, workload, mean in records
+            if not (workload == index and mean is not None and mean < faster_than)]
+    _keep_records(folder, records, kept)
+    return len(records) - len(kept)
 
 
 def apply_database(mod: tvm.IRModule, database: ms.database.JSONDatabase | None) -> tvm.IRModule:

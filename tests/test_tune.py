@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 import compiler
-from compiler import tune, tuning
+from compiler import tune, tune_state, tuning
 from compiler.cli import main
 from compiler.targets import get_target
 from runtime.errors import KilnError
@@ -44,6 +44,14 @@ def two_conv_model(channels: int = 16, size: int = 14):
 
 def records(folder: Path) -> list[str]:
     return [line for line in (folder / tuning.RECORDS).read_text().splitlines() if line.strip()]
+
+
+def copy_log(folder: Path, copy: Path, with_notes: bool = False) -> Path:
+    """A copy of the database in FOLDER (and Kiln's notes, WITH_NOTES) that a test may change."""
+    copy.mkdir()
+    for name in (tuning.WORKLOADS, tuning.RECORDS, *((tuning.NOTES,) if with_notes else ())):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +114,7 @@ def test_a_log_for_another_target_is_refused(tuned, model, tmp_path):
 
 def test_records_of_another_tvm_version_are_reported_not_applied(tuned, model, tmp_path):
     folder, _summary = tuned
-    copy = tmp_path / "old"
-    copy.mkdir()
-    for name in (tuning.WORKLOADS, tuning.RECORDS, tuning.NOTES):
-        (copy / name).write_bytes((folder / name).read_bytes())
+    copy = copy_log(folder, tmp_path / "old", with_notes=True)
     notes = tuning.read_notes(copy)
     tuning.write_notes(copy, {**notes, "tvm_version": "0.1.0"})
     lines = []
@@ -121,10 +126,7 @@ def test_records_of_another_tvm_version_are_reported_not_applied(tuned, model, t
 
 def test_prune_keeps_the_fastest_record_of_each_workload(tuned, tmp_path):
     folder, _summary = tuned
-    copy = tmp_path / "prune"
-    copy.mkdir()
-    for name in (tuning.WORKLOADS, tuning.RECORDS):
-        (copy / name).write_bytes((folder / name).read_bytes())
+    copy = copy_log(folder, tmp_path / "prune")
     best: dict[int, float] = {}
     for line in records(copy):
         workload, (_trace, run_secs, *_rest) = json.loads(line)
@@ -138,10 +140,7 @@ def test_prune_keeps_the_fastest_record_of_each_workload(tuned, tmp_path):
 
 def test_repair_drops_a_torn_last_line(tuned, tmp_path):
     folder, _summary = tuned
-    copy = tmp_path / "torn"
-    copy.mkdir()
-    for name in (tuning.WORKLOADS, tuning.RECORDS):
-        (copy / name).write_bytes((folder / name).read_bytes())
+    copy = copy_log(folder, tmp_path / "torn")
     whole = records(copy)
     with open(copy / tuning.RECORDS, "a") as f:
         f.write(whole[0][: len(whole[0]) // 2])  # what a kill in the middle of an append leaves
@@ -238,9 +237,9 @@ def test_tune_through_a_local_rpc_tracker(model, tmp_path):
 
 
 def test_allocation_follows_weight_times_flops():
-    tasks = [tune.TaskState("a", "big", 2, 100.0), tune.TaskState("b", "small", 1, 50.0),
-             tune.TaskState("c", "copy", 1, 0.0)]
-    tune.allocate(tasks, 500)
+    tasks = [tune_state.TaskState("a", "big", 2, 100.0), tune_state.TaskState("b", "small", 1, 50.0),
+             tune_state.TaskState("c", "copy", 1, 0.0)]
+    tune_state.allocate(tasks, 500)
     assert tasks[0].budget == 400 and tasks[1].budget == 100 and tasks[2].budget == 0
 
 
@@ -268,9 +267,10 @@ def test_progress_redraws_a_table_on_a_terminal_and_logs_lines_otherwise():
 
     from compiler.tune_progress import TuneDisplay
 
-    summary = tune.TuneSummary(model="m.onnx", target="x86-avx512", database="db", tasks=[
-        tune.TaskState("a", "fused_conv2d_add_relu", 2, 100.0, budget=64, trials=32, default_us=500.0, best_us=400.0),
-        tune.TaskState("b", "transpose", 1, 0.0)])
+    summary = tune_state.TuneSummary(model="m.onnx", target="x86-avx512", database="db", tasks=[
+        tune_state.TaskState("a", "fused_conv2d_add_relu", 2, 100.0, budget=64, trials=32, default_us=500.0,
+                             best_us=400.0),
+        tune_state.TaskState("b", "transpose", 1, 0.0)])
     summary.trials_run, summary.seconds = 32, 60.0
     screen = io.StringIO()
     live = TuneDisplay(screen, live=True)
