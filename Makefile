@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup demo test test-fast bench tune-zoo clean
+.PHONY: all setup demo test test-fast bench bench-quick tune-zoo clean
 
 all: setup
 
@@ -30,8 +30,13 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Every benchmark model against ONNX Runtime and OpenVINO: benchmarks/RESULTS.md and its plots (about 20 minutes).
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# The CI-sized run (two small models, one short round) into benchmarks/quick/.
+bench-quick: setup
+	$(BIN)/python -m benchmarks.run --quick
 
 # Regenerates the committed tuning records (tuning_logs/): resumes where the last run stopped.
 tune-zoo: setup

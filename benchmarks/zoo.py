@@ -233,6 +233,8 @@ ZOO = {
     "mobilenetv2": lambda: mobilenet_v2(),
     "shufflenet": lambda: shufflenet(),
     "bert-mini": lambda: bert_encoder(layers=4, hidden=256, heads=4, ffn=1024, seq=128),
+    "minilm": lambda: bert_encoder(layers=6, hidden=384, heads=12, ffn=1536, seq=128),  # all-MiniLM-L6-v2's shape
+    "bert-base": lambda: bert_encoder(layers=12, hidden=768, heads=12, ffn=3072, seq=128),
 }
 
 

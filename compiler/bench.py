@@ -25,9 +25,23 @@ def _onnx_for(artifact: Path, manifest, given: str | None) -> str:
                     "pass it with --model, or use --against none")
 
 
+def parse_against(text: str) -> tuple[str, ...]:
+    """The engines of `--against` ('onnxruntime,openvino'; 'none' for Kiln alone), checked against the known ones."""
+    from runtime.references import REFERENCES  # noqa: PLC0415
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in REFERENCES]
+    if unknown:
+        raise KilnError(f"unknown engine(s) for --against: {', '.join(unknown)} (known: {', '.join(REFERENCES)}, none)",
+                        "pass a comma-separated list of them")
+    return names
+
+
 def bench(path: str, onnx_model: str | None = None, against: str = "onnxruntime", target: str = "auto",
           threads: int = 2, repeat: int = 20, batch: int = 1, progress=None) -> dict:
-    """Benchmark PATH (artifact or ONNX model) and return the stable JSON report."""
+    """Benchmark PATH (artifact or ONNX model) beside the engines named in AGAINST (comma-separated) and return
+    the stable JSON report."""
+    engines = parse_against(against)
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
         artifact = Path(path)
         if not is_artifact(artifact):
@@ -36,27 +50,33 @@ def bench(path: str, onnx_model: str | None = None, against: str = "onnxruntime"
             onnx_model = onnx_model or path
             artifact = compile_model(path, target=target, output=Path(tmp) / "model.so", progress=progress).path
         model = runtime.load(artifact, threads=threads)
-        reference = _onnx_for(artifact, model.manifest, onnx_model) if against == "onnxruntime" else None
+        reference = _onnx_for(artifact, model.manifest, onnx_model) if engines else None
         dims = {d: batch for spec in model.inputs for d in spec.shape if isinstance(d, str)}
         if progress:
             progress(f"timing {repeat} runs per engine on {threads} thread(s)")
-        result = compare(model, reference, threads, repeat, dims=dims, batch=batch)
+        result = compare(model, reference, threads, repeat, dims=dims, batch=batch, against=engines)
     return {"model": model.manifest.source_model, "target": model.manifest.target, "threads": threads,
             "batch": batch, "machine": platform.machine(), **result.to_json()}
 
 
 def to_text(result: dict) -> str:
     """Side-by-side table of a bench() report."""
-    rows = [("kiln", result["kiln"])] + ([("onnxruntime", result["onnxruntime"])] if result["onnxruntime"] else [])
+    engines = result["engines"]
+    reference = result["reference"]
     lines = [f"{result['model']} on {result['target']}, {result['threads']} thread(s), batch {result['batch']}",
-             f"{'engine':<12} {'median ms':>10} {'p90 ms':>10} {'per s':>10}"]
-    for name, t in rows:
-        lines.append(f"{name:<12} {t['median_ms']:>10.3f} {t['p90_ms']:>10.3f} {t['throughput_per_s']:>10.1f}")
+             f"{'engine':<14} {'precision':<9} {'median ms':>10} {'p90 ms':>10} {'per s':>10}"
+             + (f" {'vs ' + reference:>16}  outputs" if reference else "")]
+    for name, t in engines.items():
+        line = (f"{name:<14} {t['precision']:<9} {t['median_ms']:>10.3f} {t['p90_ms']:>10.3f} "
+                f"{t['throughput_per_s']:>10.1f}")
+        if reference:
+            verdict = "match" if t["outputs_match"] else "DIFFER"
+            line += f" {t['ratio']:>15.2f}x  {verdict} (max abs error {t['max_abs_error']:.3g})"
+        lines.append(line)
     if result["ratio"] is not None:
-        lines.append(f"kiln / onnxruntime latency: {result['ratio']:.2f}x")
-        verdict = "outputs match" if result["outputs_match"] else "OUTPUTS DIFFER"
-        lines.append(f"{verdict} (max abs error {result['max_abs_error']:.3g})")
-    loads = [t["outside_load_cores"] for _, t in rows]
+        lines.append(f"kiln / {reference} latency: {result['ratio']:.2f}x")
+        lines.append("outputs match" if result["outputs_match"] else "OUTPUTS DIFFER")
+    loads = [t["outside_load_cores"] for t in engines.values()]
     if max(loads) > 0.25:
         lines.append(f"warning: other processes used up to {max(loads):.2f} cores during timing; figures are noisy")
     return "\n".join(lines)

@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 import runtime
-from runtime.bench import onnxruntime_session, outputs_match, random_inputs
+from runtime.bench import outputs_match, random_inputs
+from runtime.references import onnxruntime_session
 
 OPSET = 17
 F32 = TensorProto.FLOAT

@@ -89,6 +89,21 @@ def test_bench_json_compares_with_onnxruntime(artifact, model):
     assert report["ratio"] == pytest.approx(report["kiln"]["median_ms"] / report["onnxruntime"]["median_ms"], 0.01)
 
 
+def test_bench_against_openvino_checks_every_engine(artifact, model):
+    result = kiln("bench", artifact, "--model", model, "--against", "onnxruntime,openvino,openvino-f32",
+                  "--repeat", 4, "--threads", 1, "--batch", 2, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["engines"]) == ["kiln", "onnxruntime", "openvino", "openvino-f32"]
+    assert report["reference"] == "onnxruntime" and report["outputs_match"] is True
+    engines = report["engines"]
+    assert engines["openvino-f32"]["precision"] == "f32" and engines["openvino-f32"]["max_abs_error"] < 1e-4
+    for name, figures in engines.items():
+        assert figures["outputs_match"] is True, name
+        assert figures["runs"] == 4 and figures["throughput_per_s"] > 0
+        assert figures["ratio"] == pytest.approx(figures["median_ms"] / engines["onnxruntime"]["median_ms"], 0.01)
+
+
 def test_bench_onnx_model_directly(model):
     result = kiln("bench", model, "--repeat", 2, "--threads", 1)
     assert result.exit_code == 0, result.output
@@ -102,6 +117,8 @@ def test_bench_onnx_model_directly(model):
     (["run", "{artifact}"], "error: no inputs given (pass --input NAME=FILE.npy"),
     (["run", "{model}", "--random"], "is not a Kiln artifact"),
     (["bench", "{artifact}", "--model", "nowhere.onnx"], "error: ONNX model not found: nowhere.onnx"),
+    (["bench", "{artifact}", "--against", "onnxruntime,tensorrt"],
+     "error: unknown engine(s) for --against: tensorrt (known: onnxruntime, openvino, openvino-f32, none)"),
 ])
 def test_errors_are_one_line(args, message, model, artifact):
     result = kiln(*[a.format(model=model, artifact=artifact) for a in args])

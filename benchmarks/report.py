@@ -1,0 +1,168 @@
+"""RESULTS.md from a benchmark report (benchmarks/run.py): the run's conditions, the tables, the plots, and the
+tuning runs behind the committed records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = "onnxruntime"
+
+
+def _engine_label(name: str, figures: dict) -> str:
+    return f"{name} ({figures['precision']})" if figures["precision"] not in ("f32", "float32") else name
+
+
+def summary_table(rows: list[dict], batch: str) -> list[str]:
+    """One row per model: each engine's median latency and its ratio to ONNX Runtime fp32 at BATCH."""
+    engines = list(rows[0]["batches"][batch]["engines"])
+    labels = [_engine_label(e, rows[0]["batches"][batch]["engines"][e]) for e in engines]
+    lines = [f"| model | GFLOP | {' | '.join(labels)} |", "| --- | ---: |" + " ---: |" * len(engines)]
+    for row in rows:
+        figures = row["batches"][batch]
+        cells = [f"{figures['engines'][e]['median_ms']:.2f} ms ({figures['engines'][e]['ratio']:.2f}x)"
+                 for e in engines]
+        lines.append(f"| {row['model']} | {figures['gflop']:.2f} | {' | '.join(cells)} |")
+    return lines
+
+
+def detail_table(rows: list[dict], batch: str, peak: float) -> list[str]:
+    """Every engine on every model at BATCH: latency spread, throughput, ratio, roofline fraction, agreement."""
+    lines = ["| model | engine | precision | median ms | p90 ms | items/s | vs ORT fp32 | rounds | GFLOP/s "
+             "| of fp32 peak | outputs vs ORT (max abs error) | outside load |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for row in rows:
+        figures = row["batches"][batch]
+        for name, e in figures["engines"].items():
+            gflops = figures["gflop"] / (e["median_ms"] / 1000)
+            ratios = e["round_ratios"]
+            spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else f"{ratios[0]:.2f}"
+            agree = "yes" if e["outputs_match"] else "NO"
+            lines.append(f"| {row['model']} | {name} | {e['precision']} | {e['median_ms']:.2f} | {e['p90_ms']:.2f} | "
+                         f"{e['throughput_per_s']:.1f} | {e['ratio']:.2f}x | {spread} | {gflops:.0f} | "
+                         f"{gflops / peak:.0%} | {agree} ({e['max_abs_error']:.2g}) | {e['outside_load_cores']:.2f} |")
+    return lines
+
+
+def cost_table(rows: list[dict]) -> list[str]:
+    """Per model: Kiln's compile time, artifact size and tuned kernels; each engine's start-up and memory."""
+    engines = list(rows[0]["footprint"])
+    lines = ["| model | ONNX MB | Kiln compile s (batch 1) | artifact MB | tuned kernels | "
+             + " | ".join(f"{e} start s / peak RSS MB" for e in engines) + " |",
+             "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(engines)]
+    for row in rows:
+        one = row["batches"]["1"] if "1" in row["batches"] else next(iter(row["batches"].values()))
+        cells = [f"{row['footprint'][e]['seconds']:.2f} / {row['footprint'][e]['peak_rss_mb']}" for e in engines]
+        lines.append(f"| {row['model']} | {row['onnx_mb']} | {one['compile_s']['kiln-tuned']} | {one['artifact_mb']} "
+                     f"| {one['tuned_kernels']}/{one['kernels']} | {' | '.join(cells)} |")
+    return lines
+
+
+def to_markdown(report: dict, plots: dict[str, str]) -> str:
+    """RESULTS.md for REPORT; PLOTS names the image files written beside it (latency, roofline, tuning_curve)."""
+    meta, rows = report["meta"], report["results"]
+    versions = ", ".join(f"{k} {v.split('-')[0]}" for k, v in meta["versions"].items())
+    lines = [
+        "# Benchmark results", "",
+        f"Run {meta['date']} on {meta['machine']}; {meta['threads']} threads, batch {' and '.join(map(str, meta['batches']))}.",
+        f"Versions: {versions}.",
+        f"Measured fp32 peak: {meta['peak_gflops']} GFLOP/s (numpy's OpenBLAS sgemm, 2048x2048, {meta['threads']} "
+        "threads, best of 7); 'of fp32 peak' below is each engine's GFLOP/s (the model's contractions: conv, matmul, "
+        "gemm, counted from the ONNX graph) over it. A reduced-precision engine can pass 100%.",
+    ]
+    if meta.get("quick"):
+        lines += ["", "**Quick run** (`--quick`): small models, one short round; for CI, not for quoting."]
+    lines += [
+        "",
+        "How: each model is built by `benchmarks/zoo.py` (seeded random weights, no downloads) and compiled by Kiln",
+        "for this machine's best preset: at batch 1 with the committed tuning records (`kiln-tuned`; kernels without",
+        "a record keep Kiln's default schedules) and without (`kiln-untuned`), at batch 8 with the records (they were",
+        "tuned at batch 1, so few apply). All engines run the same seeded inputs in one process with the same thread",
+        f"count, in {meta['rounds']} round(s) of 4 alternating timing blocks each; the figures are the medians over",
+        "rounds, 'rounds' the lowest and highest round's ratio. Ratios are latency over ONNX Runtime fp32 in the same",
+        "round: below 1.00x is faster. Each block records the CPU other processes used meanwhile (/proc/stat,",
+        "'outside load', in cores) and is retaken above 0.25. Outputs are checked against ONNX Runtime: fp32 engines",
+        "elementwise (rtol 1e-3), reduced-precision ones within 3% of the output's range.",
+        "OpenVINO's default precision on a CPU with AMX or AVX512-BF16 is bf16; `openvino-f32` forces f32.",
+        "Not in this table yet: Kiln int8 and bf16 and ONNX Runtime's int8 (they wait for the quantization issue).",
+    ]
+    lines += [f"Missing engine: {m}." for m in meta.get("engines_missing", [])]
+    for batch in map(str, meta["batches"]):
+        lines += ["", f"## Batch {batch}: latency and ratio to ONNX Runtime fp32", ""] + summary_table(rows, batch)
+    if plots.get("latency"):
+        lines += ["", f"![latency relative to ONNX Runtime fp32, by model and engine]({plots['latency']})"]
+    for batch in map(str, meta["batches"]):
+        lines += ["", f"## Batch {batch}: every engine", ""] + detail_table(rows, batch, meta["peak_gflops"])
+    if plots.get("roofline"):
+        lines += ["", f"![GFLOP/s reached by each engine against the measured fp32 peak]({plots['roofline']})"]
+    lines += ["", "## Compile, start-up and memory", "",
+              "'start s' is a fresh process importing the engine (Kiln: its thin runtime alone), loading the model at",
+              "batch 1 and running it once; 'peak RSS' is that process's peak resident memory (VmHWM).", ""]
+    lines += cost_table(rows)
+    lines += tuning_section(plots.get("tuning_curve"))
+    lines += ["", "Regenerate with `make bench` (`make bench-quick` for the CI-sized run)."]
+    return "\n".join(lines) + "\n"
+
+
+def _paired_ms(run: dict) -> tuple[float, float] | None:
+    """(default, tuned) searched-kernel ms of a tune summary RUN from the confirmed per-kernel times that
+    tuning_logs/TARGET/kiln_tuning.json holds; None when a kernel has no confirmed pair."""
+    from compiler.tuning import database_dir, read_notes  # noqa: PLC0415
+
+    notes = read_notes(database_dir(run["target"])).get("tasks", {})
+    searched = [t for t in run.get("tasks", []) if t.get("budget")]
+    pairs = [(t["weight"], notes.get(t["key"], {})) for t in searched]
+    if not pairs or any(not n.get("default_us") or not n.get("best_us") for _w, n in pairs):
+        return None
+    return (sum(w * n["default_us"] for w, n in pairs) / 1000, sum(w * n["best_us"] for w, n in pairs) / 1000)
+
+
+def tuning_section(curve_plot: str | None, folder: Path = HERE / "tuning") -> list[str]:
+    """RESULTS.md lines on the tuning runs behind the committed records: one row per run summary in FOLDER, and
+    the tuning curve of ResNet-18 (plotted in the image CURVE_PLOT when there is one)."""
+    summaries = sorted(folder.glob("*.json"))
+    if not summaries:
+        return []
+    lines = ["", "## Tuning runs behind the committed records", "",
+             "Searched kernels' time = sum over the kernels `kiln tune` searched of (calls x kernel time), each kernel",
+             "timed alone with 2 threads: Kiln's default schedules before, the best record after. 'During search' is",
+             "what the search measured (default timed once at the start, candidates once each); 'paired' is the",
+             "confirmation step: best record and default timed back to back, 3 times each, the medians (records that",
+             "lost there were dropped). The whole model also runs the unsearched kernels (layout transposes, copies),",
+             "streams its weights from memory rather than cache, and runs the VM: the table above has whole-model",
+             "times.", "",
+             "| run | stopped | trials | minutes | searched kernels | during search: default ms | tuned ms | gain "
+             "| paired: default ms | tuned ms | gain |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for path in summaries:
+        run = json.loads(path.read_text())
+        curve = run.get("curve") or []
+        if len(curve) < 2:
+            continue
+        default, tuned = curve[0]["searched_kernels_ms"], curve[-1]["searched_kernels_ms"]
+        paired = _paired_ms(run)
+        paired_text = (f"{paired[0]:.2f} | {paired[1]:.2f} | {paired[0] / paired[1]:.3f}x" if paired
+                       else "- | - | -")
+        lines.append(f"| {path.stem} | {run.get('stopped', '?')} | {curve[-1]['trials']} | "
+                     f"{curve[-1]['seconds'] / 60:.0f} | {run.get('kernels_searched', '?')} | {default:.2f} | "
+                     f"{tuned:.2f} | {default / tuned:.3f}x | {paired_text} |")
+    curve_file = folder / "x86-avx512-resnet18.json"
+    if curve_file.is_file():
+        curve = json.loads(curve_file.read_text())["curve"]
+        best = min(p["searched_kernels_ms"] for p in curve)
+        within = next((p for p in curve if p["searched_kernels_ms"] <= best * 1.1), curve[-1])
+        lines += ["", "### Tuning curve: ResNet-18 on x86-avx512", ""]
+        if curve_plot:
+            lines += [f"![searched kernels' time against minutes of tuning]({curve_plot})", ""]
+        lines += [
+                  f"Kiln's default schedules start {curve[0]['searched_kernels_ms'] / best - 1:.1%} above the best "
+                  f"found ({best:.2f} ms); the search is within 10% of it after {within['seconds'] / 60:.1f} min "
+                  f"({within['trials']} trials).", "",
+                  "| minutes | trials | searched kernels ms |", "| ---: | ---: | ---: |"]
+        step = max(1, len(curve) // 10)
+        for point in curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else []):
+            lines.append(f"| {point['seconds'] / 60:.1f} | {point['trials']} | {point['searched_kernels_ms']:.2f} |")
+    return lines
+
+
