@@ -9,13 +9,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-
-def _const(expr) -> np.ndarray | None:
-    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy") else None
-
-
-def _op_name(expr) -> str:
-    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+from .weight_packing import pack_weights
+from .relax_util import const_value, op_name, rewrite_relax_functions
 
 
 @mutator
@@ -30,33 +25,33 @@ class _BatchNormFolder(PyExprMutator):
         """(linear call, bias array or None) when DATA is conv2d/matmul with constant weights, plus a constant."""
         producer = self._producer(data)
         bias = None
-        if _op_name(producer) == "relax.add":
+        if op_name(producer) == "relax.add":
             lhs, rhs = producer.args
-            bias, producer = _const(rhs), self._producer(lhs)
+            bias, producer = const_value(rhs), self._producer(lhs)
             if bias is None:
                 return None, None
-        name = _op_name(producer)
+        name = op_name(producer)
         if name == "relax.nn.conv2d":
             attrs = producer.attrs
             if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
                 return None, None
         elif name != "relax.matmul":
             return None, None
-        if _const(producer.args[1]) is None:
+        if const_value(producer.args[1]) is None:
             return None, None
         return producer, bias
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if _op_name(call) != "relax.nn.batch_norm":
+        if op_name(call) != "relax.nn.batch_norm":
             return call
         data, *stats = call.args
-        gamma, beta, mean, var = (_const(s) for s in stats)
+        gamma, beta, mean, var = (const_value(s) for s in stats)
         linear, bias = self._linear_with_bias(data)
         rank = data.ty.ndim
         if linear is None or any(a is None for a in (gamma, beta, mean, var)):
             return call
-        is_conv = _op_name(linear) == "relax.nn.conv2d"
+        is_conv = op_name(linear) == "relax.nn.conv2d"
         if (is_conv and int(call.attrs.axis) not in (1, 1 - rank)) or (
             not is_conv and int(call.attrs.axis) not in (-1, rank - 1)
         ):
@@ -64,7 +59,7 @@ class _BatchNormFolder(PyExprMutator):
         dtype = str(data.ty.dtype)
         scale = (gamma if call.attrs.scale else np.ones_like(gamma)) / np.sqrt(var + float(call.attrs.epsilon))
         shift = (beta if call.attrs.center else np.zeros_like(beta)) - mean * scale
-        weight = _const(linear.args[1])
+        weight = const_value(linear.args[1])
         if is_conv:
             weight = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
             bias_shape = (1, -1) + (1,) * (rank - 2)
@@ -80,19 +75,10 @@ class _BatchNormFolder(PyExprMutator):
         return relax.Tuple([folded, stats[2], stats[3]])
 
 
-def _rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
-    """Run the PyExprMutator that MAKE_MUTATOR(mod) builds over every Relax function of MOD; return the result."""
-    mutator = make_mutator(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
-
-
 @tvm.transform.module_pass(opt_level=0, name="kiln.FoldBatchNorm")
 def fold_batch_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Fold inference batch-norms into the conv2d / matmul (with constant weights) that feeds them."""
-    return _rewrite_relax_functions(mod, _BatchNormFolder)
+    return rewrite_relax_functions(mod, _BatchNormFolder)
 
 
 _CLAMPS = {"Max": "lower", "Min": "upper"}
@@ -132,11 +118,11 @@ class _ClampRaiser(PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if _op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
+        if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
             return call
         kind = _scalar_clamp(self.mod[call.args[0]])
         args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
-        bound = _const(args[1]) if len(args) == 2 else None
+        bound = const_value(args[1]) if len(args) == 2 else None
         if kind is None or bound is None or bound.ndim != 0 or np.isnan(bound):
             return call
         scalar = relax.const(bound, str(args[0].ty.dtype))
@@ -146,7 +132,7 @@ class _ClampRaiser(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="kiln.RaiseClamps")
 def raise_clamps(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Turn the importer's TIR max/min-with-a-scalar kernels (ONNX Clip, ReLU6) back into Relax ops."""
-    return _rewrite_relax_functions(mod, _ClampRaiser)
+    return rewrite_relax_functions(mod, _ClampRaiser)
 
 
 @mutator
@@ -160,10 +146,10 @@ class _ChannelPadder(PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        name = _op_name(call)
+        name = op_name(call)
         if name == "relax.nn.conv2d" and (call.attrs.data_layout, call.attrs.kernel_layout) != ("NHWC", "HWIO"):
             return call
-        weight = _const(call.args[1]) if name in ("relax.nn.conv2d", "relax.matmul") else None
+        weight = const_value(call.args[1]) if name in ("relax.nn.conv2d", "relax.matmul") else None
         if weight is None or weight.ndim < 2 or (name == "relax.nn.conv2d" and int(call.attrs.groups) != 1):
             return call
         cols = weight.shape[-1]
@@ -184,7 +170,7 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="kiln.PadChannels")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _rewrite_relax_functions(mod, functools.partial(_ChannelPadder, lanes=lanes))
+        return rewrite_relax_functions(mod, functools.partial(_ChannelPadder, lanes=lanes))
 
     return _pass
 
@@ -207,6 +193,7 @@ def graph_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pa
           if layout == "NHWC" else []),
         pad_channels(lanes),
         relax.transform.FoldConstant(),
+        pack_weights,
         # Lower to TIR and fuse producers with their consumers (sort/scan/sampling ops first, through TVM's
         # CPU dispatch: LegalizeOps leaves them to it).
         relax.backend.DispatchSampling(),

@@ -179,3 +179,41 @@ def single_conv(cout: int):
 
 def _op_name_of(expr) -> str:
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+
+
+def packable_model():
+    """A strided, dilated, asymmetrically padded conv (64 outputs: two 32-wide panels), a 1x1 conv, a grouped conv
+    (left unpacked), then a matmul on [N, tokens, channels] with 128 columns (two 64-wide panels) and a bias."""
+    w = {"w3": R.standard_normal((64, 3, 3, 3)), "w1": R.standard_normal((96, 64, 1, 1)),
+         "wg": R.standard_normal((96, 48, 3, 3)), "wm": R.standard_normal((96, 128)), "bm": R.standard_normal(128),
+         "shape": np.array([0, 96, -1])}
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["a"], strides=[2, 2], dilations=[2, 2], pads=[2, 1, 0, 2]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w1"], ["b"]),
+             helper.make_node("Conv", ["b", "wg"], ["c"], group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "shape"], ["t"]),
+             helper.make_node("Transpose", ["t"], ["tt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["tt", "wm"], ["m"]),
+             helper.make_node("Add", ["m", "bm"], ["y"])]
+    inits = [numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in w.items()]
+    graph = helper.make_graph(nodes, "packable", [helper.make_tensor_value_info("x", F32, ["N", 3, 13, 11])],
+                              [helper.make_tensor_value_info("y", F32, None)], inits)
+    return finish(graph)
+
+
+def test_pack_weights_rewrites_dense_and_plain_convs(tmp_path):
+    from compiler.weight_packing import pack_weights
+
+    with tvm.target.Target({"kind": "llvm"}):
+        graph = graph_passes("NHWC")
+        before = tvm.transform.Sequential(graph[: pass_names(graph).index("kiln.PackWeights")])(
+            from_onnx(packable_model(), shape_dict={"x": [2, 3, 13, 11]}))
+        after = pack_weights(before)
+    assert _ops(before).count("relax.nn.conv2d") == 3 and _ops(before).count("relax.matmul") == 1
+    assert _ops(after).count("relax.nn.conv2d") == 1  # the grouped one keeps its weights
+    assert "relax.matmul" not in _ops(after)
+    packed = sorted(gv.name_hint for gv, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert packed == ["packed_conv2d", "packed_conv2d1", "packed_matmul"]
+    compile_and_check(packable_model(), tmp_path, input_shapes={"x": [2, 3, 13, 11]})
+    (tmp_path / "dynamic").mkdir()
+    compile_and_check(packable_model(), tmp_path / "dynamic")  # symbolic batch reaches the packed kernels too

@@ -47,11 +47,20 @@ def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None
             continue
         last = analyzer.simplify(region.region[-1].min)
         if _uses(last, vec_var, group):
+            if _is_lane_of(last, vec_var, group):
+                continue
             if _uses(analyzer.simplify(last - vec_var), vec_var, group):
                 return False
         elif any(_uses(analyzer.simplify(r.min), vec_var, group) for r in region.region):
             return False
     return True
+
+
+def _is_lane_of(expr, var: tirx.Var, group: int | None) -> bool:
+    """True for VAR % GROUP: the lane of a weight packed as [cols // GROUP, ..., GROUP] (see kiln.PackDenseWeights),
+    contiguous for any vector width that divides GROUP."""
+    return bool(group) and isinstance(expr, tirx.FloorMod) and isinstance(expr.a, tirx.Var) \
+        and expr.a.same_as(var) and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group
 
 
 def _group_size(expr, var: tirx.Var) -> int | None:
@@ -79,29 +88,33 @@ def _output_rows(sch: s_tir.Schedule, loops: list) -> int:
 
 
 def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = None,
-                  aliased_rows: bool = False) -> tuple[int, int]:
+                  aliased_rows: bool = False, wide: bool = False) -> tuple[int, int]:
     """(row tile, vector width) of the register tile: the pair with the most accumulators that fits the vector
     registers, more rows on a tie; exact divisors of ROWS first, a guarded tile (last one partly empty) only when
     no divisor of 4 or more fits. Measured: SqueezeNet's 169x1000 classifier ran 13 x 8 in 0.98 ms, 8 x 8 guarded
     in 2.2 ms, 1 x 40 in 6.2 ms; ResNet-18 with 14 x 16 tiles at 28x28 and 14x14 in 22.5 ms, with 7 x 32 in 25.9.
     ALIASED_ROWS (the rows of the broadcast operand lie a multiple of 4 KB apart, so they share cache sets) caps
     the tile at 8 rows: a 128x1024x256 matmul ran 8 x 32 at 223 GFLOP/s and 16 x 16 at 108. With GROUP (a
-    grouped convolution's channels per group) the vector width divides it, so a vector never spans two groups."""
+    grouped convolution's channels per group) the vector width divides it, so a vector never spans two groups.
+    WIDE (weights packed in panels, kiln.PackWeights) breaks ties towards wider vectors: a 3x3 256-channel
+    convolution at 14x14 ran 7 x 32 in 0.76 ms and 14 x 16 in 0.89; a 128x768x768 matmul 4 x 64 in 0.53 ms and
+    16 x 16 in 0.60."""
     budget = MAX_ACCUMULATORS if lanes >= 16 else 12
-    best = (0.0, 1, vector_factor(group or cols, lanes))  # (accumulated outputs, rows, vector width)
+    first = vector_factor(group or cols, lanes)
+    best = (0.0, 0, 1, first)  # (accumulated outputs, tie-break, rows, vector width)
     for vf in vector_factors(group or cols, lanes):
         limit = max(1, budget // -(-vf // lanes))
         if aliased_rows:
             limit = min(limit, ALIASED_ROW_LIMIT)
         if rows is None:
-            best = max(best, (float(vf), 1, vf))
+            best = max(best, (float(vf), vf, 1, vf))
             continue
         exact = max((d for d in range(1, min(rows, limit) + 1) if rows % d == 0), default=1)
-        best = max(best, (float(exact * vf), exact, vf))
+        best = max(best, (float(exact * vf), vf if wide else exact, exact, vf))
         if exact < 4 and rows > limit:
             guarded = min(8, limit)
-            best = max(best, (0.5 * guarded * vf, guarded, vf))
-    return best[1], best[2]
+            best = max(best, (0.5 * guarded * vf, vf if wide else guarded, guarded, vf))
+    return best[2], best[3]
 
 
 def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> bool:
@@ -196,7 +209,8 @@ class Contraction(KilnRule):
         weights_first = cols > _output_rows(sch, spatial[:-1])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
         aliased = n_spatial >= 2 and _rows_alias(sch.get(main), sch.get(main).iter_vars[n_spatial - 2].var, vec_var)
-        rn, vf = register_tile(rows, cols, self.lanes, group, aliased)
+        packed = any(_is_lane_of(rng.min, vec_var, group) for r in sch.get(main).reads for rng in r.region[-1:])
+        rn, vf = register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
         col_outer, col_inner = split_tile(sch, spatial[-1], vf, self.tunable)
         if rows is not None:
             row_outer, row_inner = split_tile(sch, spatial[-2], rn, self.tunable)

@@ -1,0 +1,26 @@
+"""Small helpers shared by Kiln's Relax graph passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def const_value(expr) -> np.ndarray | None:
+    """The array of a Relax constant, or None when EXPR is not one."""
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy") else None
+
+
+def op_name(expr) -> str:
+    """The operator name of a Relax call ('relax.matmul'), or '' for anything else."""
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+
+
+def rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
+    """Run the PyExprMutator that MAKE_MUTATOR(mod) builds over every Relax function of MOD; return the result."""
+    mutator = make_mutator(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()

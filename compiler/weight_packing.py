@@ -1,0 +1,106 @@
+"""kiln.PackWeights: constant weights of matmuls ([K, N]) and convolutions (HWIO) are stored packed in panels of G
+output columns, [N / G, K, G] and [O / G, H, W, I, G], at compile time; the kernels read them packed.
+
+Unpacked, the register tile of the contraction schedule reads G-wide slices N floats apart at each reduction
+step (one 4 KB page per step when N is 1024 or more), which defeats the hardware prefetchers and the cache.
+Packed, a tile's whole weight panel is one contiguous block. Measured on a 2-core Xeon with AVX-512 (2 threads):
+matmul 128x768 @ 768x3072 from 7.2 to 3.0 ms, 128x3072 @ 3072x768 from 7.3 to 2.3 ms; a 3x3 convolution
+14x14x256 -> 256 from 2.05 to 0.76 ms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .relax_util import const_value, op_name, rewrite_relax_functions
+
+# Columns per packed panel, preferred first; each a multiple of every vector width Kiln uses. Measured: matmuls
+# ran best with 64-wide panels (4 x 64 register tiles), convolutions with 32 (7 x 32 tiles, 304 vs 257 GFLOP/s).
+MATMUL_PANELS = (64, 32)
+CONV_PANELS = (32,)
+OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: epilogues (bias, GELU) fuse into the kernel
+
+
+def panel_width(cols: int, widths: tuple[int, ...]) -> int | None:
+    """The first of WIDTHS that packs a weight COLS wide into two panels or more; None when none does."""
+    return next((g for g in widths if cols % g == 0 and cols > g), None)
+
+
+def pack_columns(weight: np.ndarray, width: int) -> np.ndarray:
+    """WEIGHT [..., N] as [N / WIDTH, ..., WIDTH]: panel-major, each panel contiguous."""
+    panels = weight.reshape(*weight.shape[:-1], weight.shape[-1] // width, width)
+    return np.ascontiguousarray(np.moveaxis(panels, -2, 0))
+
+
+def packed_matmul(x: te.Tensor, packed: te.Tensor) -> te.Tensor:
+    """x[..., K] @ W[K, N] with W given packed as [N / G, K, G]."""
+    panels, depth, width = (int(d) for d in packed.shape)
+    k = te.reduce_axis((0, depth), name="k")
+
+    def element(*index):
+        col = index[-1]
+        return te.sum(x[(*index[:-1], k)] * packed[col // width, k, col % width], axis=k)
+
+    return te.compute((*x.shape[:-1], panels * width), element, name="packed_matmul")
+
+
+def packed_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """NHWC convolution of X with HWIO weights given packed as [O / G, H, W, I, G]; PADDING is (top, left,
+    bottom, right)."""
+    panels, kh_size, kw_size, depth, width = (int(d) for d in packed.shape)
+    top, left, bottom, right = padding
+    if any(padding):
+        x = topi.nn.pad(x, (0, top, left, 0), (0, bottom, right, 0), name="pad")
+    (sh, sw), (dh, dw) = strides, dilation
+    n, height, breadth, _ = x.shape
+    out_h = (height - (kh_size - 1) * dh - 1) // sh + 1
+    out_w = (breadth - (kw_size - 1) * dw - 1) // sw + 1
+    kh, kw = te.reduce_axis((0, kh_size), "kh"), te.reduce_axis((0, kw_size), "kw")
+    ci = te.reduce_axis((0, depth), "ci")
+
+    def element(b, h, w, co):
+        pixel = x[b, h * sh + kh * dh, w * sw + kw * dw, ci]
+        return te.sum(pixel * packed[co // width, kh, kw, ci, co % width], axis=[kh, kw, ci])
+
+    return te.compute((n, out_h, out_w, panels * width), element, name="packed_conv2d")
+
+
+@mutator
+class _WeightPacker(PyExprMutator):
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        name = op_name(call)
+        weight = const_value(call.args[1]) if name in ("relax.matmul", "relax.nn.conv2d") else None
+        if weight is None or weight.dtype != np.float32 or getattr(call.args[0].ty, "dtype", None) != "float32":
+            return call
+        if name == "relax.matmul" and weight.ndim == 2 and getattr(call.args[0].ty, "ndim", 0) >= 1:
+            width = panel_width(weight.shape[1], MATMUL_PANELS)
+            if width:
+                return self._emit(packed_matmul, call.args[0], pack_columns(weight, width), "packed_matmul")
+        if name == "relax.nn.conv2d" and self._packable_conv(call.attrs):
+            width = panel_width(weight.shape[-1], CONV_PANELS)
+            if width:
+                attrs = call.attrs
+                return self._emit(packed_conv2d, call.args[0], pack_columns(weight, width), "packed_conv2d",
+                                  [int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
+                                  [int(v) for v in attrs.dilation])
+        return call
+
+    @staticmethod
+    def _packable_conv(attrs) -> bool:
+        return (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NHWC", "HWIO", "NHWC") \
+            and int(attrs.groups) == 1 and str(attrs.out_dtype) in ("", "None", "float32", "void")
+
+    def _emit(self, compute, x, packed: np.ndarray, name: str, *params):
+        return self.builder_.call_te(compute, x, relax.const(packed), *params, primfunc_name_hint=name,
+                                     primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
+
+
+@tvm.transform.module_pass(opt_level=0, name="kiln.PackWeights")
+def pack_weights(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Rewrite matmul(x, W) and NHWC conv2d(x, W) with constant float32 weights into kernels that read the weights
+    packed in panels of output columns (see the module docstring). Grouped and depthwise convolutions keep theirs."""
+    return rewrite_relax_functions(mod, _WeightPacker)
