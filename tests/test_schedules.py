@@ -87,7 +87,7 @@ def test_register_tile_prefers_exact_divisors_within_the_register_budget():
     assert register_tile(128, 256, 16, aliased_rows=True) == (8, 32)  # ...unless they share cache sets
     assert register_tile(7, 512, 16) == (7, 32)
     assert register_tile(14, 256, 16, group=32, wide=True) == (7, 32)  # packed weights: wider vectors on a tie
-    assert register_tile(128, 768, 16, group=64, wide=True) == (4, 64)
+    assert register_tile(128, 768, 16, group=64, wide=True) == (8, 32)
     rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
     assert rows * -(-vf // 8) <= 12
 

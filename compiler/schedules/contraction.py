@@ -97,7 +97,7 @@ def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = N
     the tile at 8 rows: a 128x1024x256 matmul ran 8 x 32 at 223 GFLOP/s and 16 x 16 at 108. With GROUP (a
     grouped convolution's channels per group) the vector width divides it, so a vector never spans two groups.
     WIDE (weights packed in panels, kiln.PackWeights) breaks ties towards wider vectors: a 3x3 256-channel
-    convolution at 14x14 ran 7 x 32 in 0.76 ms and 14 x 16 in 0.89; a 128x768x768 matmul 4 x 64 in 0.53 ms and
+    convolution at 14x14 ran 7 x 32 in 0.76 ms and 14 x 16 in 0.89; a 128x768x768 matmul 8 x 32 in 0.56 ms and
     16 x 16 in 0.60."""
     budget = MAX_ACCUMULATORS if lanes >= 16 else 12
     first = vector_factor(group or cols, lanes)
