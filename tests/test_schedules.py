@@ -27,6 +27,8 @@ CONV = {  # name: (input NCHW, weight OIHW, attributes)
     "depthwise_3x3": ([1, 48, 14, 14], (48, 1, 3, 3), {"group": 48, "pads": [1, 1, 1, 1]}),
     "depthwise_stride2": ([1, 32, 15, 15], (32, 1, 3, 3), {"group": 32, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     "single_pixel": ([1, 256, 1, 1], (10, 256, 1, 1), {}),
+    # 1.2 MB of weights, more rows than columns: weight panels walk chunks of rows (_panels_inside_row_chunks)
+    "batch4_weights_spill": ([4, 128, 10, 10], (256, 128, 3, 3), {"pads": [1, 1, 1, 1]}),
 }
 
 MATMUL = {  # name: (a shape, b shape)
@@ -34,6 +36,7 @@ MATMUL = {  # name: (a shape, b shape)
     "odd_169x37": ([169, 40], [40, 37]),
     "tall": ([256, 64], [64, 48]),
     "batched_attention": ([2, 4, 32, 16], [2, 4, 16, 32]),
+    "weights_spill_in_row_chunks": ([8, 128, 512], [512, 640]),  # 1.3 MB of packed weights, 1024 rows
 }
 
 

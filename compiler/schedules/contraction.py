@@ -20,6 +20,10 @@ from .common import KilnRule, const_extent, schedule_injective, split_tile, vect
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (12 of 16 on AVX2: see register_tile)
 ALIASED_ROW_LIMIT = 8  # rows whose operand lines share cache sets (4 KB apart); the L1 is 8-12-way
+# Weights above SPILLING_WEIGHT_BYTES do not stay in a core's L2 while every row walks all of them: rows are then
+# taken in chunks of about ROW_CHUNK_BYTES of activations, and each weight panel walks one chunk at a time.
+SPILLING_WEIGHT_BYTES = 1 << 20
+ROW_CHUNK_BYTES = 512 << 10
 
 
 def _uses(expr, var: tirx.Var, group: int | None = None) -> bool:
@@ -138,6 +142,28 @@ def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> boo
     return False
 
 
+def _panels_inside_row_chunks(sch: s_tir.Schedule, outer: list, chunk_tiles: int) -> list:
+    """Reorder OUTER (row loops, then the weight-panel loop last) so the panel loop runs inside chunks of about
+    CHUNK_TILES row tiles: the chunk's activations stay in cache while the panels stream past. Measured on a
+    1024x768 @ 768x768 matmul (BERT-base at batch 8): 6.9 ms rows-first, 4.3 ms chunked; 1024x3072 @ 3072x768
+    37.6 and 21.7 ms; a 3x3 convolution 8x14x14x256 -> 256: 9.3 and 6.8 ms."""
+    *rows, panel = outer
+    inside = 1
+    for i in range(len(rows) - 1, -1, -1):
+        extent = const_extent(sch, rows[i])
+        if extent is None:
+            break
+        if inside * extent <= chunk_tiles:
+            inside *= extent
+            continue
+        factor = max((d for d in range(1, chunk_tiles // inside + 1) if extent % d == 0), default=1)
+        if factor == 1:
+            return [*rows[: i + 1], panel, *rows[i + 1:]]
+        split_outer, split_inner = sch.split(rows[i], [extent // factor, factor])
+        return [*rows[:i], split_outer, panel, split_inner, *rows[i + 1:]]
+    return outer
+
+
 class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
 
@@ -222,6 +248,8 @@ class Contraction(KilnRule):
             # More weights than activations (late conv stages, dense layers): walk one weight panel over all
             # rows before the next, so each core keeps its panel in cache instead of streaming every panel per row.
             outer = [outer[-1], *outer[:-1]]
+        elif terms * cols * 4 > SPILLING_WEIGHT_BYTES:
+            outer = _panels_inside_row_chunks(sch, outer, max(1, ROW_CHUNK_BYTES // (terms * 4 * rn)))
         # Symbolic loops (a dynamic batch) stay serial outside: fused into the parallel loop they would leave
         # divisions by unknown extents in the index arithmetic of the innermost loops (2.5x slower measured).
         symbolic = [loop for loop in outer if const_extent(sch, loop) is None]
