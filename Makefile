@@ -40,8 +40,8 @@ bench-quick: setup
 
 # Regenerates the committed tuning records (tuning_logs/): resumes where the last run stopped.
 tune-zoo: setup
-	$(BIN)/python -m benchmarks.tune_zoo --target x86-avx512 --minutes 10
-	$(BIN)/python -m benchmarks.tune_zoo resnet18 --target host --minutes 8
+	$(BIN)/python -m benchmarks.tune_zoo --target x86-avx512 --minutes 8
+	$(BIN)/python -m benchmarks.tune_zoo resnet18 --target host --minutes 6
 
 clean:
 	rm -rf $(VENV) $(MODELS) .pytest_cache
