@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from runtime.atomic import atomic_path  # noqa: E402
 
+from .report import engine_label  # noqa: E402
+
 
 def _save(figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
@@ -41,8 +43,7 @@ def latency_plot(report: dict, path: Path) -> Path | None:
         width = 0.8 / len(engines)
         for i, engine in enumerate(engines):
             ratios = [row["batches"][batch]["engines"][engine]["ratio"] for row in rows]
-            precision = rows[0]["batches"][batch]["engines"][engine]["precision"]
-            label = engine if precision in ("f32", "float32") else f"{engine} ({precision})"
+            label = engine_label(engine, rows[0]["batches"][batch]["engines"][engine])
             axis.bar([m + (i - (len(engines) - 1) / 2) * width for m in range(len(rows))], ratios, width, label=label,
                      color=colors[engine])
         axis.axhline(1.0, color="black", linewidth=0.8)

@@ -6,18 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.bench import FULL_PRECISION
+
 HERE = Path(__file__).resolve().parent
-REFERENCE = "onnxruntime"
 
 
-def _engine_label(name: str, figures: dict) -> str:
-    return f"{name} ({figures['precision']})" if figures["precision"] not in ("f32", "float32") else name
+def engine_label(name: str, figures: dict) -> str:
+    """NAME, with the precision in brackets when the engine does not compute in fp32: 'openvino (bf16)'."""
+    return name if figures["precision"] in FULL_PRECISION else f"{name} ({figures['precision']})"
 
 
 def summary_table(rows: list[dict], batch: str) -> list[str]:
     """One row per model: each engine's median latency and its ratio to ONNX Runtime fp32 at BATCH."""
     engines = list(rows[0]["batches"][batch]["engines"])
-    labels = [_engine_label(e, rows[0]["batches"][batch]["engines"][e]) for e in engines]
+    labels = [engine_label(e, rows[0]["batches"][batch]["engines"][e]) for e in engines]
     lines = [f"| model | GFLOP | {' | '.join(labels)} |", "| --- | ---: |" + " ---: |" * len(engines)]
     for row in rows:
         figures = row["batches"][batch]

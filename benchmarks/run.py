@@ -29,7 +29,7 @@ import compiler
 import runtime
 from runtime.atomic import atomic_write
 from runtime.bench import Engine, compare_engines, random_inputs
-from runtime.references import REFERENCES, open_reference
+from runtime.references import REFERENCES, missing_package, open_reference
 
 from . import machine
 from .flops import model_flops
@@ -59,15 +59,11 @@ MIN_RUNS = 8
 
 def installed_references() -> tuple[tuple[str, ...], list[str]]:
     """The reference engines that can run here, and a note for each one that cannot (its package missing)."""
-    found, missing = [], []
-    for name in REFERENCES:
-        package = name.split("-")[0]
-        try:
-            __import__(package)
-            found.append(name)
-        except ImportError:
-            missing.append(f"{name}: not installed (pip install {package}, or the kiln[bench] extra)")
-    return tuple(found), missing
+    lacking = {name: missing_package(name) for name in REFERENCES}
+    found = tuple(name for name, package in lacking.items() if package is None)
+    missing = [f"{name}: not installed (pip install {package}, or the kiln[bench] extra)"
+               for name, package in lacking.items() if package]
+    return found, missing
 
 
 def _runs_for(run, feeds: dict, settings: Settings) -> int:
@@ -108,9 +104,9 @@ def bench_batch(path: Path, model: onnx.ModelProto, batch: int, folder: Path, se
     feeds = random_inputs(first.inputs)
     outputs = [o.name for o in first.outputs]
     engines = [Engine(variant, model_.run) for variant, model_ in loaded.items()]
-    for name in settings.references:
-        ref = open_reference(name, str(path), settings.threads, {k: v.shape for k, v in feeds.items()}, outputs)
-        engines.append(Engine(ref.name, ref.run, ref.precision))
+    shapes_of_feeds = {k: v.shape for k, v in feeds.items()}
+    engines += [open_reference(name, str(path), settings.threads, shapes_of_feeds, outputs)
+                for name in settings.references]
     runs = _runs_for(first.run, feeds, settings)
     rounds = [compare_engines(engines, feeds, REFERENCE, runs, warmup=1, batch=batch).engines
               for _ in range(settings.rounds)]

@@ -27,13 +27,10 @@ def _onnx_for(artifact: Path, manifest, given: str | None) -> str:
 
 def parse_against(text: str) -> tuple[str, ...]:
     """The engines of `--against` ('onnxruntime,openvino'; 'none' for Kiln alone), checked against the known ones."""
-    from runtime.references import REFERENCES  # noqa: PLC0415
+    from runtime.references import check_engines  # noqa: PLC0415
 
     names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
-    unknown = [n for n in names if n not in REFERENCES]
-    if unknown:
-        raise KilnError(f"unknown engine(s) for --against: {', '.join(unknown)} (known: {', '.join(REFERENCES)}, none)",
-                        "pass a comma-separated list of them")
+    check_engines(names)
     return names
 
 

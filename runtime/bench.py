@@ -123,14 +123,16 @@ def outputs_match(ours: dict, reference: dict, rtol: float = 1e-3, atol: float =
     return ok, worst
 
 
+FULL_PRECISION = ("f32", "float32")  # how engines name fp32 (OpenVINO: "f32")
+
+
 def agreement(ours: dict, reference: dict, precision: str = "f32") -> tuple[bool, float]:
     """Whether OURS agrees with REFERENCE for an engine computing in PRECISION, and the worst absolute error.
     fp32 engines must match elementwise (outputs_match); reduced-precision ones (bf16, f16) within
     REDUCED_PRECISION_ERROR of each output's largest magnitude."""
-    if precision in ("f32", "float32"):
+    if precision in FULL_PRECISION:
         return outputs_match(ours, reference)
-    ok, worst = outputs_match(ours, reference, rtol=0.0, atol=REDUCED_PRECISION_ERROR)
-    return ok, worst
+    return outputs_match(ours, reference, rtol=0.0, atol=REDUCED_PRECISION_ERROR)
 
 
 # bf16 keeps 8 significant bits: measured 0.5-0.8% of the output's range on ResNet-50 and BERT-base (OpenVINO).
@@ -203,9 +205,7 @@ def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup
     if onnx_path is not None:
         shapes = {name: array.shape for name, array in feeds.items()}
         outputs = [o.name for o in model.outputs]
-        for name in against:
-            ref = open_reference(name, onnx_path, threads, shapes, outputs)
-            engines.append(Engine(ref.name, ref.run, ref.precision))
+        engines += [open_reference(name, onnx_path, threads, shapes, outputs) for name in against]
     names = [e.name for e in engines[1:]]
     reference = "onnxruntime" if "onnxruntime" in names else (names[0] if names else None)
     return compare_engines(engines, feeds, reference, repeat, warmup, batch)

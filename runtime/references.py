@@ -6,28 +6,17 @@ KilnError naming the package. Every reference runs {input name: array} -> {outpu
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from .bench import Engine
 from .errors import KilnError
-
-
-@dataclass
-class Reference:
-    """An opened reference engine: RUN maps feeds to outputs by name; PRECISION is what it computes in."""
-
-    name: str
-    run: Callable[[dict], dict]
-    precision: str
-    open_s: float
 
 
 def onnxruntime_session(model_path: str, threads: int):
     """An ONNX Runtime CPU session with THREADS intra-op threads and every graph optimization."""
-    ort = _import("onnxruntime", "onnxruntime")
+    ort = _import("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -35,16 +24,16 @@ def onnxruntime_session(model_path: str, threads: int):
     return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
 
-def _onnxruntime(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Reference:
+def _onnxruntime(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Engine:
     session = onnxruntime_session(model_path, threads)
-    return Reference("onnxruntime", lambda feeds: dict(zip(outputs, session.run(outputs, feeds))), "f32", 0.0)
+    return Engine("onnxruntime", lambda feeds: dict(zip(outputs, session.run(outputs, feeds))), "f32")
 
 
 def _openvino(precision: str | None):
     """Factory for OpenVINO's CPU plugin; PRECISION None keeps its default (bf16 on CPUs with AMX or AVX512-BF16)."""
 
-    def open_openvino(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Reference:
-        ov = _import("openvino", "openvino")
+    def open_openvino(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Engine:
+        ov = _import("openvino")
         core = ov.Core()
         model = core.read_model(model_path)
         model.reshape({name: list(shape) for name, shape in shapes.items()})  # static shapes, as Kiln compiles
@@ -61,32 +50,45 @@ def _openvino(precision: str | None):
 
         used = compiled.get_property("INFERENCE_PRECISION_HINT")
         used = used.to_string() if hasattr(used, "to_string") else str(used)
-        return Reference("openvino" if precision is None else f"openvino-{precision}", run, used, 0.0)
+        return Engine("openvino" if precision is None else f"openvino-{precision}", run, used)
 
     return open_openvino
 
 
-REFERENCES: dict[str, Callable[..., Reference]] = {
+REFERENCES: dict[str, Callable[..., Engine]] = {
     "onnxruntime": _onnxruntime,
     "openvino": _openvino(None),
     "openvino-f32": _openvino("f32"),
 }
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-f32": "openvino"}
+
+
+def check_engines(names) -> None:
+    """Raise the one-line error naming every engine of NAMES that is not a known reference."""
+    unknown = [n for n in names if n not in REFERENCES]
+    if unknown:
+        raise KilnError(f"unknown engine(s) for --against: {', '.join(unknown)} (known: {', '.join(REFERENCES)}, "
+                        "none)", "pass a comma-separated list of them")
+
+
+def missing_package(name: str) -> str | None:
+    """The package reference engine NAME needs when it is not installed here, else None."""
+    try:
+        _import(PACKAGES[name])
+    except KilnError:
+        return PACKAGES[name]
+    return None
 
 
 def open_reference(name: str, model_path: str, threads: int, shapes: dict[str, tuple], outputs: list[str]) \
-        -> Reference:
+        -> Engine:
     """Open reference engine NAME on the ONNX model at MODEL_PATH with inputs of SHAPES, returning OUTPUTS."""
-    if name not in REFERENCES:
-        raise KilnError(f"unknown engine '{name}' (known: {', '.join(REFERENCES)})",
-                        "pass one or more of them to --against, comma-separated")
-    started = time.perf_counter()
-    reference = REFERENCES[name](model_path, threads, shapes, outputs)
-    reference.open_s = round(time.perf_counter() - started, 3)
-    return reference
+    check_engines([name])
+    return REFERENCES[name](model_path, threads, shapes, outputs)
 
 
-def _import(module: str, package: str):
+def _import(package: str):
     try:
-        return __import__(module)
+        return __import__(package)
     except ImportError as exc:
         raise KilnError(f"{package} is not installed", f"pip install {package} (or the kiln[bench] extra)") from exc

@@ -61,7 +61,7 @@ def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None
 
 
 def _is_lane_of(expr, var: tirx.Var, group: int | None) -> bool:
-    """True for VAR % GROUP: the lane of a weight packed as [cols // GROUP, ..., GROUP] (see kiln.PackDenseWeights),
+    """True for VAR % GROUP: the lane of a weight packed as [cols // GROUP, ..., GROUP] (see kiln.PackWeights),
     contiguous for any vector width that divides GROUP."""
     return bool(group) and isinstance(expr, tirx.FloorMod) and isinstance(expr.a, tirx.Var) \
         and expr.a.same_as(var) and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group
