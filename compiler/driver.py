@@ -17,10 +17,11 @@ from tvm.ir.instrument import PassTimingInstrument
 
 import runtime
 from runtime.artifact import Manifest, TensorSpec, write_artifact
+from runtime.errors import KilnError
 
-from . import build, frontend, passes, tuning
+from . import build, dot_product, frontend, int8, passes, quantization, tuning
 from .dump import KINDS, Dumper
-from .targets import TargetPreset, get_target
+from .targets import TargetPreset, all_targets, get_target
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -60,17 +61,56 @@ def default_output(model: Path, preset: TargetPreset) -> Path:
     return model.with_name(f"{model.stem}.{preset.name}.so")
 
 
+def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
+                   instruments: list | None = None) -> tvm.IRModule:
+    """Import LOADED into Relax and simplify it into Kiln's layout (passes.simplify_passes): the float graph
+    that quantization works on."""
+    mod = frontend.import_relax(loaded)
+    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments or []):
+        return tvm.transform.Sequential(passes.simplify_passes(layout, preset.vector_lanes_fp32),
+                                        name="kiln.simplify")(mod)
+
+
+def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, instruments: list | None = None) -> tvm.IRModule:
+    """The simplified graph STAGE as fused TIR kernels, ready to schedule (passes.kernel_passes)."""
+    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments or []):
+        return tvm.transform.Sequential(passes.kernel_passes(), name="kiln.kernels")(stage)
+
+
 def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
                    pass_times: bool = False) -> tuple[tvm.IRModule, str | None]:
-    """Import LOADED into Relax and run Kiln's graph passes for PRESET: the fused kernels that get scheduled
-    (and that `kiln tune` tunes: both must see the same kernels for tuned records to apply). Also returns
-    TVM's time-per-pass table when PASS_TIMES."""
-    mod = frontend.import_relax(loaded)
-    graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
+    """Import LOADED and run Kiln's graph passes for PRESET, with the int8 kernels a QDQ model asks for: the
+    fused kernels that get scheduled (and that `kiln tune` tunes: both must see the same kernels for tuned
+    records to apply). Also returns TVM's time-per-pass table when PASS_TIMES."""
     instruments = [PassTimingInstrument()] if pass_times else []
-    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments):
-        mod = tvm.transform.Sequential(graph, name="kiln.graph")(mod)
-        return mod, instruments[0].render() if instruments else None  # render before the context clears it
+    stage = simplify_graph(loaded, preset, layout, instruments)
+    plan = int8.from_model(stage)
+    if plan:
+        stage = quantization.lower_int8(plan.params)(stage)
+    mod = fuse_kernels(stage, preset, instruments)
+    return mod, instruments[0].render() if instruments else None
+
+
+def _vm(executable) -> relax.VirtualMachine:
+    return relax.VirtualMachine(executable, tvm.cpu())
+
+
+def _check_int8_target(preset: TargetPreset) -> None:
+    feature = dot_product.VNNI.cpu_feature
+    if feature not in preset.cpu_features:
+        with_it = [name for name, t in all_targets().items() if feature in t.cpu_features]
+        raise KilnError(f"target {preset.name} has no int8 dot-product instruction ({feature})",
+                        f"use a target that has it: {', '.join(with_it) or 'none known'}")
+
+
+def _quantization_json(plan, skip, measured, max_drop, stage) -> dict | None:
+    """The manifest's quantization entry: how the int8 sites were chosen and what accuracy they kept."""
+    if plan is None:
+        return None
+    total = len(quantization.sites(stage))
+    return {"mode": "int8", "sites": total, "int8_sites": len([i for i in plan.params if i not in skip]),
+            "float32_fallback": sorted(skip), "max_accuracy_drop": max_drop,
+            "accuracy": measured.to_json() if measured else None, **plan.to_json()}
 
 
 def compile(  # noqa: A001 - the name users expect: compiler.compile(model, target=...)
@@ -84,6 +124,10 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     dump_dir: str | Path | None = None,
     dump_kinds: tuple[str, ...] = KINDS,
     pass_times: bool = False,
+    quantize: str | None = None,
+    calibration: str | None = None,
+    calibration_method: str = "minmax",
+    max_accuracy_drop: float | None = None,
 ) -> Artifact:
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
@@ -91,6 +135,11 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     default schedules only, or None for tuning_logs/TARGET; layout 'NHWC' (the default, which Kiln's CPU
     schedules are written for) converts convolutions to NHWC with HWIO weights once at compile time, 'NCHW'
     keeps the model's layout.
+    quantize 'int8' runs convolutions and matmuls in int8, calibrated on CALIBRATION ('random:N' or a folder of
+    .npy/.npz samples) with CALIBRATION_METHOD (minmax, percentile, entropy); the accuracy against float32 on
+    held-back samples goes into the manifest, and MAX_ACCURACY_DROP (a fraction: 1 - top-1 agreement, or
+    1 - cosine similarity) sends the most sensitive sites back to float32 until the drop is within it.
+    A model quantized by ONNX Runtime's tools (QDQ) gets int8 kernels without quantize.
     dump_dir receives the intermediate forms named in dump_kinds (relax, tir, ll, asm); pass_times=True fills
     Artifact.pass_times with TVM's time per pass.
     """
@@ -99,31 +148,80 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     model = Path(model)
     preset = get_target(target)
     out = Path(output) if output else default_output(model, preset)
+    if quantize not in (None, "none", "int8"):
+        raise KilnError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out)")
     loaded = frontend.load_model(model, input_shapes)
     say(f"importing {model.name} (opset {loaded.opset})")
     graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
     tvm_target = preset.tvm()
     dumper = Dumper(dump_dir, dump_kinds)
     say(f"optimizing the graph ({len(graph)} passes)")
-    mod, timing = optimize_graph(loaded, preset, layout, pass_times)
-    dumper.graph(mod)
+    instruments = [PassTimingInstrument()] if pass_times else []
+    stage = simplify_graph(loaded, preset, layout, instruments)
+    timing = instruments[0].render() if instruments else None
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
-    database, records, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(mod)) if db_dir
-                                  else (None, 0, None))
-    if why_not:
-        log.warning("%s", why_not)
-        say(f"warning: {why_not}")
-    mod, kernels = build.schedule(mod, database, tvm_target, preset.vector_lanes_fp32)
+
+    def lower(graph_stage: tvm.IRModule, database=None):
+        fused = fuse_kernels(graph_stage, preset)
+        scheduled, report = build.schedule(fused, database, tvm_target, preset.vector_lanes_fp32)
+        return fused, scheduled, report
+
+    plan = None
+    if quantize == "int8":
+        _check_int8_target(preset)
+        if not calibration:
+            calibration = "random:32"
+            say("warning: no --calibration given: calibrating on 32 random inputs (give real samples for "
+                "meaningful ranges)")
+        plan = int8.calibrate(stage, loaded.inputs, calibration, calibration_method,
+                              lambda m: _vm(build.build_executable(lower(m)[1], tvm_target)), say)
+    else:
+        plan = int8.from_model(stage)
+        if plan:
+            _check_int8_target(preset)
+            say(f"the model is quantized (QDQ): {len(plan.params)} int8 sites")
+    skip: frozenset[int] = frozenset()
+    while True:
+        quantized = quantization.lower_int8(plan.params, skip)(stage) if plan else stage
+        mod = fuse_kernels(quantized, preset)
+        dumper.graph(mod)
+        database, records, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(mod))
+                                      if db_dir else (None, 0, None))
+        if why_not:
+            log.warning("%s", why_not)
+            say(f"warning: {why_not}")
+        mod, kernels = build.schedule(mod, database, tvm_target, preset.vector_lanes_fp32)
+        say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
+            f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
+            f"({len(kernels.tuned)} tuned); building for {preset.name}")
+        lower_timing = [PassTimingInstrument()] if pass_times else []
+        executable = build.build_executable(mod, tvm_target, lower_timing)
+        measured = plan.measure(_vm(executable), loaded.inputs) if plan else None
+        if measured is None or max_accuracy_drop is None or measured.drop <= max_accuracy_drop:
+            break
+        wider = plan.fallback(skip)
+        if wider is None:
+            raise KilnError(f"int8 accuracy drop {measured.drop:.4f} exceeds --max-accuracy-drop "
+                            f"{max_accuracy_drop} even with every site in float32",
+                            "raise --max-accuracy-drop, give better --calibration data, or compile without "
+                            "--quantize")
+        say(f"accuracy drop {measured.drop:.4f} > {max_accuracy_drop}: {len(wider)} most sensitive site(s) "
+            "back to float32")
+        skip = wider
+    if measured is not None:
+        say(f"int8 accuracy vs float32 on {measured.samples} held-back sample(s): "
+            + (f"top-1 agreement {measured.top1_agreement:.2%}, " if measured.top1_agreement is not None else "")
+            + f"cosine {measured.cosine_similarity:.5f}, max abs error {measured.max_abs_error:.4g}")
     dumper.kernels(mod)
-    say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
-        f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
-        f"({len(kernels.tuned)} tuned); building for {preset.name}")
     heavy = kernels.heavy()
     if heavy:
         listed = ", ".join(f"{k} ({'?' if f is None else f'{f:g}'} MFLOP)" for k, f in heavy)
         log.warning("%d heavy kernel(s) have no schedule and run as naive loops: %s", len(heavy), listed)
         say(f"warning: {len(heavy)} heavy kernel(s) run as naive loops (no tuned record, no default rule): "
             f"{listed}")
+    if lower_timing:
+        timing = f"{timing}\n{lower_timing[0].render()}"
+    dumper.machine_code(executable)
     outputs = output_specs(mod, [o.name for o in loaded.proto.graph.output])
     lower_timing = [PassTimingInstrument()] if pass_times else []
     executable = build.build_executable(mod, tvm_target, lower_timing)
@@ -139,13 +237,15 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         tvm_target=dict(preset.tvm_target),
         arch=preset.arch,
         cpu_features=list(preset.cpu_features),
-        passes=passes.pass_names(graph) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
+        passes=passes.pass_names(passes.simplify_passes(layout)) + (["kiln.QuantizeInt8"] if plan else [])
+        + passes.pass_names(passes.kernel_passes()) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
         + passes.pass_names(passes.lowering_passes(tvm_target)),
         tuning={"database": str(db_dir) if db_dir and tuning.has_database(db_dir) else None,
                 "records": records,
                 "tasks_tuned": len(kernels.tuned),
                 "tasks_default": len(kernels.default_rule) + len(kernels.unscheduled)},
         kernels={**kernels.to_json(), "calls": build.kernel_calls(mod)},
+        quantization=_quantization_json(plan, skip, measured, max_accuracy_drop, stage),
         tvm_version=tvm.__version__,
         kiln_version=runtime.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

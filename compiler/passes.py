@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .fake_quant import lower_qdq
 from .weight_packing import pack_weights
 from .relax_util import const_value, op_name, rewrite_relax_functions
 
@@ -176,10 +177,19 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
 
 
 def graph_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pass]:
-    """Graph-level passes, from the imported module to fused TIR kernels."""
+    """Graph-level passes, from the imported module to fused TIR kernels (the int8 passes, when asked for, run
+    between the two halves: see driver.optimize_graph)."""
+    return simplify_passes(layout, lanes) + kernel_passes()
+
+
+def simplify_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pass]:
+    """From the imported module to a simplified float graph in Kiln's layout: the stage quantization works on."""
     return [
         # Simplify the graph while it is still made of high-level ops.
         relax.transform.FoldConstant(),
+        # A QDQ model's quantize -> dequantize pairs as fake-quant chains of plain ops (layout conversion
+        # understands those); its quantized weights were folded back to float by FoldConstant.
+        lower_qdq,
         raise_clamps,
         fold_batch_norm,
         relax.transform.DecomposeOpsForInference(),
@@ -188,11 +198,17 @@ def graph_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pa
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(["main"]),
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
-    # Weights are transposed once here and folded; only the model's borders get a transpose.
+        # Weights are transposed once here and folded; only the model's borders get a transpose.
         *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
           if layout == "NHWC" else []),
         pad_channels(lanes),
         relax.transform.FoldConstant(),
+    ]
+
+
+def kernel_passes() -> list[tvm.transform.Pass]:
+    """From the simplified graph to fused TIR kernels."""
+    return [
         pack_weights,
         # Lower to TIR and fuse producers with their consumers (sort/scan/sampling ops first, through TVM's
         # CPU dispatch: LegalizeOps leaves them to it).

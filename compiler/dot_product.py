@@ -1,0 +1,131 @@
+"""The CPU's low-precision dot-product instructions and the kernels that use them: int8 (x86 VNNI `vpdpbusd`:
+uint8 activations x int8 weights, int32 sums) and bf16 (AVX512-BF16 `vdpbf16ps`: bf16 x bf16, float32 sums).
+
+Each instruction adds, to each of 16 accumulator lanes, the sum of GROUP products (4 for int8, 2 for bf16). The
+weights are packed at compile time so that one 64-byte load holds 16 output columns x GROUP reduction steps:
+a matmul's [K, N] as [N / 16, K / GROUP, 16, GROUP], a convolution's HWIO as [O / 16, H, W, I / GROUP, 16, GROUP]
+(K and I padded to a multiple of GROUP). The kernels are TE computes emitted into the Relax graph; Kiln's
+DotProductContraction schedule tensorizes their reduction with the instruction (see schedules/dot_product.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx, topi
+
+LANES = 16  # accumulators per instruction: one 512-bit register of int32 / float32
+
+
+@dataclass(frozen=True)
+class DotProduct:
+    """One dot-product instruction: LANES sums of GROUP products of DATA x WEIGHT elements, accumulated in ACC."""
+
+    name: str
+    data: str
+    weight: str
+    acc: str
+    group: int
+    llvm_intrinsic: str
+    cpu_feature: str  # the /proc/cpuinfo flag (and targets/*.json cpu_features entry) that provides it
+
+
+VNNI = DotProduct("vnni", "uint8", "int8", "int32", 4, "llvm.x86.avx512.vpdpbusd.512", "avx512_vnni")
+BF16 = DotProduct("avx512bf16", "bfloat16", "bfloat16", "float32", 2, "llvm.x86.avx512bf16.dpbf16ps.512",
+                  "avx512_bf16")
+DOT_PRODUCTS = (VNNI, BF16)
+
+
+def for_dtypes(data: str, weight: str, acc: str) -> DotProduct | None:
+    """The instruction that multiplies DATA x WEIGHT into ACC, if Kiln has one."""
+    return next((d for d in DOT_PRODUCTS if (d.data, d.weight, d.acc) == (data, weight, acc)), None)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def pack_weight(weight: np.ndarray, group: int) -> np.ndarray:
+    """WEIGHT [..., K, N] (matmul [K, N]; HWIO convolution [H, W, I, O]) as [N / 16, ..., K / GROUP, 16, GROUP],
+    K zero-padded to a multiple of GROUP; N must be a multiple of 16."""
+    *lead, depth, cols = weight.shape
+    padded = np.zeros((*lead, _round_up(depth, group), cols), weight.dtype)
+    padded[..., :depth, :] = weight
+    blocks = padded.reshape(*lead, padded.shape[-2] // group, group, cols // LANES, LANES)
+    n = len(lead)
+    # axes now: lead..., k/g (n), g (n+1), n/16 (n+2), 16 (n+3) -> n/16, lead..., k/g, 16, g
+    order = [n + 2, *range(n), n, n + 3, n + 1]
+    return np.ascontiguousarray(blocks.transpose(order))
+
+
+def _widen(value, dtype: str):
+    return value if str(value.dtype) == dtype else value.astype(dtype)
+
+
+def dot_matmul(x: te.Tensor, packed: te.Tensor, acc: str) -> te.Tensor:
+    """x[..., K] @ W with W packed by pack_weight; the result in ACC. X's K is padded with zeros to the packed
+    depth (zero is the neutral value only for data whose zero point is 0: see quantize_input)."""
+    panels, depth_groups, lanes, group = (int(d) for d in packed.shape)
+    depth = int(x.shape[-1])
+    if depth != depth_groups * group:
+        x = topi.nn.pad(x, [0] * len(x.shape), [0] * (len(x.shape) - 1) + [depth_groups * group - depth],
+                        name="pad_depth")
+    k_outer = te.reduce_axis((0, depth_groups), "k_outer")
+    k_inner = te.reduce_axis((0, group), "k_inner")
+
+    def element(*index):
+        col = index[-1]
+        data = _widen(x[(*index[:-1], k_outer * group + k_inner)], acc)
+        return te.sum(data * _widen(packed[col // lanes, k_outer, col % lanes, k_inner], acc),
+                      axis=[k_outer, k_inner])
+
+    return te.compute((*x.shape[:-1], panels * lanes), element, name="dot_matmul")
+
+
+def dot_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation, acc: str, pad_value=0) -> te.Tensor:
+    """NHWC convolution of X with HWIO weights packed by pack_weight, into ACC; PADDING is (top, left, bottom,
+    right), filled with PAD_VALUE (the zero point of quantized data), as are the channels added to reach the
+    packed depth."""
+    panels, kh_size, kw_size, depth_groups, lanes, group = (int(d) for d in packed.shape)
+    top, left, bottom, right = padding
+    extra = depth_groups * group - int(x.shape[-1])
+    if any(padding) or extra:
+        x = topi.nn.pad(x, (0, top, left, 0), (0, bottom, right, extra), pad_value=pad_value, name="pad")
+    (sh, sw), (dh, dw) = strides, dilation
+    n, height, breadth, _ = x.shape
+    out_h = (height - (kh_size - 1) * dh - 1) // sh + 1
+    out_w = (breadth - (kw_size - 1) * dw - 1) // sw + 1
+    kh, kw = te.reduce_axis((0, kh_size), "kh"), te.reduce_axis((0, kw_size), "kw")
+    k_outer = te.reduce_axis((0, depth_groups), "k_outer")
+    k_inner = te.reduce_axis((0, group), "k_inner")
+
+    def element(b, h, w, co):
+        pixel = _widen(x[b, h * sh + kh * dh, w * sw + kw * dw, k_outer * group + k_inner], acc)
+        weight = _widen(packed[co // lanes, kh, kw, k_outer, co % lanes, k_inner], acc)
+        return te.sum(pixel * weight, axis=[kh, kw, k_outer, k_inner])
+
+    return te.compute((n, out_h, out_w, panels * lanes), element, name="dot_conv2d")
+
+
+def quantize_input(x: te.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> te.Tensor:
+    """float32 X -> uint8: clip(round(x / scale) + zero_point, QMIN, QMAX), rounding half to even (as ONNX
+    QuantizeLinear)."""
+
+    def element(*index):
+        value = tirx.nearbyint(x[index] / tirx.const(scale, "float32")) + tirx.const(zero_point, "float32")
+        return tirx.max(tirx.min(value, tirx.const(qmax, "float32")), tirx.const(qmin, "float32")).astype("uint8")
+
+    return te.compute(x.shape, element, name="quantize")
+
+
+def to_bf16(x: te.Tensor) -> te.Tensor:
+    """float32 X rounded to bfloat16."""
+    return te.compute(x.shape, lambda *i: x[i].astype("bfloat16"), name="to_bf16")
+
+
+def dequantize_sums(sums: te.Tensor, correction: te.Tensor, scale: te.Tensor) -> te.Tensor:
+    """int32 SUMS -> float32 (sums - correction[col]) * scale[col]: CORRECTION removes the activations' zero
+    point (zero_point x column sums of the weights), SCALE is activation scale x the column's weight scale."""
+    return te.compute(sums.shape, lambda *i: (sums[i] - correction[i[-1]]).astype("float32") * scale[i[-1]],
+                      name="dequantize")
