@@ -64,7 +64,17 @@ def _progress(message: str) -> None:
 @click.option("--dump", "dump", nargs=2, metavar="KINDS DIR",
               help="Write intermediate forms (comma list of relax,tir,ll,asm) into DIR.")
 @click.option("--pass-times", is_flag=True, help="Print the time each compiler pass took.")
-def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pass_times):
+@click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
+              help="int8: convolutions and matmuls in int8 (post-training quantization; needs VNNI).")
+@click.option("--calibration", metavar="DIR|random:N",
+              help="Calibration samples for --quantize: a folder of .npy/.npz, or N random inputs (default random:32).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen from the calibration samples.")
+@click.option("--max-accuracy-drop", type=float, metavar="X",
+              help="Largest accepted drop vs float32 on held-back samples (1 - top-1 agreement, or 1 - cosine); "
+                   "above it the most sensitive layers fall back to float32, and compile fails if that is not enough.")
+def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pass_times, quantize, calibration,
+                calibration_method, max_accuracy_drop):
     """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
     from . import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light
     from .dump import parse_kinds  # noqa: PLC0415
@@ -73,7 +83,9 @@ def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pa
     artifact = driver.compile(model, target=target, output=output,
                               input_shapes=frontend.parse_shape_overrides(input_shape),
                               tuning_log=tuning_log, layout=layout, progress=_progress,
-                              dump_dir=dump_dir, dump_kinds=kinds, pass_times=pass_times)
+                              dump_dir=dump_dir, dump_kinds=kinds, pass_times=pass_times,
+                              quantize=None if quantize == "none" else quantize, calibration=calibration,
+                              calibration_method=calibration_method, max_accuracy_drop=max_accuracy_drop)
     if artifact.pass_times:
         click.echo(artifact.pass_times)
     for path in artifact.dumped:
