@@ -72,15 +72,15 @@ def weight_noise(weight: np.ndarray) -> float:
 
 
 def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams):
-    """(TE function, constant args) for the int8 kernel of one site: quantize, dot products, dequantize."""
+    """(TE function of the uint8 input, constant args) for the int8 kernel of one site: dot products, then
+    dequantize. The input's quantize is a kernel of its own, so that it fuses into its producer's epilogue."""
     quantized, weight_scale = quantize_weight(weight)
     packed = dot_product.pack_weight(quantized, dot_product.VNNI.group)
     column_sums = quantized.astype(np.int64).reshape(-1, quantized.shape[-1]).sum(axis=0)
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
 
-    def compute(x, packed_weight, correction_const, scale_const):
-        q = dot_product.quantize_input(x, params.scale, params.zero_point, params.qmin, params.qmax)
+    def compute(q, packed_weight, correction_const, scale_const):
         if kind == "matmul":
             sums = dot_product.dot_matmul(q, packed_weight, "int32")
         else:
@@ -115,8 +115,12 @@ class _Int8Lowerer(PyExprMutator):
                 data = self.builder_.emit(relax.op.permute_dims(data, axes))
         if params is None or self.index in self.skip or params.qmax - params.qmin > 255:
             return call
-        compute, constants = _int8_kernel(kind, call.attrs, const_value(call.args[1]), params.as_uint8())
-        return self.builder_.call_te(compute, data, *constants, primfunc_name_hint=f"int8_{kind}",
+        params = params.as_uint8()
+        quantized = self.builder_.emit(self.builder_.call_te(
+            dot_product.quantize_input, data, params.scale, params.zero_point, params.qmin, params.qmax,
+            primfunc_name_hint="quantize"))
+        compute, constants = _int8_kernel(kind, call.attrs, const_value(call.args[1]), params)
+        return self.builder_.call_te(compute, quantized, *constants, primfunc_name_hint=f"int8_{kind}",
                                      primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
 
 
