@@ -61,20 +61,28 @@ def default_output(model: Path, preset: TargetPreset) -> Path:
     return model.with_name(f"{model.stem}.{preset.name}.so")
 
 
+def _run_passes(mod: tvm.IRModule, pass_list: list, name: str, preset: TargetPreset,
+                timings: list[str] | None) -> tvm.IRModule:
+    """Run PASS_LIST on MOD under PRESET's target; with TIMINGS (a list), append TVM's time-per-pass table."""
+    instruments = [PassTimingInstrument()] if timings is not None else []
+    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments):
+        mod = tvm.transform.Sequential(pass_list, name=name)(mod)
+        if instruments:
+            timings.append(instruments[0].render())  # render before the context clears it
+    return mod
+
+
 def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
-                   instruments: list | None = None) -> tvm.IRModule:
+                   timings: list[str] | None = None) -> tvm.IRModule:
     """Import LOADED into Relax and simplify it into Kiln's layout (passes.simplify_passes): the float graph
-    that quantization works on."""
-    mod = frontend.import_relax(loaded)
-    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments or []):
-        return tvm.transform.Sequential(passes.simplify_passes(layout, preset.vector_lanes_fp32),
-                                        name="kiln.simplify")(mod)
+    that quantization works on. TIMINGS: see _run_passes."""
+    return _run_passes(frontend.import_relax(loaded), passes.simplify_passes(layout, preset.vector_lanes_fp32),
+                       "kiln.simplify", preset, timings)
 
 
-def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, instruments: list | None = None) -> tvm.IRModule:
+def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, timings: list[str] | None = None) -> tvm.IRModule:
     """The simplified graph STAGE as fused TIR kernels, ready to schedule (passes.kernel_passes)."""
-    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments or []):
-        return tvm.transform.Sequential(passes.kernel_passes(), name="kiln.kernels")(stage)
+    return _run_passes(stage, passes.kernel_passes(), "kiln.kernels", preset, timings)
 
 
 def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
@@ -82,13 +90,13 @@ def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
     """Import LOADED and run Kiln's graph passes for PRESET, with the int8 kernels a QDQ model asks for: the
     fused kernels that get scheduled (and that `kiln tune` tunes: both must see the same kernels for tuned
     records to apply). Also returns TVM's time-per-pass table when PASS_TIMES."""
-    instruments = [PassTimingInstrument()] if pass_times else []
-    stage = simplify_graph(loaded, preset, layout, instruments)
+    timings = [] if pass_times else None
+    stage = simplify_graph(loaded, preset, layout, timings)
     plan = int8.from_model(stage)
     if plan:
         stage = quantization.lower_int8(plan.params)(stage)
-    mod = fuse_kernels(stage, preset, instruments)
-    return mod, instruments[0].render() if instruments else None
+    mod = fuse_kernels(stage, preset, timings)
+    return mod, "\n".join(timings) if timings else None
 
 
 def _vm(executable) -> relax.VirtualMachine:
@@ -156,9 +164,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     tvm_target = preset.tvm()
     dumper = Dumper(dump_dir, dump_kinds)
     say(f"optimizing the graph ({len(graph)} passes)")
-    instruments = [PassTimingInstrument()] if pass_times else []
-    stage = simplify_graph(loaded, preset, layout, instruments)
-    timing = instruments[0].render() if instruments else None
+    timings = [] if pass_times else None
+    stage = simplify_graph(loaded, preset, layout, timings)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
 
     def lower(graph_stage: tvm.IRModule, database=None):
@@ -183,7 +190,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     skip: frozenset[int] = frozenset()
     while True:
         quantized = quantization.lower_int8(plan.params, skip)(stage) if plan else stage
-        mod = fuse_kernels(quantized, preset)
+        mod = fuse_kernels(quantized, preset, timings)
         dumper.graph(mod)
         database, records, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(mod))
                                       if db_dir else (None, 0, None))
@@ -219,15 +226,9 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         log.warning("%d heavy kernel(s) have no schedule and run as naive loops: %s", len(heavy), listed)
         say(f"warning: {len(heavy)} heavy kernel(s) run as naive loops (no tuned record, no default rule): "
             f"{listed}")
-    if lower_timing:
-        timing = f"{timing}\n{lower_timing[0].render()}"
+    timing = "\n".join(timings + [lower_timing[0].render()]) if timings is not None else None
     dumper.machine_code(executable)
     outputs = output_specs(mod, [o.name for o in loaded.proto.graph.output])
-    lower_timing = [PassTimingInstrument()] if pass_times else []
-    executable = build.build_executable(mod, tvm_target, lower_timing)
-    if lower_timing:
-        timing = f"{timing}\n{lower_timing[0].render()}"
-    dumper.machine_code(executable)
     manifest = Manifest(
         source_model=model.name,
         source_sha256=loaded.sha256,

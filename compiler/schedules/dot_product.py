@@ -86,7 +86,7 @@ def dot_tile(rows: int | None, panels: int) -> tuple[int, int]:
 
 def _dot_of(block) -> DotProduct | None:
     """The instruction BLOCK's reduction fits: its accumulator's dtype and the dtypes of its two operands."""
-    reads = [r.source.dtype for r in block.reads]
+    reads = [str(r.source.dtype) for r in block.reads]
     acc = str(block.writes[0].source.dtype)
     for dot in DOT_PRODUCTS:
         if dot.data in reads and dot.weight in reads and dot.acc == acc:
@@ -115,6 +115,12 @@ class DotProductContraction(Contraction):
             return None
         for block in blocks[: reductions[0]]:  # quantize, padding: their own loops (tensorize needs plain loads)
             schedule_injective(sch, block, self.lanes)
+        # All constant row loops (image rows and columns of a convolution) as one: each tile row broadcasts its
+        # own activations, so rows need not be evenly spaced, and the tile can take any divisor of H x W.
+        leading = [loop for loop in spatial[:-1] if const_extent(sch, loop) is not None]
+        if len(leading) > 1 and len(leading) == n_spatial - 1:
+            spatial = [sch.fuse(*leading), spatial[-1]]
+            n_spatial = 2
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
         rn, nv = dot_tile(rows, cols // LANES)
         col_outer, col_vec, col_lane = sch.split(spatial[-1], [None, nv, LANES])
