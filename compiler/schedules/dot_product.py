@@ -115,12 +115,6 @@ class DotProductContraction(Contraction):
             return None
         for block in blocks[: reductions[0]]:  # quantize, padding: their own loops (tensorize needs plain loads)
             schedule_injective(sch, block, self.lanes)
-        # All constant row loops (image rows and columns of a convolution) as one: each tile row broadcasts its
-        # own activations, so rows need not be evenly spaced, and the tile can take any divisor of H x W.
-        leading = [loop for loop in spatial[:-1] if const_extent(sch, loop) is not None]
-        if len(leading) > 1 and len(leading) == n_spatial - 1:
-            spatial = [sch.fuse(*leading), spatial[-1]]
-            n_spatial = 2
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
         rn, nv = dot_tile(rows, cols // LANES)
         col_outer, col_vec, col_lane = sch.split(spatial[-1], [None, nv, LANES])
