@@ -21,8 +21,8 @@ HOLD_BACK_SHARE = 0.2
 
 def load_samples(spec: str, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
     """The calibration samples named by SPEC: 'random:N' (N seeded random inputs), or a folder of .npz files
-    (one sample each, arrays by input name) and/or .npy files (single-input models: one sample each, or a stack
-    of samples along a new leading axis)."""
+    (one sample each, arrays by input name) and/or .npy files (single-input models: one sample each, a stack of
+    samples along a new leading axis, or for a batch-1 input a batch of N images split into N samples)."""
     if spec.startswith("random:"):
         count = spec.split(":", 1)[1]
         if not count.isdigit() or int(count) < 1:
@@ -51,6 +51,8 @@ def _npy_samples(array: np.ndarray, inputs: list[TensorSpec], path: Path) -> lis
     spec = inputs[0]
     rank = len(spec.shape)
     stacked = array if array.ndim == rank + 1 else array[None] if array.ndim == rank else None
+    if array.ndim == rank and rank and spec.shape[0] == 1 and array.shape[0] > 1:
+        stacked = array[:, None]  # a batch of N samples for a batch-1 input: N samples
     if stacked is None:
         raise KilnError(f"{path.name} has shape {list(array.shape)}; input '{spec.name}' is {spec.shape}",
                         "save samples with the input's shape (or a stack of them)")

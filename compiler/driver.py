@@ -99,8 +99,12 @@ def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
     return mod, "\n".join(timings) if timings else None
 
 
-def _vm(executable) -> relax.VirtualMachine:
-    return relax.VirtualMachine(executable, tvm.cpu())
+def _vm(executable, preset: TargetPreset) -> relax.VirtualMachine:
+    """A VM over EXECUTABLE as it will ship: exported and loaded back. (A VM made on the in-memory executable
+    records memory scopes into it, which every later load of the artifact then logs as a warning.)"""
+    with tempfile.TemporaryDirectory(prefix="kiln-vm-") as tmp:
+        library = tvm.runtime.load_module(str(build.export(executable, preset, Path(tmp) / "lib.so")))
+    return relax.VirtualMachine(library, tvm.cpu())
 
 
 def _check_int8_target(preset: TargetPreset) -> None:
@@ -181,7 +185,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
             say("warning: no --calibration given: calibrating on 32 random inputs (give real samples for "
                 "meaningful ranges)")
         plan = int8.calibrate(stage, loaded.inputs, calibration, calibration_method,
-                              lambda m: _vm(build.build_executable(lower(m)[1], tvm_target)), say)
+                              lambda m: _vm(build.build_executable(lower(m)[1], tvm_target), preset), say)
     else:
         plan = int8.from_model(stage)
         if plan:
@@ -203,7 +207,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
             f"({len(kernels.tuned)} tuned); building for {preset.name}")
         lower_timing = [PassTimingInstrument()] if pass_times else []
         executable = build.build_executable(mod, tvm_target, lower_timing)
-        measured = plan.measure(_vm(executable), loaded.inputs) if plan else None
+        measured = plan.measure(_vm(executable, preset), loaded.inputs) if plan else None
         if measured is None or max_accuracy_drop is None or measured.drop <= max_accuracy_drop:
             break
         wider = plan.fallback(skip)

@@ -72,11 +72,12 @@ def test_load_samples_from_folder_and_errors(tmp_path):
     np.save(tmp_path / "a.npy", np.ones((1, 3), np.float32))
     np.save(tmp_path / "b.npy", np.zeros((4, 1, 3), np.float32))  # a stack of 4 samples
     np.savez(tmp_path / "c.npz", x=np.full((1, 3), 2, np.float32))
+    np.save(tmp_path / "d.npy", np.zeros((3, 3), np.float32))  # a batch of 3 for the batch-1 input
     samples = calibration.load_samples(str(tmp_path), spec)
-    assert len(samples) == 6 and samples[-1]["x"][0, 0] == 2
+    assert len(samples) == 9 and samples[5]["x"][0, 0] == 2 and samples[-1]["x"].shape == (1, 3)
     assert len(calibration.load_samples("random:5", spec)) == 5
     calib, held = calibration.split(samples)
-    assert len(held) == 1 and len(calib) == 5
+    assert len(held) == 2 and len(calib) == 7
     np.save(tmp_path / "bad.npy", np.ones((2, 2), np.float32))
     with pytest.raises(KilnError, match=r"shape \[2, 2\].*expected \[1, 3\]"):
         calibration.load_samples(str(tmp_path), spec)
