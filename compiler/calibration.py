@@ -51,7 +51,8 @@ def _npy_samples(array: np.ndarray, inputs: list[TensorSpec], path: Path) -> lis
     spec = inputs[0]
     rank = len(spec.shape)
     stacked = array if array.ndim == rank + 1 else array[None] if array.ndim == rank else None
-    if array.ndim == rank and rank and spec.shape[0] == 1 and array.shape[0] > 1:
+    if array.ndim == rank and rank and spec.shape[0] == 1 and array.shape[0] > 1 and all(
+            not isinstance(d, int) or d == v for d, v in zip(spec.shape[1:], array.shape[1:])):
         stacked = array[:, None]  # a batch of N samples for a batch-1 input: N samples
     if stacked is None:
         raise KilnError(f"{path.name} has shape {list(array.shape)}; input '{spec.name}' is {spec.shape}",
