@@ -29,12 +29,16 @@ class DotProduct:
     group: int
     llvm_intrinsic: str
     cpu_feature: str  # the /proc/cpuinfo flag (and targets/*.json cpu_features entry) that provides it
+    amx_intrinsic: str | None = None  # the AMX tile instruction for the same product (schedules/amx.py)
+    amx_feature: str | None = None
 
 
-VNNI = DotProduct("vnni", "uint8", "int8", "int32", 4, "llvm.x86.avx512.vpdpbusd.512", "avx512_vnni")
-BF16 = DotProduct("avx512bf16", "bfloat16", "bfloat16", "float32", 2, "llvm.x86.avx512bf16.dpbf16ps.512",
-                  "avx512_bf16")
-DOT_PRODUCTS = (VNNI, BF16)
+VNNI = DotProduct("vnni", "uint8", "int8", "int32", 4, "llvm.x86.avx512.vpdpbusd.512", "avx512_vnni",
+                  "llvm.x86.tdpbusd", "amx_int8")
+DOT_PRODUCTS = (VNNI,)
+# A 16-row, 64-byte AMX tile holds 16 groups of the reduction per row.
+AMX_CHUNK_GROUPS = 16
+AMX_MIN_TILE_ROWS = 7  # below this (a dense layer at batch 1) the vector instruction does better
 
 
 def for_dtypes(data: str, weight: str, acc: str) -> DotProduct | None:
@@ -46,12 +50,12 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def pack_weight(weight: np.ndarray, group: int) -> np.ndarray:
+def pack_weight(weight: np.ndarray, group: int, depth: int | None = None) -> np.ndarray:
     """WEIGHT [..., K, N] (matmul [K, N]; HWIO convolution [H, W, I, O]) as [N / 16, ..., K / GROUP, 16, GROUP],
-    K zero-padded to a multiple of GROUP; N must be a multiple of 16."""
-    *lead, depth, cols = weight.shape
-    padded = np.zeros((*lead, _round_up(depth, group), cols), weight.dtype)
-    padded[..., :depth, :] = weight
+    K zero-padded to DEPTH (default: the next multiple of GROUP); N must be a multiple of 16."""
+    *lead, depth_in, cols = weight.shape
+    padded = np.zeros((*lead, depth or _round_up(depth_in, group), cols), weight.dtype)
+    padded[..., :depth_in, :] = weight
     blocks = padded.reshape(*lead, padded.shape[-2] // group, group, cols // LANES, LANES)
     n = len(lead)
     # axes now: lead..., k/g (n), g (n+1), n/16 (n+2), 16 (n+3) -> n/16, lead..., k/g, 16, g
@@ -108,6 +112,82 @@ def dot_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation, acc:
     return te.compute((n, out_h, out_w, panels * lanes), element, name="dot_conv2d")
 
 
+def amx_rows(rows: int) -> int | None:
+    """Rows per AMX tile for an output of ROWS rows: the largest divisor up to 16, if it is AMX_MIN_TILE_ROWS
+    or more (3136 -> 16, 196 -> 14, 49 -> 7); None when AMX does not suit."""
+    best = max(d for d in range(1, min(rows, 16) + 1) if rows % d == 0)
+    return best if best >= AMX_MIN_TILE_ROWS else None
+
+
+def amx_depth(depth: int, group: int) -> int:
+    """DEPTH padded to whole AMX chunks (64 bytes of the reduction)."""
+    return _round_up(depth, AMX_CHUNK_GROUPS * group)
+
+
+def _unflatten(row, lead: list[int]) -> list:
+    """The index into dims LEAD of flattened ROW."""
+    index = []
+    for extent in reversed(lead):
+        index.insert(0, row % extent)
+        row = row // extent
+    return index
+
+
+def rows_2d(x: te.Tensor, depth: int) -> te.Tensor:
+    """X [..., K] as [rows, DEPTH] (rows = the product of the leading dims; K zero-padded to DEPTH)."""
+    lead = [int(d) for d in x.shape[:-1]]
+    width = int(x.shape[-1])
+
+    def element(r, k):
+        value = x[(*_unflatten(r, lead), tirx.min(k, width - 1))]
+        return tirx.if_then_else(k < width, value, tirx.const(0, x.dtype))
+
+    return te.compute((int(np.prod(lead)), depth), element, name="amx_rows")
+
+
+def im2col(x: te.Tensor, kernel: tuple[int, int], strides, padding, dilation, depth: int,
+           pad_value=0) -> tuple[te.Tensor, list[int]]:
+    """(NHWC X as [N * OH * OW, DEPTH], [N, OH, OW]): each output pixel's KH x KW x C input window, flattened
+    (c innermost, as HWIO weights reshaped to [KH * KW * C, O]) and zero-padded to DEPTH; outside the image it
+    reads PAD_VALUE (the zero point)."""
+    (kh_size, kw_size), (sh, sw), (dh, dw) = kernel, strides, dilation
+    top, left, bottom, right = padding
+    n, height, breadth, channels = (int(d) for d in x.shape)
+    out_h = (height + top + bottom - (kh_size - 1) * dh - 1) // sh + 1
+    out_w = (breadth + left + right - (kw_size - 1) * dw - 1) // sw + 1
+    window = kh_size * kw_size * channels
+
+    def element(r, k):
+        b, h, w = _unflatten(r, [n, out_h, out_w])
+        kh, kw, c = k // (kw_size * channels), k // channels % kw_size, k % channels
+        y, z = h * sh + kh * dh - top, w * sw + kw * dw - left
+        inside = tirx.all(y >= 0, y < height, z >= 0, z < breadth)
+        value = x[b, tirx.max(tirx.min(y, height - 1), 0), tirx.max(tirx.min(z, breadth - 1), 0), c]
+        return tirx.if_then_else(k < window, tirx.if_then_else(inside, value, tirx.const(pad_value, x.dtype)),
+                                 tirx.const(0, x.dtype))
+
+    return te.compute((n * out_h * out_w, depth), element, name="im2col"), [n, out_h, out_w]
+
+
+def amx_contract(rows: te.Tensor, packed: te.Tensor, lead: list[int], acc: str) -> te.Tensor:
+    """ROWS [M, K] @ W (packed by pack_weight, K padded to whole AMX chunks) into ACC, shaped [*LEAD, N] with
+    M = prod(LEAD): the kernel the AMX schedule tensorizes."""
+    panels, depth_groups, lanes, group = (int(d) for d in packed.shape)
+    k_outer = te.reduce_axis((0, depth_groups), "k_outer")
+    k_inner = te.reduce_axis((0, group), "k_inner")
+
+    def element(*index):
+        *spatial, col = index
+        row = 0
+        for extent, i in zip(lead, spatial):
+            row = row * extent + i
+        data = _widen(rows[row, k_outer * group + k_inner], acc)
+        return te.sum(data * _widen(packed[col // lanes, k_outer, col % lanes, k_inner], acc),
+                      axis=[k_outer, k_inner])
+
+    return te.compute((*lead, panels * lanes), element, name="amx_matmul")
+
+
 def quantize_input(x: te.Tensor, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> te.Tensor:
     """float32 X -> uint8: clip(round(x / scale) + zero_point, QMIN, QMAX), rounding half to even (as ONNX
     QuantizeLinear)."""
@@ -117,11 +197,6 @@ def quantize_input(x: te.Tensor, scale: float, zero_point: int, qmin: int = 0, q
         return tirx.max(tirx.min(value, tirx.const(qmax, "float32")), tirx.const(qmin, "float32")).astype("uint8")
 
     return te.compute(x.shape, element, name="quantize")
-
-
-def to_bf16(x: te.Tensor) -> te.Tensor:
-    """float32 X rounded to bfloat16."""
-    return te.compute(x.shape, lambda *i: x[i].astype("bfloat16"), name="to_bf16")
 
 
 def dequantize_sums(sums: te.Tensor, correction: te.Tensor, scale: te.Tensor) -> te.Tensor:

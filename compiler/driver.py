@@ -18,6 +18,7 @@ from tvm.ir.instrument import PassTimingInstrument
 import runtime
 from runtime.artifact import Manifest, TensorSpec, write_artifact
 from runtime.errors import KilnError
+from runtime.tvm_runtime import enable_amx
 
 from . import build, dot_product, frontend, int8, passes, quantization, tuning
 from .dump import KINDS, Dumper
@@ -94,7 +95,7 @@ def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
     stage = simplify_graph(loaded, preset, layout, timings)
     plan = int8.from_model(stage)
     if plan:
-        stage = quantization.lower_int8(plan.params)(stage)
+        stage = quantization.lower_int8(plan.params, amx=_has_amx(preset))(stage)
     mod = fuse_kernels(stage, preset, timings)
     return mod, "\n".join(timings) if timings else None
 
@@ -102,9 +103,15 @@ def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
 def _vm(executable, preset: TargetPreset) -> relax.VirtualMachine:
     """A VM over EXECUTABLE as it will ship: exported and loaded back. (A VM made on the in-memory executable
     records memory scopes into it, which every later load of the artifact then logs as a warning.)"""
+    if _has_amx(preset):
+        enable_amx()
     with tempfile.TemporaryDirectory(prefix="kiln-vm-") as tmp:
         library = tvm.runtime.load_module(str(build.export(executable, preset, Path(tmp) / "lib.so")))
     return relax.VirtualMachine(library, tvm.cpu())
+
+
+def _has_amx(preset: TargetPreset) -> bool:
+    return dot_product.VNNI.amx_feature in preset.cpu_features
 
 
 def _check_int8_target(preset: TargetPreset) -> None:
@@ -193,7 +200,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
             say(f"the model is quantized (QDQ): {len(plan.params)} int8 sites")
     skip: frozenset[int] = frozenset()
     while True:
-        quantized = quantization.lower_int8(plan.params, skip)(stage) if plan else stage
+        quantized = quantization.lower_int8(plan.params, skip, _has_amx(preset))(stage) if plan else stage
         mod = fuse_kernels(quantized, preset, timings)
         dumper.graph(mod)
         database, records, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(mod))

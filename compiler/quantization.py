@@ -71,17 +71,34 @@ def weight_noise(weight: np.ndarray) -> float:
     return float(np.sum((quantized * scale - weight) ** 2) / max(np.sum(weight.astype(np.float64) ** 2), 1e-30))
 
 
-def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams):
+def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, out_rows: int, amx: bool):
     """(TE function of the uint8 input, constant args) for the int8 kernel of one site: dot products, then
-    dequantize. The input's quantize is a kernel of its own, so that it fuses into its producer's epilogue."""
+    dequantize. The input's quantize is a kernel of its own, so that it fuses into its producer's epilogue.
+    AMX (where the target has it and the output's OUT_ROWS suit its tiles) takes the activations as rows
+    (im2col for a convolution), the vector instruction reads them in place."""
+    group = dot_product.VNNI.group
     quantized, weight_scale = quantize_weight(weight)
-    packed = dot_product.pack_weight(quantized, dot_product.VNNI.group)
     column_sums = quantized.astype(np.int64).reshape(-1, quantized.shape[-1]).sum(axis=0)
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
+    use_amx = amx and dot_product.amx_rows(out_rows) is not None
+    if use_amx:
+        flat = quantized.reshape(-1, quantized.shape[-1])  # HWIO -> [KH * KW * I, O]
+        packed = dot_product.pack_weight(flat, group, dot_product.amx_depth(flat.shape[0], group))
+    else:
+        packed = dot_product.pack_weight(quantized, group)
 
     def compute(q, packed_weight, correction_const, scale_const):
-        if kind == "matmul":
+        depth = int(packed_weight.shape[-3]) * group
+        if use_amx and kind == "matmul":
+            sums = dot_product.amx_contract(dot_product.rows_2d(q, depth), packed_weight,
+                                            [int(d) for d in q.shape[:-1]], "int32")
+        elif use_amx:
+            rows, lead = dot_product.im2col(q, weight.shape[:2], [int(v) for v in attrs.strides],
+                                            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
+                                            depth, pad_value=params.zero_point)
+            sums = dot_product.amx_contract(rows, packed_weight, lead, "int32")
+        elif kind == "matmul":
             sums = dot_product.dot_matmul(q, packed_weight, "int32")
         else:
             sums = dot_product.dot_conv2d(q, packed_weight, [int(v) for v in attrs.strides],
@@ -96,9 +113,9 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams):
 class _Int8Lowerer(PyExprMutator):
     """Replace each site that has quantization parameters (by index: sites() order) by its int8 kernel."""
 
-    def __init__(self, mod, params: dict[int, QuantParams], skip: frozenset[int]):
+    def __init__(self, mod, params: dict[int, QuantParams], skip: frozenset[int], amx: bool):
         super().__init__(mod)
-        self.params, self.skip, self.index = params, skip, -1
+        self.params, self.skip, self.amx, self.index = params, skip, amx, -1
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -119,7 +136,8 @@ class _Int8Lowerer(PyExprMutator):
         quantized = self.builder_.emit(self.builder_.call_te(
             dot_product.quantize_input, data, params.scale, params.zero_point, params.qmin, params.qmax,
             primfunc_name_hint="quantize"))
-        compute, constants = _int8_kernel(kind, call.attrs, const_value(call.args[1]), params)
+        out_rows = int(np.prod([int(d) for d in call.ty.shape.values[:-1]]))
+        compute, constants = _int8_kernel(kind, call.attrs, const_value(call.args[1]), params, out_rows, self.amx)
         return self.builder_.call_te(compute, quantized, *constants, primfunc_name_hint=f"int8_{kind}",
                                      primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
 
@@ -144,13 +162,14 @@ def _binding_lookup(mod: tvm.IRModule):
     return bound.get
 
 
-def lower_int8(params: dict[int, QuantParams], skip: frozenset[int] = frozenset()) -> tvm.transform.Pass:
+def lower_int8(params: dict[int, QuantParams], skip: frozenset[int] = frozenset(),
+               amx: bool = False) -> tvm.transform.Pass:
     """kiln.QuantizeInt8: the sites with PARAMS (and those the model quantizes itself) as int8 kernels, except
-    the indices in SKIP, which stay float32 (the accuracy fallback)."""
+    the indices in SKIP, which stay float32 (the accuracy fallback); AMX: the target has AMX tiles."""
 
     @tvm.transform.module_pass(opt_level=0, name="kiln.QuantizeInt8")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_relax_functions(mod, functools.partial(_Int8Lowerer, params=params, skip=skip))
+        return rewrite_relax_functions(mod, functools.partial(_Int8Lowerer, params=params, skip=skip, amx=amx))
 
     return _pass
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .artifact import Manifest, TensorSpec, verify
 from .errors import KilnError
-from .tvm_runtime import set_num_threads, tvm_runtime
+from .tvm_runtime import enable_amx, set_num_threads, tvm_runtime
 
 _KDL_CPU = 1
 _POOLED_ALLOCATOR = 2
@@ -102,6 +102,8 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     path = Path(path)
     manifest = verify(path)
     tvm = tvm_runtime()
+    if "amx_tile" in manifest.cpu_features:
+        enable_amx()
     set_num_threads(threads)
     try:
         lib = tvm.runtime.load_module(str(path))

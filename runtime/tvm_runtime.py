@@ -45,3 +45,26 @@ def set_num_threads(threads: int | None = None) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, affinity)
     return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+_ARCH_REQ_XCOMP_PERM = 0x1023  # arch_prctl: ask the Linux kernel for an extended state component
+_XFEATURE_XTILEDATA = 18  # the AMX tile data
+_SYS_ARCH_PRCTL = 158  # x86-64
+_amx_ready = False
+
+
+def enable_amx() -> None:
+    """Allow this process to use AMX tiles (Linux asks each process to request them once; without it the first
+    tile instruction kills the process with SIGILL). Raises KilnError when the kernel refuses."""
+    global _amx_ready
+    if _amx_ready:
+        return
+    import ctypes  # noqa: PLC0415 - only AMX artifacts need it
+
+    from .errors import KilnError  # noqa: PLC0415
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+        raise KilnError(f"the Linux kernel refused AMX to this process (errno {ctypes.get_errno()})",
+                        "use Linux 5.16 or later, or compile for a target without AMX (x86-avx512)")
+    _amx_ready = True

@@ -1,0 +1,180 @@
+"""Intel AMX for the dot-product kernels: tile registers of up to 16 rows x 64 bytes, one instruction multiplying
+a 16 x 64-byte tile of activations with a 16 x 64-byte tile of weights in the layout compiler/dot_product.py packs
+them in (16 rows of K / GROUP, each 16 columns x GROUP), into a 16 x 16 tile of 32-bit sums.
+
+The tensor intrinsic covers one block of the output: MT x NT tiles (rows x 16-column panels) over the whole
+reduction. It loads the block's sums from the accumulator buffer, runs the reduction 64 bytes at a time, and
+stores them back. The tile configuration (rows per tile: any divisor of the output rows up to 16, so 7x7 or 14x14
+images need no padding) is written and loaded at the start of each block.
+
+Using AMX needs the kernel's permission first (arch_prctl ARCH_REQ_XCOMP_PERM), which runtime/ asks for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import s_tir
+from tvm.tirx import IndexMap
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from ..dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows
+from .common import schedule_injective
+from .contraction import Contraction
+from .dot_product import _dot_of
+
+TILE_BYTES = 64  # bytes per tile row
+MAX_TILE_ROWS = 16
+C_TILES, A_TILES, B_TILES = 0, 4, 6  # first register of each kind: 4 sum tiles, 2 activation, 2 weight tiles
+_registered: set[str] = set()
+
+
+def intrinsic_name(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, depth_groups: int) -> str:
+    """Register (once) and name the AMX intrinsic for one block shape."""
+    name = f"kiln_amx_{dot.name}_{tile_rows}x{row_tiles}_{col_tiles}_{depth_groups}"
+    if name not in _registered:
+        TensorIntrin.register(name, *_intrinsic(dot, tile_rows, row_tiles, col_tiles, depth_groups), override=True)
+        _registered.add(name)
+    return name
+
+
+def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, depth_groups: int):
+    group, data, weight, acc = dot.group, dot.data, dot.weight, dot.acc
+    rows, cols, depth = tile_rows * row_tiles, LANES * col_tiles, depth_groups * group
+    element = 4 // group  # bytes per data element
+    chunk_groups = TILE_BYTES // (group * element)  # reduction groups per 64-byte chunk (16)
+    chunks = depth_groups // chunk_groups
+    op = dot.amx_intrinsic
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (rows, depth), data, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (col_tiles, depth_groups, LANES, group), weight, offset_factor=1)
+        C = T.match_buffer(c, (rows, cols), acc, offset_factor=1, strides=[sc, 1], scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:depth], B[0:col_tiles, 0:depth_groups, 0:LANES, 0:group])
+            T.writes(C[0:rows, 0:cols])
+            for m, n, ko, ki in T.grid(rows, cols, depth_groups, group):
+                with T.sblock("update"):
+                    vm, vn, vko, vki = T.axis.remap("SSRR", [m, n, ko, ki])
+                    C[vm, vn] = C[vm, vn] + T.cast(A[vm, vko * group + vki], acc) * T.cast(
+                        B[vn // LANES, vko, vn % LANES, vki], acc)
+
+    def call(name, *args):
+        return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (rows, depth), data, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (col_tiles, depth_groups, LANES, group), weight, offset_factor=1)
+        C = T.match_buffer(c, (rows, cols), acc, offset_factor=1, strides=[sc, 1], scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:depth], B[0:col_tiles, 0:depth_groups, 0:LANES, 0:group])
+            T.writes(C[0:rows, 0:cols])
+            config = T.alloc_buffer((64,), "uint8", scope="local")
+            for i in range(64):
+                config[i] = T.uint8(0)
+            config[0] = T.uint8(1)  # palette 1
+            for t in range(8):  # bytes per row (uint16, little-endian), then rows, of each tile register
+                config[16 + 2 * t] = T.uint8(TILE_BYTES)
+                config[48 + t] = T.if_then_else(t >= B_TILES, T.uint8(MAX_TILE_ROWS), T.uint8(tile_rows))
+            call("llvm.x86.ldtilecfg", config.access_ptr("r"))
+            for i in T.unroll(row_tiles):
+                for j in T.unroll(col_tiles):
+                    call("llvm.x86.tileloadd64", T.uint8(C_TILES) + T.Cast("uint8", i * col_tiles + j),
+                         C.access_ptr("r", offset=i * tile_rows * sc + j * LANES), T.int64(sc * 4))
+            for k in range(chunks):
+                for i in T.unroll(row_tiles):
+                    call("llvm.x86.tileloadd64", T.uint8(A_TILES) + T.Cast("uint8", i),
+                         A.access_ptr("r", offset=i * tile_rows * sa + k * chunk_groups * group),
+                         T.int64(sa * element))
+                for j in T.unroll(col_tiles):
+                    call("llvm.x86.tileloadd64", T.uint8(B_TILES) + T.Cast("uint8", j),
+                         B.access_ptr("r", offset=(j * depth_groups + k * chunk_groups) * LANES * group),
+                         T.int64(TILE_BYTES))
+                for i in T.unroll(row_tiles):
+                    for j in T.unroll(col_tiles):
+                        call(op, T.uint8(C_TILES) + T.Cast("uint8", i * col_tiles + j),
+                             T.uint8(A_TILES) + T.Cast("uint8", i), T.uint8(B_TILES) + T.Cast("uint8", j))
+            for i in T.unroll(row_tiles):
+                for j in T.unroll(col_tiles):
+                    call("llvm.x86.tilestored64", T.uint8(C_TILES) + T.Cast("uint8", i * col_tiles + j),
+                         C.access_ptr("w", offset=i * tile_rows * sc + j * LANES), T.int64(sc * 4))
+
+    return desc, impl
+
+
+def block_tiles(rows: int, panels: int) -> tuple[int, int, int] | None:
+    """(rows per tile, row tiles, column tiles) of an AMX block for an output of ROWS x PANELS 16-column panels:
+    2 x 2 tiles where the shape allows (4 sum, 2 activation and 2 weight registers: all 8)."""
+    tile_rows = amx_rows(rows)
+    if tile_rows is None:
+        return None
+    return tile_rows, 2 if (rows // tile_rows) % 2 == 0 else 1, 2 if panels % 2 == 0 else 1
+
+
+class AMXContraction(Contraction):
+    """The amx_matmul kernels of compiler/dot_product.py: output rows flattened, blocks of tiles tensorized
+    with AMX over the whole reduction, the epilogue (dequantize, bias, activation, next quantize) fused into the
+    block's write-back."""
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
+        names = [sch.get(b).name_hint for b in blocks]
+        if "amx_matmul" not in names:
+            return None
+        index = names.index("amx_matmul")
+        main = blocks[index]
+        dot = _dot_of(sch.get(main))
+        if dot is None or dot.amx_intrinsic is None:
+            return None
+        for block in blocks[:index]:  # the activations as rows (im2col / copy): loops of their own
+            schedule_injective(sch, block, self.lanes)
+        epilogue = blocks[index + 1:]
+        iters = sch.get(main).iter_vars
+        n_spatial = len(iters) - 2
+        extents = [int(iv.dom.extent) for iv in iters]
+        rows, cols, depth_groups = int(np.prod(extents[: n_spatial - 1])), extents[n_spatial - 1], extents[-2]
+        tiles = block_tiles(rows, cols // LANES)
+        if tiles is None or depth_groups % AMX_CHUNK_GROUPS:
+            return None
+        tile_rows, row_tiles, col_tiles = tiles
+        dtype = str(iters[0].dom.extent.ty)
+        if n_spatial > 2:  # flatten the output's leading dims into rows, in the main block and the epilogue
+            lead = extents[: n_spatial - 1]
+
+            def flat(*index):
+                *spatial, col = index[: n_spatial]
+                row = 0
+                for extent, i in zip(lead, spatial):
+                    row = row * extent + i
+                return [row, col, *index[n_spatial:]]
+
+            sch.transform_block_layout(main, IndexMap.from_func(flat, ndim=len(iters), index_dtype=dtype))
+            for block in epilogue:
+                if len(sch.get(block).iter_vars) == n_spatial:
+                    sch.transform_block_layout(block, IndexMap.from_func(flat, ndim=n_spatial, index_dtype=dtype))
+        row, col, k_outer, k_inner = sch.get_loops(main)
+        row_outer, row_inner = sch.split(row, [None, tile_rows * row_tiles])
+        col_outer, col_inner = sch.split(col, [None, LANES * col_tiles])
+        sch.reorder(row_outer, col_outer, row_inner, col_inner, k_outer, k_inner)
+        parallel = sch.fuse(row_outer, col_outer)
+        sch.parallel(parallel)
+        write_back = sch.cache_write(main, 0, "local")
+        if n_spatial > 2:  # the block's sums as a [rows, cols] tile, the shape the intrinsic takes
+            sch.transform_layout(main, ("write", 0), IndexMap.from_func(lambda *i: flat(*i)[:2], ndim=n_spatial,
+                                                                     index_dtype=dtype))
+        self._fuse_epilogue(sch, main, epilogue)
+        if n_spatial > 2 and len(sch.get(write_back).iter_vars) == n_spatial:
+            # rows of a block span image rows: the write-back must walk flat rows too, or compute-at would take
+            # the bounding box of the block's pixels
+            sch.transform_block_layout(write_back, IndexMap.from_func(flat, ndim=n_spatial, index_dtype=dtype))
+        sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(write_back)[-1])
+        init = sch.decompose_reduction(main, row_inner)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(row_inner, intrinsic_name(dot, tile_rows, row_tiles, col_tiles, depth_groups))
+        return sch
