@@ -166,7 +166,8 @@ def im2col(x: te.Tensor, kernel: tuple[int, int], strides, padding, dilation, de
         return tirx.if_then_else(k < window, tirx.if_then_else(inside, value, tirx.const(pad_value, x.dtype)),
                                  tirx.const(0, x.dtype))
 
-    return te.compute((n * out_h * out_w, depth), element, name="im2col"), [n, out_h, out_w]
+    return (te.compute((n * out_h * out_w, depth), element, name="im2col", attrs={"kiln.channels": channels}),
+            [n, out_h, out_w])
 
 
 def amx_contract(rows: te.Tensor, packed: te.Tensor, lead: list[int], acc: str) -> te.Tensor:

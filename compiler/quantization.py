@@ -71,17 +71,30 @@ def weight_noise(weight: np.ndarray) -> float:
     return float(np.sum((quantized * scale - weight) ** 2) / max(np.sum(weight.astype(np.float64) ** 2), 1e-30))
 
 
-def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, out_rows: int, amx: bool):
-    """(TE function of the uint8 input, constant args) for the int8 kernel of one site: dot products, then
-    dequantize. The input's quantize is a kernel of its own, so that it fuses into its producer's epilogue.
-    AMX (where the target has it and the output's OUT_ROWS suit its tiles) takes the activations as rows
-    (im2col for a convolution), the vector instruction reads them in place."""
+def _direct_rows(kind: str, attrs, weight: np.ndarray, depth: int) -> bool:
+    """True when the AMX kernel can read the activations in place, as a [rows, K] view: a matmul or a 1x1,
+    stride-1, unpadded convolution whose K fills whole AMX chunks."""
+    if depth % (dot_product.AMX_CHUNK_GROUPS * dot_product.VNNI.group):
+        return False
+    if kind == "matmul":
+        return True
+    return weight.shape[:2] == (1, 1) and all(int(v) == 1 for v in (*attrs.strides, *attrs.dilation)) \
+        and not any(int(v) for v in attrs.padding)
+
+
+def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead: list[int], amx: bool):
+    """(TE function of the uint8 input, constant args, AMX reads the input as a [rows, K] view) for the int8
+    kernel of one site: dot products, then dequantize. The input's quantize is a kernel of its own, so that it
+    fuses into its producer's epilogue. AMX (where the target has it and the output's rows, the product of
+    LEAD, suit its tiles) takes the activations as rows (a view, or im2col for a convolution); the vector
+    instruction reads them in place."""
     group = dot_product.VNNI.group
     quantized, weight_scale = quantize_weight(weight)
     column_sums = quantized.astype(np.int64).reshape(-1, quantized.shape[-1]).sum(axis=0)
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
-    use_amx = amx and dot_product.amx_rows(out_rows) is not None
+    use_amx = amx and dot_product.amx_rows(int(np.prod(lead))) is not None
+    direct = use_amx and _direct_rows(kind, attrs, weight, int(np.prod(weight.shape[:-1])))
     if use_amx:
         flat = quantized.reshape(-1, quantized.shape[-1])  # HWIO -> [KH * KW * I, O]
         packed = dot_product.pack_weight(flat, group, dot_product.amx_depth(flat.shape[0], group))
@@ -90,13 +103,14 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, out_
 
     def compute(q, packed_weight, correction_const, scale_const):
         depth = int(packed_weight.shape[-3]) * group
-        if use_amx and kind == "matmul":
-            sums = dot_product.amx_contract(dot_product.rows_2d(q, depth), packed_weight,
-                                            [int(d) for d in q.shape[:-1]], "int32")
+        if direct:
+            sums = dot_product.amx_contract(q, packed_weight, lead, "int32")
+        elif use_amx and kind == "matmul":
+            sums = dot_product.amx_contract(dot_product.rows_2d(q, depth), packed_weight, lead, "int32")
         elif use_amx:
-            rows, lead = dot_product.im2col(q, weight.shape[:2], [int(v) for v in attrs.strides],
-                                            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
-                                            depth, pad_value=params.zero_point)
+            rows, _ = dot_product.im2col(q, weight.shape[:2], [int(v) for v in attrs.strides],
+                                         [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
+                                         depth, pad_value=params.zero_point)
             sums = dot_product.amx_contract(rows, packed_weight, lead, "int32")
         elif kind == "matmul":
             sums = dot_product.dot_matmul(q, packed_weight, "int32")
@@ -106,7 +120,7 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, out_
                                           "int32", pad_value=params.zero_point)
         return dot_product.dequantize_sums(sums, correction_const, scale_const)
 
-    return compute, [relax.const(packed), relax.const(correction), relax.const(scale)]
+    return compute, [relax.const(packed), relax.const(correction), relax.const(scale)], direct
 
 
 @mutator
@@ -136,8 +150,11 @@ class _Int8Lowerer(PyExprMutator):
         quantized = self.builder_.emit(self.builder_.call_te(
             dot_product.quantize_input, data, params.scale, params.zero_point, params.qmin, params.qmax,
             primfunc_name_hint="quantize"))
-        out_rows = int(np.prod([int(d) for d in call.ty.shape.values[:-1]]))
-        compute, constants = _int8_kernel(kind, call.attrs, const_value(call.args[1]), params, out_rows, self.amx)
+        lead = [int(d) for d in call.ty.shape.values[:-1]]
+        weight = const_value(call.args[1])
+        compute, constants, direct = _int8_kernel(kind, call.attrs, weight, params, lead, self.amx)
+        if direct:  # a view, no copy
+            quantized = self.builder_.emit(relax.op.reshape(quantized, [int(np.prod(lead)), weight.shape[-2]]))
         return self.builder_.call_te(compute, quantized, *constants, primfunc_name_hint=f"int8_{kind}",
                                      primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
 

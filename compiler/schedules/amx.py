@@ -19,7 +19,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from ..dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows
-from .common import schedule_injective
+from .common import const_extent, schedule_injective
 from .contraction import Contraction
 from .dot_product import _dot_of
 
@@ -39,11 +39,14 @@ def intrinsic_name(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: i
 
 
 def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, depth_groups: int):
+    """(description, implementation) of one block: ROW_TILES x TILE_ROWS rows, COL_TILES 16-column panels
+    (walked two at a time: 2 x 2 sum tiles at most), over the whole reduction of DEPTH_GROUPS groups."""
     group, data, weight, acc = dot.group, dot.data, dot.weight, dot.acc
     rows, cols, depth = tile_rows * row_tiles, LANES * col_tiles, depth_groups * group
     element = 4 // group  # bytes per data element
     chunk_groups = TILE_BYTES // (group * element)  # reduction groups per 64-byte chunk (16)
     chunks = depth_groups // chunk_groups
+    pair = 2 if col_tiles % 2 == 0 else 1  # panels per step
     op = dot.amx_intrinsic
 
     @T.prim_func(s_tir=True)
@@ -65,6 +68,9 @@ def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, 
     def call(name, *args):
         return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
 
+    def tile(kind: int, index):
+        return T.uint8(kind) + T.Cast("uint8", index)
+
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
@@ -83,44 +89,75 @@ def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, 
                 config[16 + 2 * t] = T.uint8(TILE_BYTES)
                 config[48 + t] = T.if_then_else(t >= B_TILES, T.uint8(MAX_TILE_ROWS), T.uint8(tile_rows))
             call("llvm.x86.ldtilecfg", config.access_ptr("r"))
-            for i in T.unroll(row_tiles):
-                for j in T.unroll(col_tiles):
-                    call("llvm.x86.tileloadd64", T.uint8(C_TILES) + T.Cast("uint8", i * col_tiles + j),
-                         C.access_ptr("r", offset=i * tile_rows * sc + j * LANES), T.int64(sc * 4))
-            for k in range(chunks):
+            for step in range(col_tiles // pair):
+                # The sums start at zero (the schedule's init block has just cleared them): zeroing the tiles
+                # saves loading them back from stores still in flight, which stalled the tile loads.
                 for i in T.unroll(row_tiles):
-                    call("llvm.x86.tileloadd64", T.uint8(A_TILES) + T.Cast("uint8", i),
-                         A.access_ptr("r", offset=i * tile_rows * sa + k * chunk_groups * group),
-                         T.int64(sa * element))
-                for j in T.unroll(col_tiles):
-                    call("llvm.x86.tileloadd64", T.uint8(B_TILES) + T.Cast("uint8", j),
-                         B.access_ptr("r", offset=(j * depth_groups + k * chunk_groups) * LANES * group),
-                         T.int64(TILE_BYTES))
+                    for j in T.unroll(pair):
+                        call("llvm.x86.tilezero", tile(C_TILES, i * pair + j))
+                for k in range(chunks):
+                    for i in T.unroll(row_tiles):
+                        call("llvm.x86.tileloadd64", tile(A_TILES, i),
+                             A.access_ptr("r", offset=i * tile_rows * sa + k * chunk_groups * group),
+                             T.int64(sa * element))
+                    for j in T.unroll(pair):
+                        call("llvm.x86.tileloadd64", tile(B_TILES, j),
+                             B.access_ptr("r", offset=((step * pair + j) * depth_groups + k * chunk_groups)
+                                          * LANES * group),
+                             T.int64(TILE_BYTES))
+                    for i in T.unroll(row_tiles):
+                        for j in T.unroll(pair):
+                            call(op, tile(C_TILES, i * pair + j), tile(A_TILES, i), tile(B_TILES, j))
                 for i in T.unroll(row_tiles):
-                    for j in T.unroll(col_tiles):
-                        call(op, T.uint8(C_TILES) + T.Cast("uint8", i * col_tiles + j),
-                             T.uint8(A_TILES) + T.Cast("uint8", i), T.uint8(B_TILES) + T.Cast("uint8", j))
-            for i in T.unroll(row_tiles):
-                for j in T.unroll(col_tiles):
-                    call("llvm.x86.tilestored64", T.uint8(C_TILES) + T.Cast("uint8", i * col_tiles + j),
-                         C.access_ptr("w", offset=i * tile_rows * sc + j * LANES), T.int64(sc * 4))
+                    for j in T.unroll(pair):
+                        call("llvm.x86.tilestored64", tile(C_TILES, i * pair + j),
+                             C.access_ptr("w", offset=i * tile_rows * sc + (step * pair + j) * LANES),
+                             T.int64(sc * 4))
+            # back to the init state: the kernel then saves no tile data when it switches threads
+            call("llvm.x86.tilerelease")
 
     return desc, impl
 
 
-def block_tiles(rows: int, panels: int) -> tuple[int, int, int] | None:
-    """(rows per tile, row tiles, column tiles) of an AMX block for an output of ROWS x PANELS 16-column panels:
-    2 x 2 tiles where the shape allows (4 sum, 2 activation and 2 weight registers: all 8)."""
+MAX_BLOCK_BYTES = 64 << 10
+
+
+def block_tiles(rows: int, panels: int, acc_bytes: int = 4) -> tuple[int, int, int] | None:
+    """(rows per tile, row tiles, column panels) of an AMX block for an output of ROWS x PANELS 16-column panels:
+    two row tiles where the rows allow, and as many panels (an even number where possible: they are walked two
+    at a time, 2 x 2 sum tiles) as keep the block's sums within MAX_BLOCK_BYTES."""
     tile_rows = amx_rows(rows)
     if tile_rows is None:
         return None
-    return tile_rows, 2 if (rows // tile_rows) % 2 == 0 else 1, 2 if panels % 2 == 0 else 1
+    row_tiles = 2 if (rows // tile_rows) % 2 == 0 else 1
+    fits = MAX_BLOCK_BYTES // (tile_rows * row_tiles * LANES * acc_bytes)
+    step = 2 if panels % 2 == 0 else 1
+    col_tiles = max((p for p in range(step, min(panels, fits) + 1, step) if panels % p == 0), default=step)
+    return tile_rows, row_tiles, col_tiles
 
 
 class AMXContraction(Contraction):
     """The amx_matmul kernels of compiler/dot_product.py: output rows flattened, blocks of tiles tensorized
     with AMX over the whole reduction, the epilogue (dequantize, bias, activation, next quantize) fused into the
     block's write-back."""
+
+    def _schedule_rows(self, sch: s_tir.Schedule, block) -> None:
+        """An im2col block walks (pixel, window position) in parallel and copies each position's channels as
+        vectors (its border test is the same for all of them); measured, the fused loop with a 32-lane vector
+        across positions cost more than the AMX work of a 56x56x64 3x3 convolution."""
+        channels = int(sch.get(block).annotations.get("kiln.channels", 0)) if sch.get(block).annotations else 0
+        loops = sch.get_loops(block)
+        if sch.get(block).name_hint != "im2col" or len(loops) != 2 or not channels:
+            schedule_injective(sch, block, self.lanes)
+            return
+        row, depth = loops
+        extent = const_extent(sch, depth)
+        if extent is None or extent % channels or channels % 16:
+            schedule_injective(sch, block, self.lanes)
+            return
+        position, channel = sch.split(depth, [None, channels])
+        sch.parallel(row)
+        sch.vectorize(channel)
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         names = [sch.get(b).name_hint for b in blocks]
@@ -132,7 +169,7 @@ class AMXContraction(Contraction):
         if dot is None or dot.amx_intrinsic is None:
             return None
         for block in blocks[:index]:  # the activations as rows (im2col / copy): loops of their own
-            schedule_injective(sch, block, self.lanes)
+            self._schedule_rows(sch, block)
         epilogue = blocks[index + 1:]
         iters = sch.get(main).iter_vars
         n_spatial = len(iters) - 2
@@ -164,10 +201,10 @@ class AMXContraction(Contraction):
         parallel = sch.fuse(row_outer, col_outer)
         sch.parallel(parallel)
         write_back = sch.cache_write(main, 0, "local")
+        self._fuse_epilogue(sch, main, epilogue)
         if n_spatial > 2:  # the block's sums as a [rows, cols] tile, the shape the intrinsic takes
             sch.transform_layout(main, ("write", 0), IndexMap.from_func(lambda *i: flat(*i)[:2], ndim=n_spatial,
                                                                      index_dtype=dtype))
-        self._fuse_epilogue(sch, main, epilogue)
         if n_spatial > 2 and len(sch.get(write_back).iter_vars) == n_spatial:
             # rows of a block span image rows: the write-back must walk flat rows too, or compute-at would take
             # the bounding box of the block's pixels
