@@ -93,8 +93,12 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead
     column_sums = quantized.astype(np.int64).reshape(-1, quantized.shape[-1]).sum(axis=0)
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
-    use_amx = amx and dot_product.amx_rows(int(np.prod(lead))) is not None
-    direct = use_amx and _direct_rows(kind, attrs, weight, int(np.prod(weight.shape[:-1])))
+    direct = amx and _direct_rows(kind, attrs, weight, int(np.prod(weight.shape[:-1])))
+    # im2col copies whole vectors of channels; with few (an RGB stem) it gathers bytes one by one, which cost
+    # 2.9 ms on ResNet-50's stem against 0.35 ms with the vector instruction
+    use_amx = amx and dot_product.amx_rows(int(np.prod(lead))) is not None and (
+        direct or kind == "matmul" or weight.shape[-2] % dot_product.LANES == 0)
+    direct = direct and use_amx
     if use_amx:
         flat = quantized.reshape(-1, quantized.shape[-1])  # HWIO -> [KH * KW * I, O]
         packed = dot_product.pack_weight(flat, group, dot_product.amx_depth(flat.shape[0], group))
