@@ -165,10 +165,10 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     model = Path(model)
-    preset = get_target(target)
-    out = Path(output) if output else default_output(model, preset)
     if quantize not in (None, "none", "int8"):
         raise KilnError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out)")
+    preset = get_target(target, prefer=dot_product.VNNI.amx_feature if quantize == "int8" else None)
+    out = Path(output) if output else default_output(model, preset)
     loaded = frontend.load_model(model, input_shapes)
     say(f"importing {model.name} (opset {loaded.opset})")
     graph = passes.graph_passes(layout, preset.vector_lanes_fp32)

@@ -63,18 +63,26 @@ def all_targets() -> dict[str, TargetPreset]:
     return {p.stem: _load(p) for p in sorted(TARGETS_DIR.glob("*.json"))}
 
 
-def best_for_host() -> TargetPreset:
-    """The preset with the widest vectors among those this machine can run."""
+def _has_tuning_records(preset: TargetPreset) -> bool:
+    folder = TARGETS_DIR.parent / "tuning_logs" / preset.name
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def best_for_host(prefer: str | None = None) -> TargetPreset:
+    """The preset this machine runs best: the one with feature PREFER (e.g. amx_int8 for an int8 build) if any,
+    then the widest vectors, then one with committed tuning records (its float kernels are tuned), then the
+    most CPU features."""
     usable = [t for t in all_targets().values() if t.runs_here()]
     if not usable:
         raise KilnError(f"no target preset runs on this {platform.machine()} machine", "add one under targets/")
-    return max(usable, key=lambda t: (t.vector_lanes_fp32, len(t.cpu_features)))
+    return max(usable, key=lambda t: (prefer in t.cpu_features, t.vector_lanes_fp32, _has_tuning_records(t),
+                                      len(t.cpu_features)))
 
 
-def get_target(name: str) -> TargetPreset:
-    """The preset called NAME; 'auto' means the best preset for this machine."""
+def get_target(name: str, prefer: str | None = None) -> TargetPreset:
+    """The preset called NAME; 'auto' means the best preset for this machine (see best_for_host for PREFER)."""
     if name == "auto":
-        return best_for_host()
+        return best_for_host(prefer)
     presets = all_targets()
     if name not in presets:
         raise KilnError(f"unknown target '{name}'", f"known targets: {', '.join(['auto', *presets])}")

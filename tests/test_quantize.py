@@ -18,9 +18,11 @@ from benchmarks.zoo import GraphBuilder, bert_encoder
 from compiler import calibration, dot_product
 from compiler.cli import main
 from compiler.fake_quant import QuantParams
+from compiler.schedules.amx import AMXContraction
 from compiler.schedules.dot_product import DotProductContraction
 from compiler.targets import get_target
 from runtime.artifact import TensorSpec
+from runtime.bench import random_inputs
 from runtime.errors import KilnError
 from runtime.references import onnxruntime_session
 from tests.models import save
@@ -28,6 +30,9 @@ from tests.models import save
 VNNI_TARGET = "x86-avx512"
 needs_vnni = pytest.mark.skipif(not get_target(VNNI_TARGET).runs_here(),
                                 reason="this machine cannot run x86-avx512 (AVX-512 VNNI) code")
+AMX_TARGET = "x86-amx"
+needs_amx = pytest.mark.skipif(not get_target(AMX_TARGET).runs_here(),
+                               reason="this machine has no AMX tiles (amx_tile, amx_int8)")
 
 
 def tiny_cnn(size: int = 16) -> onnx.ModelProto:
@@ -137,6 +142,53 @@ def test_int8_matmul_with_dequantize_matches_numpy(rng):
     kernel(*(tvm.runtime.tensor(a) for a in (data, packed, corr, scales)), result)
     expected = ((data.astype(np.int64) @ weight.astype(np.int64)) - corr).astype(np.float32) * scales
     np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6)
+
+
+@needs_amx
+def test_amx_conv_matches_numpy_and_uses_tile_instructions(rng):
+    from runtime.tvm_runtime import enable_amx
+
+    enable_amx()
+    size, cin, cout, zero = 10, 16, 32, 5  # 100 output rows: tiles of 10 rows
+    x = te.placeholder((1, size, size, cin), "uint8", name="x")
+    weight = rng.integers(-127, 128, (3, 3, cin, cout)).astype(np.int8)
+    depth = dot_product.amx_depth(9 * cin, 4)
+    packed = dot_product.pack_weight(weight.reshape(-1, cout), 4, depth)
+    w = te.placeholder(packed.shape, "int8", name="w")
+    rows, lead = dot_product.im2col(x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), depth, pad_value=zero)
+    out = dot_product.amx_contract(rows, w, lead, "int32")
+    target = get_target(AMX_TARGET).tvm()
+    func = te.create_prim_func([x, w, out])
+    with target:
+        sch = AMXContraction(16).apply(func, target, False)
+    assert sch is not None, "the AMX rule declined the kernel"
+    kernel = tvm.compile(sch.mod, target=target)
+    assert "tdpbusd" in kernel.mod.inspect_source("asm")
+    data = rng.integers(0, 256, (1, size, size, cin)).astype(np.uint8)
+    result = tvm.runtime.tensor(np.zeros((1, size, size, cout), np.int32))
+    kernel(tvm.runtime.tensor(data), tvm.runtime.tensor(packed), result)
+    padded = np.pad(data.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=zero)
+    expected = sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + size, j:j + size, :], weight[i, j].astype(np.int64))
+                   for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(result.numpy(), expected)
+
+
+@needs_amx
+@pytest.mark.parametrize("which", ["cnn", "encoder"])
+def test_amx_build_matches_the_vnni_build(tmp_path, which):
+    """Same calibration, same integer sums: the AMX and the VNNI artifacts must agree to float rounding."""
+    model = tiny_cnn() if which == "cnn" else bert_encoder(layers=1, hidden=64, heads=2, ffn=128, seq=16, batch=1)
+    path = save(model, tmp_path)
+    builds = {}
+    for target in (AMX_TARGET, VNNI_TARGET):
+        dump = tmp_path / target
+        artifact = compiler.compile(path, target=target, output=tmp_path / f"{target}.so", quantize="int8",
+                                    calibration="random:8", tuning_log="none", dump_dir=dump, dump_kinds=("asm",))
+        builds[target] = (runtime.load(artifact.path), (dump / "kernels.s").read_text())
+    assert "tdpbusd" in builds[AMX_TARGET][1] and "tdpbusd" not in builds[VNNI_TARGET][1]
+    feeds = random_inputs(builds[AMX_TARGET][0].inputs, seed=3)
+    amx, vnni = (next(iter(m.run(feeds).values())) for m, _ in builds.values())
+    np.testing.assert_allclose(amx, vnni, rtol=1e-5, atol=1e-5 * np.abs(vnni).max())
 
 
 # --- whole models ------------------------------------------------------------------------------------------------
