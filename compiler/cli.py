@@ -73,8 +73,10 @@ def _progress(message: str) -> None:
 @click.option("--max-accuracy-drop", type=float, metavar="X",
               help="Largest accepted drop vs float32 on held-back samples (1 - top-1 agreement, or 1 - cosine); "
                    "above it the most sensitive layers fall back to float32, and compile fails if that is not enough.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: convolutions and matmuls with bf16 weights and activations, float32 sums (needs AMX).")
 def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pass_times, quantize, calibration,
-                calibration_method, max_accuracy_drop):
+                calibration_method, max_accuracy_drop, precision):
     """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
     from . import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light
     from .dump import parse_kinds  # noqa: PLC0415
@@ -85,7 +87,8 @@ def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pa
                               tuning_log=tuning_log, layout=layout, progress=_progress,
                               dump_dir=dump_dir, dump_kinds=kinds, pass_times=pass_times,
                               quantize=None if quantize == "none" else quantize, calibration=calibration,
-                              calibration_method=calibration_method, max_accuracy_drop=max_accuracy_drop)
+                              calibration_method=calibration_method, max_accuracy_drop=max_accuracy_drop,
+                              precision=precision)
     if artifact.pass_times:
         click.echo(artifact.pass_times)
     for path in artifact.dumped:

@@ -27,7 +27,7 @@ class DotProduct:
     weight: str
     acc: str
     group: int
-    llvm_intrinsic: str
+    llvm_intrinsic: str | None  # the vector instruction (None: AMX only)
     cpu_feature: str  # the /proc/cpuinfo flag (and targets/*.json cpu_features entry) that provides it
     amx_intrinsic: str | None = None  # the AMX tile instruction for the same product (schedules/amx.py)
     amx_feature: str | None = None
@@ -35,7 +35,12 @@ class DotProduct:
 
 VNNI = DotProduct("vnni", "uint8", "int8", "int32", 4, "llvm.x86.avx512.vpdpbusd.512", "avx512_vnni",
                   "llvm.x86.tdpbusd", "amx_int8")
-DOT_PRODUCTS = (VNNI,)
+# bf16 is held as its bits in uint16: TVM 0.27's lowering turns bfloat16 arithmetic into float32 (and its LLVM
+# code generator crashes on bfloat16 without that), so a bfloat16 operand can never reach an instruction. AMX
+# takes memory addresses, not typed vectors, so the bits are all it needs. No vector (vdpbf16ps) path for the
+# same reason.
+BF16 = DotProduct("bf16", "uint16", "uint16", "float32", 2, None, "avx512_bf16", "llvm.x86.tdpbf16ps", "amx_bf16")
+DOT_PRODUCTS = (VNNI, BF16)
 # A 16-row, 64-byte AMX tile holds 16 groups of the reduction per row.
 AMX_CHUNK_GROUPS = 16
 AMX_MIN_TILE_ROWS = 7  # below this (a dense layer at batch 1) the vector instruction does better
@@ -63,8 +68,30 @@ def pack_weight(weight: np.ndarray, group: int, depth: int | None = None) -> np.
     return np.ascontiguousarray(blocks.transpose(order))
 
 
-def _widen(value, dtype: str):
-    return value if str(value.dtype) == dtype else value.astype(dtype)
+def widen(value, dtype: str):
+    """VALUE as DTYPE for the sum: a plain cast, except bf16 bits (uint16) to float32, which are the top half of
+    the float32's bits."""
+    own = str(value.dtype) if hasattr(value, "dtype") else str(value.ty)  # TE element / TIR buffer load
+    if own == "uint16" and dtype == "float32":
+        return tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("uint32", value), tirx.const(16, "uint32")))
+    return value if own == dtype else tirx.Cast(dtype, value)
+
+
+def bf16_bits(x: te.Tensor) -> te.Tensor:
+    """float32 X as bf16 bits (uint16), rounded to nearest even."""
+    def element(*index):
+        bits = tirx.reinterpret("uint32", x[index])
+        odd = tirx.bitwise_and(tirx.shift_right(bits, tirx.const(16, "uint32")), tirx.const(1, "uint32"))
+        rounded = bits + tirx.const(0x7FFF, "uint32") + odd
+        return tirx.shift_right(rounded, tirx.const(16, "uint32")).astype("uint16")
+
+    return te.compute(x.shape, element, name="to_bf16")
+
+
+def bf16_weight(weight: np.ndarray) -> np.ndarray:
+    """float32 WEIGHT as bf16 bits (uint16), rounded to nearest even, as bf16_bits."""
+    bits = np.ascontiguousarray(weight, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 def dot_matmul(x: te.Tensor, packed: te.Tensor, acc: str) -> te.Tensor:
@@ -80,8 +107,8 @@ def dot_matmul(x: te.Tensor, packed: te.Tensor, acc: str) -> te.Tensor:
 
     def element(*index):
         col = index[-1]
-        data = _widen(x[(*index[:-1], k_outer * group + k_inner)], acc)
-        return te.sum(data * _widen(packed[col // lanes, k_outer, col % lanes, k_inner], acc),
+        data = widen(x[(*index[:-1], k_outer * group + k_inner)], acc)
+        return te.sum(data * widen(packed[col // lanes, k_outer, col % lanes, k_inner], acc),
                       axis=[k_outer, k_inner])
 
     return te.compute((*x.shape[:-1], panels * lanes), element, name="dot_matmul")
@@ -105,8 +132,8 @@ def dot_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation, acc:
     k_inner = te.reduce_axis((0, group), "k_inner")
 
     def element(b, h, w, co):
-        pixel = _widen(x[b, h * sh + kh * dh, w * sw + kw * dw, k_outer * group + k_inner], acc)
-        weight = _widen(packed[co // lanes, kh, kw, k_outer, co % lanes, k_inner], acc)
+        pixel = widen(x[b, h * sh + kh * dh, w * sw + kw * dw, k_outer * group + k_inner], acc)
+        weight = widen(packed[co // lanes, kh, kw, k_outer, co % lanes, k_inner], acc)
         return te.sum(pixel * weight, axis=[kh, kw, k_outer, k_inner])
 
     return te.compute((n, out_h, out_w, panels * lanes), element, name="dot_conv2d")
@@ -170,6 +197,42 @@ def im2col(x: te.Tensor, kernel: tuple[int, int], strides, padding, dilation, de
             [n, out_h, out_w])
 
 
+def conv_geometry(attrs) -> tuple[list[int], list[int], list[int]]:
+    """(strides, padding, dilation) of a Relax conv2d's ATTRS as ints."""
+    return ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation])
+
+
+def reads_in_place(kind: str, attrs, weight_shape: tuple, group: int) -> bool:
+    """True when an AMX kernel can read the activations as they are, a [rows, K] view: a matmul or a 1x1,
+    stride-1, unpadded convolution whose K fills whole AMX chunks."""
+    if int(np.prod(weight_shape[:-1])) % (AMX_CHUNK_GROUPS * group):
+        return False
+    if kind == "matmul":
+        return True
+    strides, padding, dilation = conv_geometry(attrs)
+    return tuple(weight_shape[:2]) == (1, 1) and all(v == 1 for v in (*strides, *dilation)) and not any(padding)
+
+
+def amx_input_rows(x: te.Tensor, kind: str, attrs, kernel: tuple, depth: int, in_place: bool,
+                   pad_value=0) -> te.Tensor:
+    """The activations of a matmul / convolution as the [rows, DEPTH] operand of amx_contract: X itself when
+    IN_PLACE (already a view), a copy with K padded (matmul), or im2col (convolution)."""
+    if in_place:
+        return x
+    if kind == "matmul":
+        return rows_2d(x, depth)
+    strides, padding, dilation = conv_geometry(attrs)
+    return im2col(x, kernel, strides, padding, dilation, depth, pad_value)[0]
+
+
+def amx_suits(kind: str, lead: list[int], weight_shape: tuple, in_place: bool) -> bool:
+    """True when AMX fits a site: its output rows (the product of LEAD) split into tiles, and its activations
+    are read in place, copied as a matmul's rows, or im2col'ed with whole vectors of channels (with few, as an
+    RGB stem, im2col gathers bytes one at a time: 2.9 ms on ResNet-50's stem against 0.35 ms on VNNI)."""
+    return amx_rows(int(np.prod(lead))) is not None and (
+        in_place or kind == "matmul" or weight_shape[-2] % LANES == 0)
+
+
 def amx_contract(rows: te.Tensor, packed: te.Tensor, lead: list[int], acc: str) -> te.Tensor:
     """ROWS [M, K] @ W (packed by pack_weight, K padded to whole AMX chunks) into ACC, shaped [*LEAD, N] with
     M = prod(LEAD): the kernel the AMX schedule tensorizes."""
@@ -182,8 +245,8 @@ def amx_contract(rows: te.Tensor, packed: te.Tensor, lead: list[int], acc: str) 
         row = 0
         for extent, i in zip(lead, spatial):
             row = row * extent + i
-        data = _widen(rows[row, k_outer * group + k_inner], acc)
-        return te.sum(data * _widen(packed[col // lanes, k_outer, col % lanes, k_inner], acc),
+        data = widen(rows[row, k_outer * group + k_inner], acc)
+        return te.sum(data * widen(packed[col // lanes, k_outer, col % lanes, k_inner], acc),
                       axis=[k_outer, k_inner])
 
     return te.compute((*lead, panels * lanes), element, name="amx_matmul")

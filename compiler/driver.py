@@ -22,6 +22,7 @@ from runtime.tvm_runtime import enable_amx
 
 from . import build, dot_product, frontend, int8, passes, quantization, tuning
 from .dump import KINDS, Dumper
+from .precision import PRECISIONS, lower_bf16
 from .targets import TargetPreset, all_targets, get_target
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,16 @@ def _has_amx(preset: TargetPreset) -> bool:
     return dot_product.VNNI.amx_feature in preset.cpu_features
 
 
-def _check_int8_target(preset: TargetPreset) -> None:
-    feature = dot_product.VNNI.cpu_feature
+def _check_feature(preset: TargetPreset, feature: str, what: str) -> None:
+    """A clear error when PRESET lacks FEATURE (the instruction WHAT names), listing the presets that have it."""
     if feature not in preset.cpu_features:
         with_it = [name for name, t in all_targets().items() if feature in t.cpu_features]
-        raise KilnError(f"target {preset.name} has no int8 dot-product instruction ({feature})",
+        raise KilnError(f"target {preset.name} has no {what} ({feature})",
                         f"use a target that has it: {', '.join(with_it) or 'none known'}")
+
+
+def _check_int8_target(preset: TargetPreset) -> None:
+    _check_feature(preset, dot_product.VNNI.cpu_feature, "int8 dot-product instruction")
 
 
 def _quantization_json(plan, skip, measured, max_drop, stage) -> dict | None:
@@ -147,6 +152,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     calibration: str | None = None,
     calibration_method: str = "minmax",
     max_accuracy_drop: float | None = None,
+    precision: str = "fp32",
 ) -> Artifact:
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
@@ -159,6 +165,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     held-back samples goes into the manifest, and MAX_ACCURACY_DROP (a fraction: 1 - top-1 agreement, or
     1 - cosine similarity) sends the most sensitive sites back to float32 until the drop is within it.
     A model quantized by ONNX Runtime's tools (QDQ) gets int8 kernels without quantize.
+    precision 'bf16' runs convolutions and matmuls with bf16 weights and activations (float32 sums) on AMX.
     dump_dir receives the intermediate forms named in dump_kinds (relax, tir, ll, asm); pass_times=True fills
     Artifact.pass_times with TVM's time per pass.
     """
@@ -167,7 +174,11 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     model = Path(model)
     if quantize not in (None, "none", "int8"):
         raise KilnError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out)")
-    preset = get_target(target, prefer=dot_product.VNNI.amx_feature if quantize == "int8" else None)
+    if precision not in PRECISIONS or (precision != "fp32" and quantize == "int8"):
+        raise KilnError(f"precision '{precision}' with quantize '{quantize}' is not a combination Kiln builds",
+                        f"use --precision {' or '.join(PRECISIONS)}, and bf16 without --quantize")
+    preset = get_target(target, prefer=dot_product.VNNI.amx_feature if quantize == "int8"
+                        else dot_product.BF16.amx_feature if precision == "bf16" else None)
     out = Path(output) if output else default_output(model, preset)
     loaded = frontend.load_model(model, input_shapes)
     say(f"importing {model.name} (opset {loaded.opset})")
@@ -184,6 +195,11 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         scheduled, report = build.schedule(fused, database, tvm_target, preset.vector_lanes_fp32)
         return fused, scheduled, report
 
+    bf16_counts: dict = {}
+    if precision == "bf16":
+        _check_feature(preset, dot_product.BF16.amx_feature, "bf16 tile instructions")
+        stage = lower_bf16(bf16_counts)(stage)
+        say(f"bf16: {bf16_counts['bf16_sites']} of {bf16_counts['sites']} convolutions / matmuls on AMX")
     plan = None
     if quantize == "int8":
         _check_int8_target(preset)
@@ -250,6 +266,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         arch=preset.arch,
         cpu_features=list(preset.cpu_features),
         passes=passes.pass_names(passes.simplify_passes(layout)) + (["kiln.QuantizeInt8"] if plan else [])
+        + (["kiln.ToBF16"] if bf16_counts else [])
         + passes.pass_names(passes.kernel_passes()) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
         + passes.pass_names(passes.lowering_passes(tvm_target)),
         tuning={"database": str(db_dir) if db_dir and tuning.has_database(db_dir) else None,
@@ -257,7 +274,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
                 "tasks_tuned": len(kernels.tuned),
                 "tasks_default": len(kernels.default_rule) + len(kernels.unscheduled)},
         kernels={**kernels.to_json(), "calls": build.kernel_calls(mod)},
-        quantization=_quantization_json(plan, skip, measured, max_accuracy_drop, stage),
+        quantization=_quantization_json(plan, skip, measured, max_accuracy_drop, stage) if not bf16_counts
+        else {"mode": "bf16", **bf16_counts},
         tvm_version=tvm.__version__,
         kiln_version=runtime.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -71,34 +71,19 @@ def weight_noise(weight: np.ndarray) -> float:
     return float(np.sum((quantized * scale - weight) ** 2) / max(np.sum(weight.astype(np.float64) ** 2), 1e-30))
 
 
-def _direct_rows(kind: str, attrs, weight: np.ndarray, depth: int) -> bool:
-    """True when the AMX kernel can read the activations in place, as a [rows, K] view: a matmul or a 1x1,
-    stride-1, unpadded convolution whose K fills whole AMX chunks."""
-    if depth % (dot_product.AMX_CHUNK_GROUPS * dot_product.VNNI.group):
-        return False
-    if kind == "matmul":
-        return True
-    return weight.shape[:2] == (1, 1) and all(int(v) == 1 for v in (*attrs.strides, *attrs.dilation)) \
-        and not any(int(v) for v in attrs.padding)
-
-
 def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead: list[int], amx: bool):
-    """(TE function of the uint8 input, constant args, AMX reads the input as a [rows, K] view) for the int8
-    kernel of one site: dot products, then dequantize. The input's quantize is a kernel of its own, so that it
-    fuses into its producer's epilogue. AMX (where the target has it and the output's rows, the product of
-    LEAD, suit its tiles) takes the activations as rows (a view, or im2col for a convolution); the vector
-    instruction reads them in place."""
+    """(TE function of the uint8 input, constant args, whether AMX reads the input as a [rows, K] view) for the
+    int8 kernel of one site: dot products, then dequantize. The input's quantize is a kernel of its own, so that
+    it fuses into its producer's epilogue. AMX where the target has it and the site suits it
+    (dot_product.amx_suits), else the vector instruction, which reads the activations in place."""
     group = dot_product.VNNI.group
     quantized, weight_scale = quantize_weight(weight)
     column_sums = quantized.astype(np.int64).reshape(-1, quantized.shape[-1]).sum(axis=0)
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
-    direct = amx and _direct_rows(kind, attrs, weight, int(np.prod(weight.shape[:-1])))
-    # im2col copies whole vectors of channels; with few (an RGB stem) it gathers bytes one by one, which cost
-    # 2.9 ms on ResNet-50's stem against 0.35 ms with the vector instruction
-    use_amx = amx and dot_product.amx_rows(int(np.prod(lead))) is not None and (
-        direct or kind == "matmul" or weight.shape[-2] % dot_product.LANES == 0)
-    direct = direct and use_amx
+    in_place = amx and dot_product.reads_in_place(kind, attrs, weight.shape, group)
+    use_amx = amx and dot_product.amx_suits(kind, lead, weight.shape, in_place)
+    in_place = in_place and use_amx
     if use_amx:
         flat = quantized.reshape(-1, quantized.shape[-1])  # HWIO -> [KH * KW * I, O]
         packed = dot_product.pack_weight(flat, group, dot_product.amx_depth(flat.shape[0], group))
@@ -106,25 +91,18 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead
         packed = dot_product.pack_weight(quantized, group)
 
     def compute(q, packed_weight, correction_const, scale_const):
-        depth = int(packed_weight.shape[-3]) * group
-        if direct:
-            sums = dot_product.amx_contract(q, packed_weight, lead, "int32")
-        elif use_amx and kind == "matmul":
-            sums = dot_product.amx_contract(dot_product.rows_2d(q, depth), packed_weight, lead, "int32")
-        elif use_amx:
-            rows, _ = dot_product.im2col(q, weight.shape[:2], [int(v) for v in attrs.strides],
-                                         [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
-                                         depth, pad_value=params.zero_point)
+        if use_amx:
+            rows = dot_product.amx_input_rows(q, kind, attrs, weight.shape[:2], int(packed_weight.shape[-3]) * group,
+                                              in_place, params.zero_point)
             sums = dot_product.amx_contract(rows, packed_weight, lead, "int32")
         elif kind == "matmul":
             sums = dot_product.dot_matmul(q, packed_weight, "int32")
         else:
-            sums = dot_product.dot_conv2d(q, packed_weight, [int(v) for v in attrs.strides],
-                                          [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
-                                          "int32", pad_value=params.zero_point)
+            sums = dot_product.dot_conv2d(q, packed_weight, *dot_product.conv_geometry(attrs), "int32",
+                                          pad_value=params.zero_point)
         return dot_product.dequantize_sums(sums, correction_const, scale_const)
 
-    return compute, [relax.const(packed), relax.const(correction), relax.const(scale)], direct
+    return compute, [relax.const(packed), relax.const(correction), relax.const(scale)], in_place
 
 
 @mutator

@@ -18,7 +18,7 @@ from tvm.tirx import IndexMap
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from ..dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows
+from ..dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
 from .common import const_extent, schedule_injective
 from .contraction import Contraction
 from .dot_product import _dot_of
@@ -49,6 +49,9 @@ def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, 
     pair = 2 if col_tiles % 2 == 0 else 1  # panels per step
     op = dot.amx_intrinsic
 
+    def value(element):  # the same expression as the kernels' (dot_product.widen), or tensorize won't match
+        return widen(element, acc)
+
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
@@ -62,8 +65,8 @@ def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, 
             for m, n, ko, ki in T.grid(rows, cols, depth_groups, group):
                 with T.sblock("update"):
                     vm, vn, vko, vki = T.axis.remap("SSRR", [m, n, ko, ki])
-                    C[vm, vn] = C[vm, vn] + T.cast(A[vm, vko * group + vki], acc) * T.cast(
-                        B[vn // LANES, vko, vn % LANES, vki], acc)
+                    C[vm, vn] = C[vm, vn] + value(A[vm, vko * group + vki]) * value(
+                        B[vn // LANES, vko, vn % LANES, vki])
 
     def call(name, *args):
         return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))

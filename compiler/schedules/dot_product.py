@@ -67,7 +67,8 @@ def intrinsic_name(dot: DotProduct) -> str:
 
 
 for _dot in DOT_PRODUCTS:
-    TensorIntrin.register(intrinsic_name(_dot), *_intrinsic(_dot), override=True)
+    if _dot.llvm_intrinsic:
+        TensorIntrin.register(intrinsic_name(_dot), *_intrinsic(_dot), override=True)
 
 
 def dot_tile(rows: int | None, panels: int) -> tuple[int, int]:
@@ -104,7 +105,7 @@ class DotProductContraction(Contraction):
             return None
         main = blocks[reductions[0]]
         dot = _dot_of(sch.get(main))
-        if dot is None:
+        if dot is None or dot.llvm_intrinsic is None:
             return None
         kinds = [iv.iter_type for iv in sch.get(main).iter_vars]
         n_spatial = kinds.index(tirx.IterVar.CommReduce)
