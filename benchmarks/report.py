@@ -50,13 +50,14 @@ def detail_table(rows: list[dict], batch: str, peak: float) -> list[str]:
 def cost_table(rows: list[dict]) -> list[str]:
     """Per model: Kiln's compile time, artifact size and tuned kernels; each engine's start-up and memory."""
     engines = list(rows[0]["footprint"])
-    lines = ["| model | ONNX MB | Kiln compile s (batch 1) | artifact MB | tuned kernels | "
+    lines = ["| model | ONNX MB | Kiln compile s (batch 1: fp32 / int8) | artifact MB | tuned kernels | "
              + " | ".join(f"{e} start s / peak RSS MB" for e in engines) + " |",
              "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(engines)]
     for row in rows:
         one = row["batches"]["1"] if "1" in row["batches"] else next(iter(row["batches"].values()))
         cells = [f"{row['footprint'][e]['seconds']:.2f} / {row['footprint'][e]['peak_rss_mb']}" for e in engines]
-        lines.append(f"| {row['model']} | {row['onnx_mb']} | {one['compile_s']['kiln-tuned']} | {one['artifact_mb']} "
+        int8_s = one["compile_s"].get("kiln-int8", "-")
+        lines.append(f"| {row['model']} | {row['onnx_mb']} | {one['compile_s']['kiln-tuned']} / {int8_s} | {one['artifact_mb']} "
                      f"| {one['tuned_kernels']}/{one['kernels']} | {' | '.join(cells)} |")
     return lines
 
@@ -87,7 +88,11 @@ def to_markdown(report: dict, plots: dict[str, str]) -> str:
         "'outside load', in cores) and is retaken above 0.25. Outputs are checked against ONNX Runtime: fp32 engines",
         "elementwise (rtol 1e-3), reduced-precision ones within 3% of the output's range.",
         "OpenVINO's default precision on a CPU with AMX or AVX512-BF16 is bf16; `openvino-f32` forces f32.",
-        "Not in this table yet: Kiln int8 and bf16 and ONNX Runtime's int8 (they wait for the quantization issue).",
+        "Low precision, batch 1: `kiln-int8` (`--quantize int8`, calibrated on 16 seeded random inputs, the",
+        "distribution these models are fed; on AMX where the machine has it, else VNNI), `kiln-bf16`",
+        "(`--precision bf16`, AMX only) and `onnxruntime-int8` (the model quantized by ONNX Runtime's own",
+        "`quantize_static`: QDQ, per-channel int8 weights, uint8 activations, the same 16 inputs). Their agreement",
+        "with ONNX Runtime fp32 is checked like bf16's: within 3% of each output's range.",
     ]
     lines += [f"Missing engine: {m}." for m in meta.get("engines_missing", [])]
     for batch in map(str, meta["batches"]):
@@ -102,9 +107,32 @@ def to_markdown(report: dict, plots: dict[str, str]) -> str:
               "'start s' is a fresh process importing the engine (Kiln: its thin runtime alone), loading the model at",
               "batch 1 and running it once; 'peak RSS' is that process's peak resident memory (VmHWM).", ""]
     lines += cost_table(rows)
+    lines += digits_section(report.get("digits"))
     lines += tuning_section(plots.get("tuning_curve"))
     lines += ["", "Regenerate with `make bench` (`make bench-quick` for the CI-sized run)."]
     return "\n".join(lines) + "\n"
+
+
+def digits_section(digits: dict | None) -> list[str]:
+    """RESULTS.md lines on int8 accuracy on real data: the digits CNN of benchmarks/digits.py."""
+    if not digits:
+        return []
+    quant = digits.get("int8_manifest") or {}
+    held = (quant.get("accuracy") or {}).get("top1_agreement")
+    return ["", "## INT8 accuracy on real data: a CNN on scikit-learn's digits", "",
+            f"`benchmarks/digits.py` trains a small CNN (conv 3x3 1->16, conv 3x3 stride 2 16->32, dense 512->64->10)",
+            f"in numpy on {digits['train_images']} of the 1,797 8x8 digit images (seeded), exports it to ONNX, and",
+            f"measures top-1 accuracy on the other {digits['test_images']}. Kiln int8 is calibrated on 200 training",
+            "images (min/max).", "",
+            "| engine | test accuracy |", "| --- | ---: |",
+            f"| numpy (training code) | {digits['numpy']:.2%} |",
+            f"| ONNX Runtime fp32 | {digits['onnxruntime_fp32']:.2%} |",
+            f"| Kiln fp32 | {digits['kiln_fp32']:.2%} |",
+            f"| Kiln int8 | {digits['kiln_int8']:.2%} |", "",
+            f"int8 drop: {digits['int8_drop_points']:.2f} points. Int8 sites: {quant.get('int8_sites', '?')} of "
+            f"{quant.get('sites', '?')} (the 64->10 classifier has too few columns for the int8 kernels and stays "
+            f"fp32); top-1 agreement with fp32 on the calibration hold-back, as the manifest records it: "
+            + (f"{held:.2%}." if held is not None else "n/a.")]
 
 
 def _paired_ms(run: dict) -> tuple[float, float] | None:

@@ -29,7 +29,9 @@ import compiler
 import runtime
 from runtime.atomic import atomic_write
 from runtime.bench import Engine, compare_engines, random_inputs
-from runtime.references import REFERENCES, missing_package, open_reference
+from compiler.dot_product import BF16, VNNI
+from compiler.targets import all_targets
+from runtime.references import PREPARED, REFERENCES, missing_package, open_reference
 
 from . import machine
 from .flops import model_flops
@@ -52,9 +54,23 @@ class Settings:
     max_runs: int = 40
     batches: tuple[int, ...] = (1, 8)
     references: tuple[str, ...] | None = None  # None: every installed one
+    digits: bool = True  # train the digits CNN and report its fp32 / int8 test accuracy (benchmarks/digits.py)
 
 
 MIN_RUNS = 8
+VARIANT_PRECISION = {"kiln-int8": "int8", "kiln-bf16": "bf16"}
+
+
+def kiln_variants() -> dict[str, dict]:
+    """Kiln's builds at batch 1, as compile options: tuned, untuned, and int8 / bf16 where this machine has the
+    instructions (calibrated on seeded random inputs, the distribution the benchmark models are fed)."""
+    variants = {"kiln-tuned": {}, "kiln-untuned": {"tuning_log": "none"}}
+    usable = [t for t in all_targets().values() if t.runs_here()]
+    if any(VNNI.cpu_feature in t.cpu_features for t in usable):
+        variants["kiln-int8"] = {"quantize": "int8", "calibration": "random:16"}
+    if any(BF16.amx_feature in t.cpu_features for t in usable):
+        variants["kiln-bf16"] = {"precision": "bf16"}
+    return variants
 
 
 def installed_references() -> tuple[tuple[str, ...], list[str]]:
@@ -92,18 +108,18 @@ def _combine(rounds: list[dict]) -> dict:
 def bench_batch(path: Path, model: onnx.ModelProto, batch: int, folder: Path, settings: Settings) -> dict:
     """Compile PATH at BATCH, time every engine on the same inputs, and return the batch's figures."""
     shapes = {name: [batch, *dims[1:]] for name, dims in batch_one_shapes(model).items()}
-    variants = {"kiln-tuned": None, "kiln-untuned": "none"} if batch == 1 else {"kiln-tuned": None}
+    variants = kiln_variants() if batch == 1 else {"kiln-tuned": {}}
     artifacts, compile_s = {}, {}
-    for variant, log in variants.items():
+    for variant, options in variants.items():
         started = time.perf_counter()
         artifacts[variant] = compiler.compile(path, output=folder / f"{path.stem}-b{batch}-{variant}.so",
-                                              input_shapes=shapes, tuning_log=log)
+                                              input_shapes=shapes, **options)
         compile_s[variant] = round(time.perf_counter() - started, 1)
     loaded = {variant: runtime.load(a.path, threads=settings.threads) for variant, a in artifacts.items()}
     first = next(iter(loaded.values()))
     feeds = random_inputs(first.inputs)
     outputs = [o.name for o in first.outputs]
-    engines = [Engine(variant, model_.run) for variant, model_ in loaded.items()]
+    engines = [Engine(variant, model_.run, VARIANT_PRECISION.get(variant, "f32")) for variant, model_ in loaded.items()]
     shapes_of_feeds = {k: v.shape for k, v in feeds.items()}
     engines += [open_reference(name, str(path), settings.threads, shapes_of_feeds, outputs)
                 for name in settings.references]
@@ -133,7 +149,8 @@ def bench_model(name: str, folder: Path, settings: Settings, progress=print) -> 
     outputs = [o.name for o in model.graph.output]
     row["footprint"] = {"kiln": footprint("kiln", Path(one["artifact"]), one["shapes"], outputs)}
     for engine in settings.references:
-        row["footprint"][engine] = footprint(engine, path, one["shapes"], outputs)
+        if engine not in PREPARED:
+            row["footprint"][engine] = footprint(engine, path, one["shapes"], outputs)
     return row
 
 
@@ -155,7 +172,15 @@ def run_suite(models: list[str], settings: Settings, progress=print) -> dict:
     for row in rows:
         for batch in row["batches"].values():
             batch.pop("artifact")
-    return {"meta": meta, "results": rows}
+    report = {"meta": meta, "results": rows}
+    if settings.digits:
+        from .digits import evaluate  # noqa: PLC0415 - needs scikit-learn (the bench extra)
+
+        with tempfile.TemporaryDirectory(prefix="kiln-digits-") as tmp:
+            report["digits"] = evaluate(Path(tmp))
+        progress(f"digits CNN test accuracy: fp32 {report['digits']['kiln_fp32']:.2%}, "
+                 f"int8 {report['digits']['kiln_int8']:.2%}")
+    return report
 
 
 def write(report: dict, out: Path) -> None:
@@ -187,7 +212,7 @@ def main() -> None:
         sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(ZOO))})")
     settings = Settings(threads=args.threads)
     if args.quick:
-        settings.rounds, settings.seconds, settings.max_runs = 1, 0.2, 8
+        settings.rounds, settings.seconds, settings.max_runs, settings.digits = 1, 0.2, 8, False
     settings.rounds = args.rounds or settings.rounds
     report = run_suite(models, settings)
     report["meta"]["quick"] = args.quick
