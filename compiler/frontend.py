@@ -15,6 +15,8 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
+from .qoperator import to_qdq
+
 log = logging.getLogger(__name__)
 
 # TVM's importer is written against these opsets; models outside are converted with onnx's version converter.
@@ -137,7 +139,10 @@ def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
 def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> LoadedModel:
     """Read, check, opset-convert and shape-infer the ONNX model at PATH."""
     path = Path(path)
-    model = _read(path)
+    try:
+        model = to_qdq(_read(path))  # ONNX Runtime's QLinear operators as QDQ: see qoperator.py
+    except ValueError as err:
+        raise KilnError(f"{path}: {err}", "quantize the model in QDQ format (quant_format=QuantFormat.QDQ)") from None
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:

@@ -232,8 +232,9 @@ def test_accuracy_fallback_sends_sensitive_sites_to_float(tmp_path):
     assert quant["int8_sites"] == quant["sites"] - len(quant["float32_fallback"])
 
 
-def _qdq_model(tmp_path):
-    """tiny_cnn quantized by ONNX Runtime's own tool (static, QDQ, per-channel int8 weights, uint8 activations)."""
+def _qdq_model(tmp_path, operator_format: bool = False):
+    """tiny_cnn quantized by ONNX Runtime's own tool (static, per-channel int8 weights, uint8 activations), in
+    QDQ format or, with OPERATOR_FORMAT, as QLinearConv / QLinearMatMul / com.microsoft QLinearAdd ..."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     float_path = save(tiny_cnn(), tmp_path, "float")
@@ -247,18 +248,22 @@ def _qdq_model(tmp_path):
         def get_next(self):
             return next(self.samples, None)
 
-    qdq_path = tmp_path / "qdq.onnx"
-    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    qdq_path = tmp_path / ("qop.onnx" if operator_format else "qdq.onnx")
+    quantize_static(str(float_path), str(qdq_path), Reader(),
+                    quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return qdq_path
 
 
 @needs_vnni
-def test_qdq_model_compiles_to_int8_and_matches_onnxruntime_int8(tmp_path):
-    qdq_path = _qdq_model(tmp_path)
+@pytest.mark.parametrize("operator_format", [False, True], ids=["qdq", "qlinear-operators"])
+def test_qdq_model_compiles_to_int8_and_matches_onnxruntime_int8(tmp_path, operator_format):
+    qdq_path = _qdq_model(tmp_path, operator_format)
+    if operator_format:
+        assert "QLinearConv" in {n.op_type for n in onnx.load(str(qdq_path)).graph.node}
     artifact = compiler.compile(qdq_path, target=VNNI_TARGET, output=tmp_path / "qdq.so", tuning_log="none")
     quant = artifact.manifest.quantization
-    assert quant["sites_from_model"] >= 3 and quant["int8_sites"] == quant["sites_from_model"]
+    assert quant["sites_from_model"] >= 2 and quant["int8_sites"] == quant["sites_from_model"]
     model = runtime.load(artifact.path)
     session = onnxruntime_session(str(qdq_path), threads=1)
     output_scale = None
