@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,24 @@ def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
     return checked
 
 
+_loaded_here: dict[str, str] = {}  # resolved path -> sha256 of the library this process dlopen()ed from it
+
+
+def _loadable_path(path: Path, sha256: str) -> Path:
+    """PATH, or a copy named by SHA256 when this process already loaded another library from PATH: the dynamic
+    loader hands back the library it has for a path it has seen, so a model rebuilt in place would silently run
+    the old code."""
+    key = str(path.resolve())
+    if _loaded_here.setdefault(key, sha256) == sha256:
+        return path
+    copy = Path(tempfile.gettempdir()) / f"kiln-{sha256[:16]}-{path.name}"
+    if not copy.exists():
+        with tempfile.NamedTemporaryFile(dir=copy.parent, delete=False) as tmp:
+            tmp.write(path.read_bytes())
+        os.replace(tmp.name, copy)
+    return copy
+
+
 def load(path: str | Path, threads: int | None = None) -> Model:
     """Verify the artifact at PATH (hash, architecture, CPU features) and load it for running on the CPU.
 
@@ -106,7 +126,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         enable_amx()
     set_num_threads(threads)
     try:
-        lib = tvm.runtime.load_module(str(path))
+        lib = tvm.runtime.load_module(str(_loadable_path(path, manifest.library_sha256)))
         vm = lib["vm_load_executable"]()
     except Exception as err:  # TVM raises its own error types; name them in one line
         raise KilnError(f"{path}: the library could not be loaded ({type(err).__name__}: {err})".splitlines()[0],

@@ -162,3 +162,16 @@ def test_thread_pool_size_is_what_was_asked(artifact, threads):
 
     runtime.load(artifact, threads=threads)
     assert set_num_threads(threads) == threads
+
+
+def test_a_model_rebuilt_in_place_loads_its_new_code(tmp_path):
+    """dlopen() returns the library it already has for a path: reloading a rebuilt artifact must not."""
+    from tests.models import single_op_model
+
+    out = tmp_path / "same.so"
+    for scale in (2.0, 3.0):
+        weights = {"s": np.array([scale], np.float32)}
+        path = save(single_op_model("Mul", {"x": [4]}, [4], weights), tmp_path, f"mul{scale}")
+        compiler.compile(path, output=out, tuning_log="none")
+        result = runtime.load(out).run({"x": np.ones(4, np.float32)})
+        np.testing.assert_allclose(next(iter(result.values())), np.full(4, scale))
