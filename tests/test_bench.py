@@ -10,6 +10,7 @@ import pytest
 from onnx import helper
 
 from benchmarks.flops import model_flops
+from benchmarks.run import kiln_variants
 from runtime.bench import agreement
 from tests.models import F32, finish
 
@@ -54,12 +55,14 @@ def test_quick_suite_writes_results_and_plots(tmp_path):
     for row in report["results"]:
         assert set(row["batches"]) == {"1", "8"}
         one, eight = row["batches"]["1"]["engines"], row["batches"]["8"]["engines"]
-        assert {"kiln-tuned", "kiln-untuned", "onnxruntime", "openvino", "openvino-f32"} == set(one)
-        assert "kiln-untuned" not in eight and row["batches"]["8"]["gflop"] == pytest.approx(
-            8 * row["batches"]["1"]["gflop"], rel=1e-3)
+        references = {"onnxruntime", "onnxruntime-int8", "openvino", "openvino-f32"}
+        assert set(kiln_variants()) | references == set(one)  # int8 / bf16 builds where this CPU has them
+        assert set(eight) == references | {"kiln-tuned"}
+        assert row["batches"]["8"]["gflop"] == pytest.approx(8 * row["batches"]["1"]["gflop"], rel=1e-3)
         for figures in [*one.values(), *eight.values()]:
-            assert figures["outputs_match"] is True and figures["median_ms"] > 0
-            assert figures["p90_ms"] >= figures["median_ms"]
+            assert figures["median_ms"] > 0 and figures["p90_ms"] >= figures["median_ms"]
+            # int8 on random-weight models drifts past the 3%-of-range check (ONNX Runtime's own int8 too)
+            assert figures["outputs_match"] is True or figures["precision"] == "int8"
         assert one["onnxruntime"]["ratio"] == 1.0
         assert one["kiln-tuned"]["ratio"] == pytest.approx(
             one["kiln-tuned"]["median_ms"] / one["onnxruntime"]["median_ms"], rel=0.05)

@@ -118,7 +118,8 @@ def test_bench_onnx_model_directly(model):
     (["run", "{model}", "--random"], "is not a Kiln artifact"),
     (["bench", "{artifact}", "--model", "nowhere.onnx"], "error: ONNX model not found: nowhere.onnx"),
     (["bench", "{artifact}", "--against", "onnxruntime,tensorrt"],
-     "error: unknown engine(s) for --against: tensorrt (known: onnxruntime, openvino, openvino-f32, none)"),
+     "error: unknown engine(s) for --against: tensorrt (known: onnxruntime, onnxruntime-int8, openvino, openvino-f32, "
+     "none)"),
 ])
 def test_errors_are_one_line(args, message, model, artifact):
     result = kiln(*[a.format(model=model, artifact=artifact) for a in args])
