@@ -16,6 +16,7 @@ from runtime.errors import KilnError
 
 from . import calibration, quantization
 from .fake_quant import QuantParams
+from .relax_util import const_value
 
 BuildVM = Callable[[tvm.IRModule], relax.VirtualMachine]  # a graph-stage module -> a VM running it
 
@@ -104,7 +105,7 @@ def calibrate(stage: tvm.IRModule, inputs: list[TensorSpec], spec: str, method: 
         params[i] = QuantParams.from_range(*observer.range(method))
     reference = [_outputs(run(vm, inputs, s))[: -len(wanted) or None] for s in held]
     for i, call in enumerate(calls):
-        noise[i] += quantization.weight_noise(quantization.const_value(call.args[1]))
+        noise[i] += quantization.weight_noise(const_value(call.args[1]))
     order = sorted(noise, key=lambda i: -noise[i])
     return Plan(params, len(given), method, len(calib), held, reference, order, time.perf_counter() - started)
 

@@ -3,7 +3,8 @@
 Sites: convolutions (NHWC, HWIO, not grouped) and matmuls with constant float32 weights whose output channels
 are a multiple of 16. Each site becomes one int8 kernel (compiler/dot_product.py):
     quantize x to uint8 (scale, zero point from calibration, or from the model's own QDQ pair)
-    -> int32 sums with per-output-channel symmetric int8 weights (VNNI)
+    -> int32 sums with per-output-channel symmetric int8 weights (AMX tiles where the target has them and the
+       shape suits, else AVX-512 VNNI)
     -> float32 (sums - zero-point correction) x scale, in the same kernel, where the bias, the activation and the
        next site's quantize fuse in: between adjacent int8 sites the tensor in memory is uint8.
 Everything else stays float32.
