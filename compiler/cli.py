@@ -64,8 +64,9 @@ def _progress(message: str) -> None:
 @click.option("--dump", "dump", nargs=2, metavar="KINDS DIR",
               help="Write intermediate forms (comma list of relax,tir,ll,asm) into DIR.")
 @click.option("--pass-times", is_flag=True, help="Print the time each compiler pass took.")
-@click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
-              help="int8: convolutions and matmuls in int8 (post-training quantization; needs VNNI).")
+@click.option("--quantize", type=click.Choice(["none", "int8", "auto"]), default="none", show_default=True,
+              help="int8: convolutions and matmuls in int8 (post-training quantization; needs VNNI); auto: int8, "
+                   "unless a float32 build runs faster on this machine.")
 @click.option("--calibration", metavar="DIR|random:N",
               help="Calibration samples for --quantize: a folder of .npy/.npz, or N random inputs (default random:32).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tvm
 from tvm import relax, tirx
 
@@ -101,6 +102,46 @@ def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
     return mod, "\n".join(timings) if timings else None
 
 
+@dataclass
+class _StageBuild:
+    fused: tvm.IRModule
+    scheduled: tvm.IRModule
+    kernels: build.KernelReport
+    executable: relax.VMExecutable
+    records: int
+
+
+def _build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path | None, say: Progress | None = None,
+                 timings: list[str] | None = None, instruments: list | None = None) -> _StageBuild:
+    """GRAPH_STAGE fused, scheduled (the records of the tuning database in DB_DIR first, where there is one)
+    and built for PRESET."""
+    say = say or (lambda _msg: None)
+    fused = fuse_kernels(graph_stage, preset, timings)
+    database, applied, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(fused))
+                                  if db_dir else (None, 0, None))
+    if why_not:
+        log.warning("%s", why_not)
+        say(f"warning: {why_not}")
+    target = preset.tvm()
+    scheduled, report = build.schedule(fused, database, target, preset.vector_lanes_fp32)
+    say(f"scheduled {len(report.tuned) + len(report.default_rule)} of "
+        f"{len(report.tuned) + len(report.default_rule) + len(report.unscheduled)} kernels "
+        f"({len(report.tuned)} tuned); building for {preset.name}")
+    return _StageBuild(fused, scheduled, report, build.build_executable(scheduled, target, instruments), applied)
+
+
+def race(vms: list[relax.VirtualMachine], inputs, sample: dict, rounds: int = 5, runs: int = 4) -> list[float]:
+    """Median ms per run of each of VMS on SAMPLE, timed in alternating blocks of RUNS (after a warm-up)."""
+    times: list[list[float]] = [[] for _ in vms]
+    for _ in range(rounds + 1):
+        for vm, spent in zip(vms, times):
+            started = time.perf_counter()
+            for _ in range(runs):
+                int8.run(vm, inputs, sample)
+            spent.append((time.perf_counter() - started) * 1000 / runs)
+    return [round(float(np.median(spent[1:])), 3) for spent in times]
+
+
 def _vm(executable, preset: TargetPreset) -> relax.VirtualMachine:
     """A VM over EXECUTABLE as it will ship: exported and loaded back. (A VM made on the in-memory executable
     records memory scopes into it, which every later load of the artifact then logs as a warning.)"""
@@ -132,6 +173,9 @@ def _quantization_json(plan, skip, measured, max_drop, stage) -> dict | None:
     if plan is None:
         return None
     total = len(quantization.sites(stage))
+    if plan.chosen == "float32":  # --quantize auto found float32 faster
+        return {"mode": "none", "chosen_by": "auto", "sites": total, "accuracy": measured.to_json() if measured
+                else None, **plan.to_json()}
     return {"mode": "int8", "sites": total, "int8_sites": len([i for i in plan.params if i not in skip]),
             "float32_fallback": sorted(skip), "max_accuracy_drop": max_drop,
             "accuracy": measured.to_json() if measured else None, **plan.to_json()}
@@ -172,12 +216,12 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     model = Path(model)
-    if quantize not in (None, "none", "int8"):
-        raise KilnError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out)")
-    if precision not in PRECISIONS or (precision != "fp32" and quantize == "int8"):
+    if quantize not in (None, "none", "int8", "auto"):
+        raise KilnError(f"unknown quantization '{quantize}'", "use --quantize int8 or auto (or leave it out)")
+    if precision not in PRECISIONS or (precision != "fp32" and quantize in ("int8", "auto")):
         raise KilnError(f"precision '{precision}' with quantize '{quantize}' is not a combination Kiln builds",
                         f"use --precision {' or '.join(PRECISIONS)}, and bf16 without --quantize")
-    preset = get_target(target, prefer=dot_product.VNNI.amx_feature if quantize == "int8"
+    preset = get_target(target, prefer=dot_product.VNNI.amx_feature if quantize in ("int8", "auto")
                         else dot_product.BF16.amx_feature if precision == "bf16" else None)
     out = Path(output) if output else default_output(model, preset)
     loaded = frontend.load_model(model, input_shapes)
@@ -190,47 +234,32 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     stage = simplify_graph(loaded, preset, layout, timings)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
 
-    def lower(graph_stage: tvm.IRModule, database=None):
-        fused = fuse_kernels(graph_stage, preset)
-        scheduled, report = build.schedule(fused, database, tvm_target, preset.vector_lanes_fp32)
-        return fused, scheduled, report
-
     bf16_counts: dict = {}
     if precision == "bf16":
         _check_feature(preset, dot_product.BF16.amx_feature, "bf16 tile instructions")
         stage = lower_bf16(bf16_counts)(stage)
         say(f"bf16: {bf16_counts['bf16_sites']} of {bf16_counts['sites']} convolutions / matmuls on AMX")
     plan = None
-    if quantize == "int8":
+    if quantize in ("int8", "auto"):
         _check_int8_target(preset)
         if not calibration:
             calibration = "random:32"
             say("warning: no --calibration given: calibrating on 32 random inputs (give real samples for "
                 "meaningful ranges)")
         plan = int8.calibrate(stage, loaded.inputs, calibration, calibration_method,
-                              lambda m: _vm(build.build_executable(lower(m)[1], tvm_target), preset), say)
+                              lambda m: _vm(_build_stage(m, preset, None).executable, preset), say)
     else:
         plan = int8.from_model(stage)
         if plan:
             _check_int8_target(preset)
             say(f"the model is quantized (QDQ): {len(plan.params)} int8 sites")
+
     skip: frozenset[int] = frozenset()
+    lower_timing = [PassTimingInstrument()] if pass_times else []
     while True:
         quantized = quantization.lower_int8(plan.params, skip, _has_amx(preset))(stage) if plan else stage
-        mod = fuse_kernels(quantized, preset, timings)
-        dumper.graph(mod)
-        database, records, why_not = (tuning.database_for_compile(db_dir, preset, tuning.kernel_keys(mod))
-                                      if db_dir else (None, 0, None))
-        if why_not:
-            log.warning("%s", why_not)
-            say(f"warning: {why_not}")
-        mod, kernels = build.schedule(mod, database, tvm_target, preset.vector_lanes_fp32)
-        say(f"scheduled {len(kernels.tuned) + len(kernels.default_rule)} of "
-            f"{len(kernels.tuned) + len(kernels.default_rule) + len(kernels.unscheduled)} kernels "
-            f"({len(kernels.tuned)} tuned); building for {preset.name}")
-        lower_timing = [PassTimingInstrument()] if pass_times else []
-        executable = build.build_executable(mod, tvm_target, lower_timing)
-        measured = plan.measure(_vm(executable, preset), loaded.inputs) if plan else None
+        built = _build_stage(quantized, preset, db_dir, say, timings, lower_timing)
+        measured = plan.measure(_vm(built.executable, preset), loaded.inputs) if plan else None
         if measured is None or max_accuracy_drop is None or measured.drop <= max_accuracy_drop:
             break
         wider = plan.fallback(skip)
@@ -242,7 +271,22 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         say(f"accuracy drop {measured.drop:.4f} > {max_accuracy_drop}: {len(wider)} most sensitive site(s) "
             "back to float32")
         skip = wider
-    if measured is not None:
+    if quantize in ("int8", "auto") and plan is not None and plan.held_back:
+        say("timing the int8 build against a float32 build")
+        float_build = _build_stage(stage, preset, db_dir, say)
+        plan.latency_ms = race([_vm(built.executable, preset), _vm(float_build.executable, preset)],
+                               loaded.inputs, plan.held_back[0])
+        int8_ms, float_ms = plan.latency_ms
+        if int8_ms >= float_ms:
+            say(f"warning: int8 is not faster than float32 on {preset.name} here ({int8_ms:.2f} vs "
+                f"{float_ms:.2f} ms)" + ("; keeping float32" if quantize == "auto" else
+                                         "; --quantize auto would keep float32"))
+            if quantize == "auto":
+                built = float_build
+                plan.chosen = "float32"
+    mod, kernels, executable, records = built.scheduled, built.kernels, built.executable, built.records
+    dumper.graph(built.fused)
+    if measured is not None and plan.chosen == "int8":
         say(f"int8 accuracy vs float32 on {measured.samples} held-back sample(s): "
             + (f"top-1 agreement {measured.top1_agreement:.2%}, " if measured.top1_agreement is not None else "")
             + f"cosine {measured.cosine_similarity:.5f}, max abs error {measured.max_abs_error:.4g}")
@@ -265,7 +309,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         tvm_target=dict(preset.tvm_target),
         arch=preset.arch,
         cpu_features=list(preset.cpu_features),
-        passes=passes.pass_names(passes.simplify_passes(layout)) + (["kiln.QuantizeInt8"] if plan else [])
+        passes=passes.pass_names(passes.simplify_passes(layout))
+        + (["kiln.QuantizeInt8"] if plan and plan.chosen == "int8" else [])
         + (["kiln.ToBF16"] if bf16_counts else [])
         + passes.pass_names(passes.kernel_passes()) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
         + passes.pass_names(passes.lowering_passes(tvm_target)),

@@ -46,6 +46,8 @@ class Plan:
     reference: list[list[np.ndarray]] = field(default_factory=list)
     sensitive_first: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    latency_ms: list[float] | None = None  # [int8, float32] on a held-back sample, when timed
+    chosen: str = "int8"
 
     def measure(self, vm: relax.VirtualMachine, inputs: list[TensorSpec]) -> quantization.Accuracy | None:
         """The quantized model (VM) against float32 on the held-back samples; None without them."""
@@ -64,7 +66,8 @@ class Plan:
     def to_json(self) -> dict:
         return {"method": self.method, "calibration_samples": self.calibration_samples,
                 "held_back_samples": len(self.held_back), "sites_from_model": self.from_model,
-                "calibration_seconds": round(self.seconds, 2)}
+                "calibration_seconds": round(self.seconds, 2),
+                "latency_ms": dict(zip(("int8", "float32"), self.latency_ms)) if self.latency_ms else None}
 
 
 def from_model(stage: tvm.IRModule) -> Plan | None:

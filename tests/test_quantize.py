@@ -329,3 +329,19 @@ def test_bf16_on_a_target_without_amx_is_a_clear_error(tmp_path):
                                        "-o", str(tmp_path / "x.so")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "target x86-avx512 has no bf16 tile instructions (amx_bf16)" in result.output and "x86-amx" in result.output
+
+
+@needs_vnni
+def test_quantize_auto_keeps_the_faster_build(tmp_path):
+    path = save(tiny_cnn(), tmp_path)
+    artifact = compiler.compile(path, target=VNNI_TARGET, output=tmp_path / "auto.so", quantize="auto",
+                                calibration="random:10", tuning_log="none")
+    quant = artifact.manifest.quantization
+    latency = quant["latency_ms"]
+    assert latency["int8"] > 0 and latency["float32"] > 0
+    assert quant["mode"] == ("int8" if latency["int8"] < latency["float32"] else "none")
+    assert ("kiln.QuantizeInt8" in artifact.manifest.passes) == (quant["mode"] == "int8")
+    model = runtime.load(artifact.path)
+    feeds = random_inputs(model.inputs, seed=2)
+    reference = onnxruntime_session(str(path), threads=1).run(None, feeds)[0]
+    assert _cosine(next(iter(model.run(feeds).values())), reference) > 0.99
