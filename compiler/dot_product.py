@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx, topi
 
+from .weight_packing import padded_window
+
 LANES = 16  # accumulators per instruction: one 512-bit register of int32 / float32
 
 
@@ -119,14 +121,10 @@ def dot_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation, acc:
     right), filled with PAD_VALUE (the zero point of quantized data), as are the channels added to reach the
     packed depth."""
     panels, kh_size, kw_size, depth_groups, lanes, group = (int(d) for d in packed.shape)
-    top, left, bottom, right = padding
-    extra = depth_groups * group - int(x.shape[-1])
-    if any(padding) or extra:
-        x = topi.nn.pad(x, (0, top, left, 0), (0, bottom, right, extra), pad_value=pad_value, name="pad")
+    x, out_h, out_w = padded_window(x, (kh_size, kw_size), strides, padding, dilation,
+                                    depth_groups * group - int(x.shape[-1]), pad_value)
     (sh, sw), (dh, dw) = strides, dilation
-    n, height, breadth, _ = x.shape
-    out_h = (height - (kh_size - 1) * dh - 1) // sh + 1
-    out_w = (breadth - (kw_size - 1) * dw - 1) // sw + 1
+    n = x.shape[0]
     kh, kw = te.reduce_axis((0, kh_size), "kh"), te.reduce_axis((0, kw_size), "kw")
     k_outer = te.reduce_axis((0, depth_groups), "k_outer")
     k_inner = te.reduce_axis((0, group), "k_inner")

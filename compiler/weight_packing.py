@@ -47,17 +47,25 @@ def packed_matmul(x: te.Tensor, packed: te.Tensor) -> te.Tensor:
     return te.compute((*x.shape[:-1], panels * width), element, name="packed_matmul")
 
 
+def padded_window(x: te.Tensor, kernel: tuple[int, int], strides, padding, dilation, extra_channels: int = 0,
+                  pad_value=0) -> tuple[te.Tensor, int, int]:
+    """(NHWC X padded by PADDING (top, left, bottom, right) and EXTRA_CHANNELS at the end, all PAD_VALUE; the
+    output height; the output width) of a convolution with KERNEL (height, width), STRIDES and DILATION."""
+    top, left, bottom, right = padding
+    if any(padding) or extra_channels:
+        x = topi.nn.pad(x, (0, top, left, 0), (0, bottom, right, extra_channels), pad_value=pad_value, name="pad")
+    (kh_size, kw_size), (sh, sw), (dh, dw) = kernel, strides, dilation
+    _, height, breadth, _ = x.shape
+    return x, (height - (kh_size - 1) * dh - 1) // sh + 1, (breadth - (kw_size - 1) * dw - 1) // sw + 1
+
+
 def packed_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation) -> te.Tensor:
     """NHWC convolution of X with HWIO weights given packed as [O / G, H, W, I, G]; PADDING is (top, left,
     bottom, right)."""
     panels, kh_size, kw_size, depth, width = (int(d) for d in packed.shape)
-    top, left, bottom, right = padding
-    if any(padding):
-        x = topi.nn.pad(x, (0, top, left, 0), (0, bottom, right, 0), name="pad")
+    x, out_h, out_w = padded_window(x, (kh_size, kw_size), strides, padding, dilation)
     (sh, sw), (dh, dw) = strides, dilation
-    n, height, breadth, _ = x.shape
-    out_h = (height - (kh_size - 1) * dh - 1) // sh + 1
-    out_w = (breadth - (kw_size - 1) * dw - 1) // sw + 1
+    n = x.shape[0]
     kh, kw = te.reduce_axis((0, kh_size), "kh"), te.reduce_axis((0, kw_size), "kw")
     ci = te.reduce_axis((0, depth), "ci")
 
