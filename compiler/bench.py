@@ -60,11 +60,12 @@ def to_text(result: dict) -> str:
     """Side-by-side table of a bench() report."""
     engines = result["engines"]
     reference = result["reference"]
+    width = max(14, *(len(name) for name in engines))
     lines = [f"{result['model']} on {result['target']}, {result['threads']} thread(s), batch {result['batch']}",
-             f"{'engine':<14} {'precision':<9} {'median ms':>10} {'p90 ms':>10} {'per s':>10}"
+             f"{'engine':<{width}} {'precision':<9} {'median ms':>10} {'p90 ms':>10} {'per s':>10}"
              + (f" {'vs ' + reference:>16}  outputs" if reference else "")]
     for name, t in engines.items():
-        line = (f"{name:<14} {t['precision']:<9} {t['median_ms']:>10.3f} {t['p90_ms']:>10.3f} "
+        line = (f"{name:<{width}} {t['precision']:<9} {t['median_ms']:>10.3f} {t['p90_ms']:>10.3f} "
                 f"{t['throughput_per_s']:>10.1f}")
         if reference:
             verdict = "match" if t["outputs_match"] else "DIFFER"

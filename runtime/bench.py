@@ -193,6 +193,12 @@ def compare_engines(engines: list[Engine], feeds: dict, reference: str | None = 
     return Comparison(report, reference)
 
 
+def computes_in(manifest) -> str:
+    """The precision an artifact computes in: 'int8' / 'bf16' when it was quantized, else 'f32'."""
+    mode = (manifest.quantization or {}).get("mode")
+    return mode if mode in ("int8", "bf16") else "f32"
+
+
 def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup: int = 3,
             dims: dict[str, int] | None = None, batch: int = 1, against: tuple[str, ...] = ("onnxruntime",)) \
         -> Comparison:
@@ -201,7 +207,7 @@ def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup
     from .references import open_reference  # noqa: PLC0415 - the references are optional packages
 
     feeds = random_inputs(model.inputs, dims)
-    engines = [Engine("kiln", model.run)]
+    engines = [Engine("kiln", model.run, computes_in(model.manifest))]
     if onnx_path is not None:
         shapes = {name: array.shape for name, array in feeds.items()}
         outputs = [o.name for o in model.outputs]

@@ -345,3 +345,16 @@ def test_quantize_auto_keeps_the_faster_build(tmp_path):
     feeds = random_inputs(model.inputs, seed=2)
     reference = onnxruntime_session(str(path), threads=1).run(None, feeds)[0]
     assert _cosine(next(iter(model.run(feeds).values())), reference) > 0.99
+
+
+@needs_vnni
+def test_bench_judges_an_int8_artifact_as_reduced_precision(tmp_path):
+    path = save(tiny_cnn(), tmp_path)
+    out = tmp_path / "int8.so"
+    compiler.compile(path, target=VNNI_TARGET, output=out, quantize="int8", calibration="random:10",
+                     tuning_log="none")
+    result = CliRunner().invoke(main, ["bench", str(out), "--model", str(path), "--repeat", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["engines"]["kiln"]["precision"] == "int8"
+    assert report["outputs_match"] is True  # within 3% of the output's range, not elementwise
