@@ -223,11 +223,14 @@ def amx_input_rows(x: te.Tensor, kind: str, attrs, kernel: tuple, depth: int, in
     return im2col(x, kernel, strides, padding, dilation, depth, pad_value)[0]
 
 
-def amx_suits(kind: str, lead: list[int], weight_shape: tuple, in_place: bool) -> bool:
-    """True when AMX fits a site: its output rows (the product of LEAD) split into tiles, and its activations
-    are read in place, copied as a matmul's rows, or im2col'ed with whole vectors of channels (with few, as an
-    RGB stem, im2col gathers bytes one at a time: 2.9 ms on ResNet-50's stem against 0.35 ms on VNNI)."""
-    return amx_rows(int(np.prod(lead))) is not None and (
+def amx_suits(kind: str, lead: list[int], weight_shape: tuple, in_place: bool, group: int) -> bool:
+    """True when AMX fits a site: its output rows (the product of LEAD) split into tiles, its reduction fills
+    at least one 64-byte chunk (MobileNetV2's 16-channel 1x1 convolutions padded to 64 ran 4x the work), and its
+    activations are read in place, copied as a matmul's rows, or im2col'ed with whole vectors of channels (with
+    few, as an RGB stem, im2col gathers bytes one at a time: 2.9 ms on ResNet-50's stem against 0.35 ms on
+    VNNI)."""
+    depth = int(np.prod(weight_shape[:-1]))
+    return amx_rows(int(np.prod(lead))) is not None and depth >= AMX_CHUNK_GROUPS * group and (
         in_place or kind == "matmul" or weight_shape[-2] % LANES == 0)
 
 

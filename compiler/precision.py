@@ -49,7 +49,7 @@ class _BF16Lowerer(PyExprMutator):
         weight = const_value(call.args[1])
         lead = [int(d) for d in call.ty.shape.values[:-1]]
         in_place = dot_product.reads_in_place(kind, call.attrs, weight.shape, dot_product.BF16.group)
-        if not dot_product.amx_suits(kind, lead, weight.shape, in_place):
+        if not dot_product.amx_suits(kind, lead, weight.shape, in_place, dot_product.BF16.group):
             return call
         self.counts["bf16_sites"] += 1
         bits = self.builder_.emit(self.builder_.call_te(dot_product.bf16_bits, call.args[0],

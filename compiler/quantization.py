@@ -83,7 +83,7 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
     in_place = amx and dot_product.reads_in_place(kind, attrs, weight.shape, group)
-    use_amx = amx and dot_product.amx_suits(kind, lead, weight.shape, in_place)
+    use_amx = amx and dot_product.amx_suits(kind, lead, weight.shape, in_place, group)
     in_place = in_place and use_amx
     if use_amx:
         flat = quantized.reshape(-1, quantized.shape[-1])  # HWIO -> [KH * KW * I, O]
