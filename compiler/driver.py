@@ -181,6 +181,41 @@ def _quantization_json(plan, skip, measured, max_drop, stage) -> dict | None:
             "accuracy": measured.to_json() if measured else None, **plan.to_json()}
 
 
+def _int8_build(stage: tvm.IRModule, plan: int8.Plan, quantize: str | None, max_drop: float | None,
+                preset: TargetPreset, db_dir: Path | None, inputs, say: Progress, timings: list[str] | None,
+                instruments: list) -> tuple[_StageBuild, frozenset[int], quantization.Accuracy | None]:
+    """Build STAGE with PLAN's int8 sites: (the build, the sites sent back to float32, the accuracy measured on
+    the held-back samples). Over MAX_DROP the most sensitive sites go back to float32 until the drop is within
+    it; with QUANTIZE 'int8' or 'auto' the build is timed against a float32 one, and 'auto' keeps the faster."""
+    skip: frozenset[int] = frozenset()
+    while True:
+        quantized = quantization.lower_int8(plan.params, skip, _has_amx(preset))(stage)
+        built = _build_stage(quantized, preset, db_dir, say, timings, instruments)
+        measured = plan.measure(_vm(built.executable, preset), inputs)
+        if measured is None or max_drop is None or measured.drop <= max_drop:
+            break
+        wider = plan.fallback(skip)
+        if wider is None:
+            raise KilnError(f"int8 accuracy drop {measured.drop:.4f} exceeds --max-accuracy-drop {max_drop} even "
+                            "with every site in float32",
+                            "raise --max-accuracy-drop, give better --calibration data, or compile without "
+                            "--quantize")
+        say(f"accuracy drop {measured.drop:.4f} > {max_drop}: {len(wider)} most sensitive site(s) back to float32")
+        skip = wider
+    if quantize in ("int8", "auto") and plan.held_back:
+        say("timing the int8 build against a float32 build")
+        float_build = _build_stage(stage, preset, db_dir, say)
+        plan.latency_ms = race([_vm(built.executable, preset), _vm(float_build.executable, preset)], inputs,
+                               plan.held_back[0])
+        int8_ms, float_ms = plan.latency_ms
+        if int8_ms >= float_ms:
+            say(f"warning: int8 is not faster than float32 on {preset.name} here ({int8_ms:.2f} vs {float_ms:.2f} "
+                "ms)" + ("; keeping float32" if quantize == "auto" else "; --quantize auto would keep float32"))
+            if quantize == "auto":
+                built, plan.chosen = float_build, "float32"
+    return built, skip, measured
+
+
 def compile(  # noqa: A001 - the name users expect: compiler.compile(model, target=...)
     model: str | Path,
     target: str = "auto",
@@ -254,36 +289,12 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
             _check_int8_target(preset)
             say(f"the model is quantized (QDQ): {len(plan.params)} int8 sites")
 
-    skip: frozenset[int] = frozenset()
     lower_timing = [PassTimingInstrument()] if pass_times else []
-    while True:
-        quantized = quantization.lower_int8(plan.params, skip, _has_amx(preset))(stage) if plan else stage
-        built = _build_stage(quantized, preset, db_dir, say, timings, lower_timing)
-        measured = plan.measure(_vm(built.executable, preset), loaded.inputs) if plan else None
-        if measured is None or max_accuracy_drop is None or measured.drop <= max_accuracy_drop:
-            break
-        wider = plan.fallback(skip)
-        if wider is None:
-            raise KilnError(f"int8 accuracy drop {measured.drop:.4f} exceeds --max-accuracy-drop "
-                            f"{max_accuracy_drop} even with every site in float32",
-                            "raise --max-accuracy-drop, give better --calibration data, or compile without "
-                            "--quantize")
-        say(f"accuracy drop {measured.drop:.4f} > {max_accuracy_drop}: {len(wider)} most sensitive site(s) "
-            "back to float32")
-        skip = wider
-    if quantize in ("int8", "auto") and plan is not None and plan.held_back:
-        say("timing the int8 build against a float32 build")
-        float_build = _build_stage(stage, preset, db_dir, say)
-        plan.latency_ms = race([_vm(built.executable, preset), _vm(float_build.executable, preset)],
-                               loaded.inputs, plan.held_back[0])
-        int8_ms, float_ms = plan.latency_ms
-        if int8_ms >= float_ms:
-            say(f"warning: int8 is not faster than float32 on {preset.name} here ({int8_ms:.2f} vs "
-                f"{float_ms:.2f} ms)" + ("; keeping float32" if quantize == "auto" else
-                                         "; --quantize auto would keep float32"))
-            if quantize == "auto":
-                built = float_build
-                plan.chosen = "float32"
+    if plan is None:
+        built, skip, measured = _build_stage(stage, preset, db_dir, say, timings, lower_timing), frozenset(), None
+    else:
+        built, skip, measured = _int8_build(stage, plan, quantize, max_accuracy_drop, preset, db_dir, loaded.inputs,
+                                            say, timings, lower_timing)
     mod, kernels, executable, records = built.scheduled, built.kernels, built.executable, built.records
     dumper.graph(built.fused)
     if measured is not None and plan.chosen == "int8":
