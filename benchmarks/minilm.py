@@ -154,7 +154,8 @@ def encoder_onnx(weights: dict) -> onnx.ModelProto:
         return out
 
     def dense(x, prefix):
-        return op("Add", [op("MatMul", [x, const(weights[f"{prefix}.weight"].T.copy())]), const(weights[f"{prefix}.bias"])])
+        matmul = op("MatMul", [x, const(weights[f"{prefix}.weight"].T.copy())])  # torch Linear stores [out, in]
+        return op("Add", [matmul, const(weights[f"{prefix}.bias"])])
 
     def norm(x, prefix):
         return op("LayerNormalization", [x, const(weights[f"{prefix}.weight"]), const(weights[f"{prefix}.bias"])],

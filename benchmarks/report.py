@@ -57,7 +57,8 @@ def cost_table(rows: list[dict]) -> list[str]:
         one = row["batches"]["1"] if "1" in row["batches"] else next(iter(row["batches"].values()))
         cells = [f"{row['footprint'][e]['seconds']:.2f} / {row['footprint'][e]['peak_rss_mb']}" for e in engines]
         int8_s = one["compile_s"].get("kiln-int8", "-")
-        lines.append(f"| {row['model']} | {row['onnx_mb']} | {one['compile_s']['kiln-tuned']} / {int8_s} | {one['artifact_mb']} "
+        lines.append(f"| {row['model']} | {row['onnx_mb']} | {one['compile_s']['kiln-tuned']} / {int8_s} "
+                     f"| {one['artifact_mb']} "
                      f"| {one['tuned_kernels']}/{one['kernels']} | {' | '.join(cells)} |")
     return lines
 

@@ -253,6 +253,9 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     model = Path(model)
     if quantize not in (None, "none", "int8", "auto"):
         raise KilnError(f"unknown quantization '{quantize}'", "use --quantize int8 or auto (or leave it out)")
+    if quantize not in ("int8", "auto") and (calibration or max_accuracy_drop is not None):
+        given = "--calibration" if calibration else "--max-accuracy-drop"
+        raise KilnError(f"{given} applies to int8 builds only", f"add --quantize int8 (or auto), or drop {given}")
     if precision not in PRECISIONS or (precision != "fp32" and quantize in ("int8", "auto")):
         raise KilnError(f"precision '{precision}' with quantize '{quantize}' is not a combination Kiln builds",
                         f"use --precision {' or '.join(PRECISIONS)}, and bf16 without --quantize")

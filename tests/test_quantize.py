@@ -358,3 +358,12 @@ def test_bench_judges_an_int8_artifact_as_reduced_precision(tmp_path):
     report = json.loads(result.stdout)
     assert report["engines"]["kiln"]["precision"] == "int8"
     assert report["outputs_match"] is True  # within 3% of the output's range, not elementwise
+
+
+def test_calibration_without_quantize_is_a_clear_error(tmp_path):
+    path = save(tiny_cnn(), tmp_path)
+    result = CliRunner().invoke(main, ["compile", str(path), "--calibration", "random:4",
+                                       "-o", str(tmp_path / "x.so")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: --calibration applies to int8 builds only (add --quantize int8 (or auto), or drop --calibration)" \
+        in result.output

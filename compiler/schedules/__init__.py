@@ -14,7 +14,8 @@ from .injective import Injective
 
 def default_rules(lanes: int) -> list:
     """Rules tried in order on each unscheduled kernel; LANES is the target's fp32 vector width."""
-    return [AMXContraction(lanes), DotProductContraction(lanes), Contraction(lanes), Injective(lanes), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [AMXContraction(lanes), DotProductContraction(lanes), Contraction(lanes), Injective(lanes),
+            dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def tuning_space(lanes: int):
