@@ -48,11 +48,6 @@ AMX_CHUNK_GROUPS = 16
 AMX_MIN_TILE_ROWS = 7  # below this (a dense layer at batch 1) the vector instruction does better
 
 
-def for_dtypes(data: str, weight: str, acc: str) -> DotProduct | None:
-    """The instruction that multiplies DATA x WEIGHT into ACC, if Kiln has one."""
-    return next((d for d in DOT_PRODUCTS if (d.data, d.weight, d.acc) == (data, weight, acc)), None)
-
-
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -200,7 +195,7 @@ def conv_geometry(attrs) -> tuple[list[int], list[int], list[int]]:
     return ([int(v) for v in attrs.strides], [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation])
 
 
-def reads_in_place(kind: str, attrs, weight_shape: tuple, group: int) -> bool:
+def _reads_in_place(kind: str, attrs, weight_shape: tuple, group: int) -> bool:
     """True when an AMX kernel can read the activations as they are, a [rows, K] view: a matmul or a 1x1,
     stride-1, unpadded convolution whose K fills whole AMX chunks."""
     if int(np.prod(weight_shape[:-1])) % (AMX_CHUNK_GROUPS * group):
@@ -211,27 +206,40 @@ def reads_in_place(kind: str, attrs, weight_shape: tuple, group: int) -> bool:
     return tuple(weight_shape[:2]) == (1, 1) and all(v == 1 for v in (*strides, *dilation)) and not any(padding)
 
 
-def amx_input_rows(x: te.Tensor, kind: str, attrs, kernel: tuple, depth: int, in_place: bool,
-                   pad_value=0) -> te.Tensor:
-    """The activations of a matmul / convolution as the [rows, DEPTH] operand of amx_contract: X itself when
-    IN_PLACE (already a view), a copy with K padded (matmul), or im2col (convolution)."""
-    if in_place:
-        return x
-    if kind == "matmul":
-        return rows_2d(x, depth)
-    strides, padding, dilation = conv_geometry(attrs)
-    return im2col(x, kernel, strides, padding, dilation, depth, pad_value)[0]
-
-
-def amx_suits(kind: str, lead: list[int], weight_shape: tuple, in_place: bool, group: int) -> bool:
-    """True when AMX fits a site: its output rows (the product of LEAD) split into tiles, its reduction fills
-    at least one 64-byte chunk (MobileNetV2's 16-channel 1x1 convolutions padded to 64 ran 4x the work), and its
-    activations are read in place, copied as a matmul's rows, or im2col'ed with whole vectors of channels (with
-    few, as an RGB stem, im2col gathers bytes one at a time: 2.9 ms on ResNet-50's stem against 0.35 ms on
-    VNNI)."""
+def amx_layout(kind: str, attrs, weight_shape: tuple, lead: list[int], group: int) -> tuple[bool, bool]:
+    """(whether AMX fits a site, whether it then reads the activations in place as a [rows, K] view). AMX fits
+    when the output rows (the product of LEAD) split into tiles, the reduction fills at least one 64-byte chunk
+    (MobileNetV2's 16-channel 1x1 convolutions padded to 64 ran 4x the work), and the activations are read in
+    place, copied as a matmul's rows, or im2col'ed with whole vectors of channels (with few, as an RGB stem,
+    im2col gathers bytes one at a time: 2.9 ms on ResNet-50's stem against 0.35 ms on VNNI)."""
+    in_place = _reads_in_place(kind, attrs, weight_shape, group)
     depth = int(np.prod(weight_shape[:-1]))
-    return amx_rows(int(np.prod(lead))) is not None and depth >= AMX_CHUNK_GROUPS * group and (
+    suits = amx_rows(int(np.prod(lead))) is not None and depth >= AMX_CHUNK_GROUPS * group and (
         in_place or kind == "matmul" or weight_shape[-2] % LANES == 0)
+    return suits, suits and in_place
+
+
+def pack_for_amx(weight: np.ndarray, group: int) -> np.ndarray:
+    """WEIGHT (matmul [K, N] or HWIO) as the [K', N] matrix AMX multiplies (HWIO -> [KH * KW * I, O]), packed by
+    pack_weight with K padded to whole AMX chunks."""
+    flat = weight.reshape(-1, weight.shape[-1])
+    return pack_weight(flat, group, amx_depth(flat.shape[0], group))
+
+
+def amx_sums(x: te.Tensor, packed: te.Tensor, kind: str, attrs, kernel: tuple, lead: list[int], acc: str,
+             in_place: bool, pad_value=0) -> te.Tensor:
+    """The AMX kernel of a site: X as rows (itself when IN_PLACE, already a view; a copy with K padded for a
+    matmul; im2col for a convolution of KERNEL, its border reading PAD_VALUE) times PACKED (pack_for_amx), into
+    ACC, shaped [*LEAD, N]."""
+    group = int(packed.shape[-1])
+    depth = int(packed.shape[-3]) * group
+    if in_place:
+        rows = x
+    elif kind == "matmul":
+        rows = rows_2d(x, depth)
+    else:
+        rows = im2col(x, kernel, *conv_geometry(attrs), depth, pad_value)[0]
+    return amx_contract(rows, packed, lead, acc)
 
 
 def amx_contract(rows: te.Tensor, packed: te.Tensor, lead: list[int], acc: str) -> te.Tensor:

@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import tvm
 from tvm import relax, tirx
 
@@ -18,6 +17,7 @@ from tvm.ir.instrument import PassTimingInstrument
 
 import runtime
 from runtime.artifact import Manifest, TensorSpec, write_artifact
+from runtime.bench import Engine, compare_engines
 from runtime.errors import KilnError
 from runtime.tvm_runtime import enable_amx
 
@@ -130,16 +130,12 @@ def _build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path |
     return _StageBuild(fused, scheduled, report, build.build_executable(scheduled, target, instruments), applied)
 
 
-def race(vms: list[relax.VirtualMachine], inputs, sample: dict, rounds: int = 5, runs: int = 4) -> list[float]:
-    """Median ms per run of each of VMS on SAMPLE, timed in alternating blocks of RUNS (after a warm-up)."""
-    times: list[list[float]] = [[] for _ in vms]
-    for _ in range(rounds + 1):
-        for vm, spent in zip(vms, times):
-            started = time.perf_counter()
-            for _ in range(runs):
-                int8.run(vm, inputs, sample)
-            spent.append((time.perf_counter() - started) * 1000 / runs)
-    return [round(float(np.median(spent[1:])), 3) for spent in times]
+def race(vms: list[relax.VirtualMachine], inputs, sample: dict) -> list[float]:
+    """Median ms per run of each of VMS on SAMPLE, timed the way `kiln bench` times engines (alternating blocks,
+    retaken under outside load)."""
+    engines = [Engine(str(i), lambda feeds, vm=vm: int8.run(vm, inputs, feeds)) for i, vm in enumerate(vms)]
+    timed = compare_engines(engines, sample, repeat=16, warmup=1).engines
+    return [round(timed[e.name]["median_ms"], 3) for e in engines]
 
 
 def _vm(executable, preset: TargetPreset) -> relax.VirtualMachine:
@@ -277,7 +273,6 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         _check_feature(preset, dot_product.BF16.amx_feature, "bf16 tile instructions")
         stage = lower_bf16(bf16_counts)(stage)
         say(f"bf16: {bf16_counts['bf16_sites']} of {bf16_counts['sites']} convolutions / matmuls on AMX")
-    plan = None
     if quantize in ("int8", "auto"):
         _check_int8_target(preset)
         if not calibration:

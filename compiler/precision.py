@@ -1,7 +1,7 @@
 """--precision bf16: convolutions and matmuls with constant weights run with bf16 weights and activations and
 float32 sums, on AMX (tdpbf16ps). The activations are rounded to bf16 by a kernel of their own, which fuses into
 its producer's epilogue; everything else stays float32. Sites whose shape does not suit AMX tiles
-(dot_product.amx_suits) stay float32: there is no vector bf16 path (see dot_product.BF16)."""
+(dot_product.amx_layout) stay float32: there is no vector bf16 path (see dot_product.BF16)."""
 
 from __future__ import annotations
 
@@ -20,20 +20,6 @@ from .weight_packing import OUT_ELEMWISE_FUSABLE
 PRECISIONS = ("fp32", "bf16")
 
 
-def _bf16_kernel(kind: str, attrs, weight: np.ndarray, lead: list[int], in_place: bool):
-    """(TE function of the bf16 activations, packed bf16 weights) for one site."""
-    group = dot_product.BF16.group
-    flat = weight.reshape(-1, weight.shape[-1])  # HWIO -> [KH * KW * I, O]
-    packed = dot_product.pack_weight(dot_product.bf16_weight(flat), group, dot_product.amx_depth(flat.shape[0], group))
-
-    def compute(bits, packed_weight):
-        rows = dot_product.amx_input_rows(bits, kind, attrs, weight.shape[:2], int(packed_weight.shape[-3]) * group,
-                                          in_place)
-        return dot_product.amx_contract(rows, packed_weight, lead, "float32")
-
-    return compute, relax.const(packed)
-
-
 @mutator
 class _BF16Lowerer(PyExprMutator):
     def __init__(self, mod, counts: dict):
@@ -48,15 +34,21 @@ class _BF16Lowerer(PyExprMutator):
         self.counts["sites"] += 1
         weight = const_value(call.args[1])
         lead = [int(d) for d in call.ty.shape.values[:-1]]
-        in_place = dot_product.reads_in_place(kind, call.attrs, weight.shape, dot_product.BF16.group)
-        if not dot_product.amx_suits(kind, lead, weight.shape, in_place, dot_product.BF16.group):
+        group = dot_product.BF16.group
+        suits, in_place = dot_product.amx_layout(kind, call.attrs, weight.shape, lead, group)
+        if not suits:
             return call
         self.counts["bf16_sites"] += 1
         bits = self.builder_.emit(self.builder_.call_te(dot_product.bf16_bits, call.args[0],
                                                         primfunc_name_hint="to_bf16"))
         if in_place:  # a view, no copy
             bits = self.builder_.emit(relax.op.reshape(bits, [int(np.prod(lead)), weight.shape[-2]]))
-        compute, packed = _bf16_kernel(kind, call.attrs, weight, lead, in_place)
+        packed = relax.const(dot_product.pack_for_amx(dot_product.bf16_weight(weight), group))
+
+        def compute(data, packed_weight):
+            return dot_product.amx_sums(data, packed_weight, kind, call.attrs, weight.shape[:2], lead, "float32",
+                                        in_place)
+
         return self.builder_.call_te(compute, bits, packed, primfunc_name_hint=f"bf16_{kind}",
                                      primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
 

@@ -76,26 +76,19 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead
     """(TE function of the uint8 input, constant args, whether AMX reads the input as a [rows, K] view) for the
     int8 kernel of one site: dot products, then dequantize. The input's quantize is a kernel of its own, so that
     it fuses into its producer's epilogue. AMX where the target has it and the site suits it
-    (dot_product.amx_suits), else the vector instruction, which reads the activations in place."""
+    (dot_product.amx_layout), else the vector instruction, which reads the activations in place."""
     group = dot_product.VNNI.group
     quantized, weight_scale = quantize_weight(weight)
     column_sums = quantized.astype(np.int64).reshape(-1, quantized.shape[-1]).sum(axis=0)
     correction = (params.zero_point * column_sums).astype(np.int32)
     scale = (np.float32(params.scale) * weight_scale).astype(np.float32)
-    in_place = amx and dot_product.reads_in_place(kind, attrs, weight.shape, group)
-    use_amx = amx and dot_product.amx_suits(kind, lead, weight.shape, in_place, group)
-    in_place = in_place and use_amx
-    if use_amx:
-        flat = quantized.reshape(-1, quantized.shape[-1])  # HWIO -> [KH * KW * I, O]
-        packed = dot_product.pack_weight(flat, group, dot_product.amx_depth(flat.shape[0], group))
-    else:
-        packed = dot_product.pack_weight(quantized, group)
+    use_amx, in_place = dot_product.amx_layout(kind, attrs, weight.shape, lead, group) if amx else (False, False)
+    packed = (dot_product.pack_for_amx if use_amx else dot_product.pack_weight)(quantized, group)
 
     def compute(q, packed_weight, correction_const, scale_const):
         if use_amx:
-            rows = dot_product.amx_input_rows(q, kind, attrs, weight.shape[:2], int(packed_weight.shape[-3]) * group,
-                                              in_place, params.zero_point)
-            sums = dot_product.amx_contract(rows, packed_weight, lead, "int32")
+            sums = dot_product.amx_sums(q, packed_weight, kind, attrs, weight.shape[:2], lead, "int32", in_place,
+                                        params.zero_point)
         elif kind == "matmul":
             sums = dot_product.dot_matmul(q, packed_weight, "int32")
         else:

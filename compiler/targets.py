@@ -11,6 +11,7 @@ from runtime.artifact import host_cpu_features
 from runtime.errors import KilnError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TUNING_LOGS = TARGETS_DIR.parent / "tuning_logs"  # one tuning database folder per target
 _REQUIRED = ("description", "arch", "tvm_target", "export")
 
 
@@ -64,7 +65,7 @@ def all_targets() -> dict[str, TargetPreset]:
 
 
 def _has_tuning_records(preset: TargetPreset) -> bool:
-    folder = TARGETS_DIR.parent / "tuning_logs" / preset.name
+    folder = TUNING_LOGS / preset.name
     return folder.is_dir() and any(folder.iterdir())
 
 

@@ -21,11 +21,10 @@ from tvm.s_tir import meta_schedule as ms
 from runtime.atomic import atomic_write
 from runtime.errors import KilnError
 
-from .targets import TargetPreset
+from .targets import TUNING_LOGS, TargetPreset
 
 log = logging.getLogger(__name__)
 
-TUNING_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
 WORKLOADS, RECORDS, NOTES = "database_workload.json", "database_tuning_record.json", "kiln_tuning.json"
 # Target attributes that decide what code a record's schedule is right for; num-cores is a tuning setting.
 _TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "arch")

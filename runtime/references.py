@@ -6,6 +6,9 @@ KilnError naming the package. Every reference runs {input name: array} -> {outpu
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,9 +27,14 @@ def onnxruntime_session(model_path: str, threads: int):
     return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
 
-def _onnxruntime(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Engine:
+def _session_engine(name: str, model_path: str, threads: int, outputs: list[str], precision: str) -> Engine:
+    """An ONNX Runtime session on MODEL_PATH as the engine NAME."""
     session = onnxruntime_session(model_path, threads)
-    return Engine("onnxruntime", lambda feeds: dict(zip(outputs, session.run(outputs, feeds))), "f32")
+    return Engine(name, lambda feeds: dict(zip(outputs, session.run(outputs, feeds))), precision)
+
+
+def _onnxruntime(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Engine:
+    return _session_engine("onnxruntime", model_path, threads, outputs, "f32")
 
 
 CALIBRATION_SAMPLES = 16  # seeded random inputs: the distribution the benchmark models are fed
@@ -35,9 +43,6 @@ CALIBRATION_SAMPLES = 16  # seeded random inputs: the distribution the benchmark
 def _onnxruntime_int8(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Engine:
     """ONNX Runtime on the model quantized by its own tool: static, QDQ, per-channel int8 weights, uint8
     activations, calibrated on seeded random inputs of SHAPES (written beside the model as NAME.qdq.onnx)."""
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     _import("onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
@@ -52,8 +57,6 @@ def _onnxruntime_int8(model_path: str, threads: int, shapes: dict, outputs: list
         def get_next(self):
             return next(self.left, None)
 
-    import logging  # noqa: PLC0415
-
     quantized = Path(model_path).with_suffix(".qdq.onnx")
     root, level = logging.getLogger(), logging.getLogger().level
     root.setLevel(logging.ERROR)  # the tool warns on the root logger for each 1-D weight it skips
@@ -65,8 +68,7 @@ def _onnxruntime_int8(model_path: str, threads: int, shapes: dict, outputs: list
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
-    session = onnxruntime_session(str(quantized), threads)
-    return Engine("onnxruntime-int8", lambda feeds: dict(zip(outputs, session.run(outputs, feeds))), "int8")
+    return _session_engine("onnxruntime-int8", str(quantized), threads, outputs, "int8")
 
 
 def _openvino(precision: str | None):

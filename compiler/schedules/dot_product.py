@@ -17,7 +17,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.script import tirx as T
 
-from ..dot_product import DOT_PRODUCTS, LANES, DotProduct, for_dtypes
+from ..dot_product import DOT_PRODUCTS, LANES, DotProduct
 from .common import const_extent, schedule_injective
 from .contraction import Contraction
 
@@ -28,8 +28,6 @@ def _intrinsic(dot: DotProduct) -> tuple:
     """(description, implementation) PrimFuncs of DOT over a local accumulator, for TensorIntrin.register."""
     group, data, weight, acc = dot.group, dot.data, dot.weight, dot.acc
     vector = f"{weight}x{LANES * group}"
-    bits = {"uint8": 8, "int8": 8, "bfloat16": 16}[data]
-    word = "int32" if bits * group == 32 else None
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((group,), data, offset_factor=1), b: T.Buffer((LANES, group), weight, offset_factor=1),
@@ -50,7 +48,7 @@ def _intrinsic(dot: DotProduct) -> tuple:
             T.reads(c[0:LANES], a[0:group], b[0:LANES, 0:group])
             T.writes(c[0:LANES])
             # the GROUP data elements as one 32-bit word, broadcast to every lane
-            word_of_a = T.reinterpret(a.vload([0], f"{data}x{group}"), dtype=word)
+            word_of_a = T.reinterpret(a.vload([0], f"{data}x{group}"), dtype="int32")
             c[T.ramp(T.int32(0), 1, LANES)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
                 c.vload([0], dtype=f"{acc}x{LANES}"),
@@ -91,7 +89,7 @@ def _dot_of(block) -> DotProduct | None:
     acc = str(block.writes[0].source.dtype)
     for dot in DOT_PRODUCTS:
         if dot.data in reads and dot.weight in reads and dot.acc == acc:
-            return for_dtypes(dot.data, dot.weight, acc)
+            return dot
     return None
 
 
@@ -136,7 +134,7 @@ class DotProductContraction(Contraction):
         sch.vectorize(sch.get_loops(write_back)[-1])
         for loop in inner:
             sch.unroll(loop)
-        init = sch.decompose_reduction(main, reduce[0] if len(reduce) > 1 else col_lane)
+        init = sch.decompose_reduction(main, reduce[0])  # reduce is (.., k / GROUP, GROUP): never one loop
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(col_lane, intrinsic_name(dot))
         return sch
