@@ -12,6 +12,9 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.support import cc
 
+from runtime.errors import KilnError
+
+from . import cuda
 from .passes import lowering_passes
 from .schedules import default_rules
 from .targets import TargetPreset
@@ -63,18 +66,29 @@ def _kernels(mod: tvm.IRModule) -> list[str]:
     return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
 
 
-def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int) -> tuple[tvm.IRModule, KernelReport]:
-    """Give every kernel a schedule: tuned records first, Kiln's default rules next (LANES: fp32 vector width);
-    report which kernel got what."""
+def gpu_rules() -> list:
+    """TVM's dlight GPU rules, tried in order; Fallback binds any kernel the others leave (one thread per output
+    element), so every kernel gets a GPU schedule."""
+    return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int,
+             device: str = "cpu") -> tuple[tvm.IRModule, KernelReport]:
+    """Give every kernel a schedule: tuned records first, then Kiln's default CPU rules (LANES: fp32 vector width)
+    or dlight's GPU rules for a CUDA DEVICE; report which kernel got what."""
+    rules = gpu_rules() if device == "cuda" else default_rules(lanes)
     with target:
         tuned_mod = apply_database(mod, database)
         tuned = _scheduled(tuned_mod)
-        done = dl.ApplyDefaultSchedule(*default_rules(lanes))(tuned_mod)
+        done = dl.ApplyDefaultSchedule(*rules)(tuned_mod)
     by_rule = _scheduled(done) - tuned
     kernels = _kernels(done)
     unscheduled = [k for k in kernels if k not in tuned and k not in by_rule]
     report = KernelReport(tuned=sorted(tuned), default_rule=sorted(by_rule), unscheduled=unscheduled,
                           unscheduled_mflop={k: kernel_mflop(mod[k]) for k in unscheduled})
+    if device != "cpu" and unscheduled:  # a GPU kernel without thread bindings does not build
+        raise KilnError(f"{len(unscheduled)} kernel(s) got no {device} schedule: {', '.join(unscheduled)}",
+                        "tune them for this target with `kiln tune --rpc`, or report the model")
     return done, report
 
 
@@ -113,12 +127,16 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
                      instruments: list | None = None) -> relax.VMExecutable:
     """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing)."""
     pipeline = tvm.transform.Sequential(lowering_passes(target), name="kiln.lower")
-    with lowering_context(instruments):
+    if target.kind.name == "cuda":
+        cuda.prepare()
+    # The CUDA device compiler reads the architecture from the current target.
+    with lowering_context(instruments), target:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:
     """Link EXECUTABLE into a shared library at PATH with the preset's (cross) compiler."""
+    preset.check_compiler()
     fcompile = cc.cross_compiler(preset.export.get("cc", "g++"), options=list(preset.export.get("options", [])))
     executable.export_library(str(path), fcompile=fcompile)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -222,14 +223,34 @@ def targets_cmd(as_json):
     presets = all_targets()
     best = best_for_host().name
     if as_json:
-        click.echo(json.dumps([{"name": t.name, "description": t.description, "tvm_target": t.tvm_target,
+        click.echo(json.dumps([{"name": t.name, "description": t.description, "arch": t.arch, "device": t.device,
+                                "tvm_target": t.tvm_target, "compiler": t.export.get("cc", "g++"),
+                                "compiler_installed": shutil.which(t.export.get("cc", "g++")) is not None,
                                 "runs_here": t.runs_here(), "auto": t.name == best} for t in presets.values()],
                               indent=2))
         return
     width = max(map(len, presets))
     for t in presets.values():
         mark = "*" if t.runs_here() else " "
-        click.echo(f"{mark} {t.name:<{width}}  {t.description}{'  [auto]' if t.name == best else ''}")
+        where = f"{t.arch}{'+' + t.device if t.device != 'cpu' else ''}"
+        missing = "" if shutil.which(t.export.get("cc", "g++")) else f"  [needs {t.export['cc']}]"
+        click.echo(f"{mark} {t.name:<{width}}  {where:<13} {t.description}{'  [auto]' if t.name == best else ''}"
+                   f"{missing}")
+
+
+@main.command("bundle")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder to write (created if missing).")
+def bundle_cmd(artifact, out_dir):
+    """Pack ARTIFACT with TVM's runtime libraries for its architecture and the C++ runner `kiln-run`: a folder
+    that runs the model on its board without Python."""
+    from .bundle import bundle  # noqa: PLC0415
+
+    made = bundle(artifact, out_dir)
+    for path in made.files:
+        click.echo(f"  {path.name:<24} {path.stat().st_size / 1e6:6.2f} MB")
+    click.echo(f"wrote {made.folder} ({made.size_mb:.1f} MB); on the board: cd {made.folder.name} && {made.command}")
 
 
 @main.command("bench")

@@ -21,7 +21,7 @@ from runtime.bench import Engine, compare_engines
 from runtime.errors import KilnError
 from runtime.tvm_runtime import enable_amx
 
-from . import build, dot_product, frontend, int8, passes, quantization, tuning
+from . import build, cuda, dot_product, frontend, int8, passes, quantization, tuning
 from .dump import KINDS, Dumper
 from .precision import PRECISIONS, lower_bf16
 from .targets import TargetPreset, all_targets, get_target
@@ -79,13 +79,14 @@ def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
                    timings: list[str] | None = None) -> tvm.IRModule:
     """Import LOADED into Relax and simplify it into Kiln's layout (passes.simplify_passes): the float graph
     that quantization works on. TIMINGS: see _run_passes."""
-    return _run_passes(frontend.import_relax(loaded), passes.simplify_passes(layout, preset.vector_lanes_fp32),
-                       "kiln.simplify", preset, timings)
+    return _run_passes(frontend.import_relax(loaded),
+                       passes.simplify_passes(layout, preset.vector_lanes_fp32, preset.device), "kiln.simplify",
+                       preset, timings)
 
 
 def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, timings: list[str] | None = None) -> tvm.IRModule:
     """The simplified graph STAGE as fused TIR kernels, ready to schedule (passes.kernel_passes)."""
-    return _run_passes(stage, passes.kernel_passes(), "kiln.kernels", preset, timings)
+    return _run_passes(stage, passes.kernel_passes(preset.device), "kiln.kernels", preset, timings)
 
 
 def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
@@ -123,7 +124,7 @@ def _build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path |
         log.warning("%s", why_not)
         say(f"warning: {why_not}")
     target = preset.tvm()
-    scheduled, report = build.schedule(fused, database, target, preset.vector_lanes_fp32)
+    scheduled, report = build.schedule(fused, database, target, preset.vector_lanes_fp32, preset.device)
     say(f"scheduled {len(report.tuned) + len(report.default_rule)} of "
         f"{len(report.tuned) + len(report.default_rule) + len(report.unscheduled)} kernels "
         f"({len(report.tuned)} tuned); building for {preset.name}")
@@ -257,10 +258,11 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
                         f"use --precision {' or '.join(PRECISIONS)}, and bf16 without --quantize")
     preset = get_target(target, prefer=dot_product.VNNI.amx_feature if quantize in ("int8", "auto")
                         else dot_product.BF16.amx_feature if precision == "bf16" else None)
+    preset.check_compiler()
     out = Path(output) if output else default_output(model, preset)
     loaded = frontend.load_model(model, input_shapes)
     say(f"importing {model.name} (opset {loaded.opset})")
-    graph = passes.graph_passes(layout, preset.vector_lanes_fp32)
+    graph = passes.graph_passes(layout, preset.vector_lanes_fp32, preset.device)
     tvm_target = preset.tvm()
     dumper = Dumper(dump_dir, dump_kinds)
     say(f"optimizing the graph ({len(graph)} passes)")
@@ -317,11 +319,13 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         target=preset.name,
         tvm_target=dict(preset.tvm_target),
         arch=preset.arch,
+        device=preset.device,
         cpu_features=list(preset.cpu_features),
-        passes=passes.pass_names(passes.simplify_passes(layout))
+        passes=passes.pass_names(passes.simplify_passes(layout, device=preset.device))
         + (["kiln.QuantizeInt8"] if plan and plan.chosen == "int8" else [])
         + (["kiln.ToBF16"] if bf16_counts else [])
-        + passes.pass_names(passes.kernel_passes()) + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
+        + passes.pass_names(passes.kernel_passes(preset.device))
+        + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
         + passes.pass_names(passes.lowering_passes(tvm_target)),
         tuning={"database": str(db_dir) if db_dir and tuning.has_database(db_dir) else None,
                 "records": records,
@@ -336,6 +340,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     )
     with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
         library = build.export(executable, preset, Path(tmp) / "lib.so")
+        if preset.device == "cuda":
+            manifest.extra["device_code"] = cuda.check_device_code(library, preset.tvm_target["arch"])
         manifest.compile_seconds = round(time.perf_counter() - started, 2)
         write_artifact(library, manifest, out)
     say(f"wrote {out}")

@@ -176,14 +176,15 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
     return _pass
 
 
-def graph_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pass]:
+def graph_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:
     """Graph-level passes, from the imported module to fused TIR kernels (the int8 passes, when asked for, run
     between the two halves: see driver.optimize_graph)."""
-    return simplify_passes(layout, lanes) + kernel_passes()
+    return simplify_passes(layout, lanes, device) + kernel_passes(device)
 
 
-def simplify_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform.Pass]:
-    """From the imported module to a simplified float graph in Kiln's layout: the stage quantization works on."""
+def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:
+    """From the imported module to a simplified float graph in Kiln's layout: the stage quantization works on.
+    Channel padding to the vector width is for CPU DEVICEs only."""
     return [
         # Simplify the graph while it is still made of high-level ops.
         relax.transform.FoldConstant(),
@@ -201,15 +202,15 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16) -> list[tvm.transform
         # Weights are transposed once here and folded; only the model's borders get a transpose.
         *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
           if layout == "NHWC" else []),
-        pad_channels(lanes),
-        relax.transform.FoldConstant(),
+        *([pad_channels(lanes), relax.transform.FoldConstant()] if device == "cpu" else []),
     ]
 
 
-def kernel_passes() -> list[tvm.transform.Pass]:
-    """From the simplified graph to fused TIR kernels."""
+def kernel_passes(device: str = "cpu") -> list[tvm.transform.Pass]:
+    """From the simplified graph to fused TIR kernels (weights packed into Kiln's CPU tile layout on CPU DEVICEs;
+    GPU schedules read them as they are)."""
     return [
-        pack_weights,
+        *([pack_weights] if device == "cpu" else []),
         # Lower to TIR and fuse producers with their consumers (sort/scan/sampling ops first, through TVM's
         # CPU dispatch: LegalizeOps leaves them to it).
         relax.backend.DispatchSampling(),
@@ -227,10 +228,14 @@ def kernel_passes() -> list[tvm.transform.Pass]:
 
 
 def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """TVM's own passes from scheduled kernels to VM code (dataflow lowering, memory planning, shape lowering)."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415 - not re-exported by its package
+    """TVM's own passes from scheduled kernels to VM code (dataflow lowering, memory planning, shape lowering),
+    for the CPU or for CUDA (which adds CUDA-graph capture of static regions)."""
+    # not re-exported by their package
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
+    from tvm.relax.backend.cuda import pipeline as cuda  # noqa: PLC0415
 
-    return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+    backend = cuda if target.kind.name == "cuda" else cpu
+    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
 
 
 def pass_names(passes: list[tvm.transform.Pass]) -> list[str]:

@@ -74,6 +74,18 @@ def _spec_text(spec: dict) -> str:
     return f"{spec['name']}: {spec['dtype']}[{'x'.join(map(str, spec['shape'])) or 'scalar'}]"
 
 
+def _runs_on(manifest: dict) -> str:
+    """'aarch64 CPU', or 'CUDA sm_80 GPU (x86_64 host): 1 cubin sm_80' from a manifest."""
+    device = manifest.get("device", "cpu")
+    if device == "cpu":
+        features = manifest["cpu_features"]
+        return f"{manifest['arch']} CPU" + (f" with {', '.join(features)}" if features else "")
+    code = manifest.get("extra", {}).get("device_code", [])
+    kinds = Counter(f"{c['kind']} {c['arch']}" for c in code)
+    return (f"{device.upper()} {manifest['tvm_target'].get('arch', '')} GPU ({manifest['arch']} host), device code: "
+            + (", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"))
+
+
 def to_text(report: dict) -> str:
     """Human-readable form of a describe() report."""
     if report["kind"] == "artifact":
@@ -83,6 +95,7 @@ def to_text(report: dict) -> str:
             f"artifact   {report['path']} ({report['size_bytes'] / 1e6:.1f} MB, format {m['format_version']})",
             f"model      {m['source_model']} (sha256 {m['source_sha256'][:12]})",
             f"target     {m['target']} {json.dumps(m['tvm_target'])}",
+            f"runs on    {_runs_on(m)}",
             f"inputs     {', '.join(map(_spec_text, m['inputs']))}",
             f"outputs    {', '.join(map(_spec_text, m['outputs']))}",
             f"kernels    {k['tuned']} tuned, {k['default_rule']} default rule, {k['unscheduled']} naive",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class TargetPreset:
     export: dict
     vector_lanes_fp32: int
     tuning: dict
+    device: str = "cpu"  # where the kernels run: "cpu", or "cuda" (then arch is the host CPU's)
 
     def tvm(self):
         """The TVM Target object (imports the compiler's TVM)."""
@@ -35,8 +37,18 @@ class TargetPreset:
         return tvm.target.Target(self.tvm_target)
 
     def runs_here(self) -> bool:
-        """True when this machine can run code built for this preset."""
-        return self.arch == platform.machine() and set(self.cpu_features) <= host_cpu_features()
+        """True when this machine's CPU can run code built for this CPU preset (GPU presets: False)."""
+        return (self.device == "cpu" and self.arch == platform.machine()
+                and set(self.cpu_features) <= host_cpu_features())
+
+    def check_compiler(self) -> None:
+        """A clear error when the (cross) compiler that links this preset's libraries is not installed."""
+        cc = self.export.get("cc", "g++")
+        if shutil.which(cc) is None:
+            package = self.export.get("debian_package")
+            how = (f"install it: apt-get install {package} (`make setup` does, as root)" if package
+                   else "install a C++ compiler")
+            raise KilnError(f"target {self.name} links with {cc}, which is not installed", how)
 
 
 def _load(path: Path) -> TargetPreset:
@@ -56,6 +68,7 @@ def _load(path: Path) -> TargetPreset:
         export=data["export"],
         vector_lanes_fp32=int(data.get("vector_lanes_fp32", 4)),
         tuning=data.get("tuning", {}),
+        device=data.get("device", "cpu"),
     )
 
 

@@ -57,6 +57,7 @@ class Manifest:
     library_sha256: str = ""
     format_version: int = FORMAT_VERSION
     compile_seconds: float = 0.0
+    device: str = "cpu"  # where the kernels run: "cpu" or "cuda" (arch is then the host CPU's)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -165,8 +166,9 @@ def verify(path: str | Path) -> Manifest:
     host = platform.machine()
     if elf_arch != host:
         raise KilnError(
-            f"{path} was built for {elf_arch} (target {manifest.target}) and cannot run on this {host} machine",
-            "compile the model for a target of this machine (see `kiln targets`)",
+            f"{path} was built for {elf_arch} (target {manifest.target}), this host is {host}",
+            f"run it on {elf_arch} hardware (`kiln bundle` packs it with a runtime), or compile for a target of "
+            "this machine (see `kiln targets`)",
         )
     missing = sorted(set(manifest.cpu_features) - host_cpu_features())
     if missing and host_cpu_features():

@@ -10,19 +10,21 @@ import numpy as np
 
 from .artifact import Manifest, TensorSpec, verify
 from .errors import KilnError
-from .tvm_runtime import enable_amx, set_num_threads, tvm_runtime
+from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime
 
 _KDL_CPU = 1
+_KDL_CUDA = 2
 _POOLED_ALLOCATOR = 2
 
 
 class Model:
     """A loaded artifact. `run({name: array}) -> {name: array}`; `model(*arrays)` returns one array per output."""
 
-    def __init__(self, path: Path, manifest: Manifest, library, vm):
+    def __init__(self, path: Path, manifest: Manifest, library, vm, device=None):
         self.path = path
         self.manifest = manifest
         self.library = library
+        self.device = device if device is not None else tvm_runtime().cpu()
         self._vm = vm
         self._main = vm["main"]
 
@@ -58,7 +60,7 @@ class Model:
     def _execute(self, arrays: list) -> dict[str, np.ndarray]:
         tvm = tvm_runtime()
         checked = check_inputs(self.inputs, arrays)
-        result = self._main(*[tvm.runtime.tensor(a) for a in checked])
+        result = self._main(*[tvm.runtime.tensor(a, device=self.device) for a in checked])
         values = [result] if hasattr(result, "numpy") else list(result)
         return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
 
@@ -124,6 +126,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     tvm = tvm_runtime()
     if "amx_tile" in manifest.cpu_features:
         enable_amx()
+    device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
     set_num_threads(threads)
     try:
         lib = tvm.runtime.load_module(str(_loadable_path(path, manifest.library_sha256)))
@@ -131,5 +134,23 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     except Exception as err:  # TVM raises its own error types; name them in one line
         raise KilnError(f"{path}: the library could not be loaded ({type(err).__name__}: {err})".splitlines()[0],
                         "rebuild it with `kiln compile` for this machine") from None
-    vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
-    return Model(path, manifest, lib, vm)
+    if manifest.device == "cuda":  # kernels on the GPU, shape computations on the host
+        vm["vm_initialization"](_KDL_CUDA, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
+    else:
+        vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
+    return Model(path, manifest, lib, vm, device)
+
+
+def _gpu(path: Path, manifest: Manifest):
+    """The CUDA device a CUDA artifact runs on; a KilnError when this machine has none."""
+    arch = manifest.tvm_target.get("arch", "?")
+    try:
+        load_cuda_runtime()
+    except KilnError as err:
+        raise KilnError(f"{path} was built for CUDA {arch} (target {manifest.target}): {err.message}",
+                        err.hint) from None
+    gpu = tvm_runtime().cuda(0)
+    if not gpu.exist:
+        raise KilnError(f"{path} was built for CUDA {arch} (target {manifest.target}), this host has no CUDA GPU",
+                        "run it on a machine with an NVIDIA GPU, or compile for a CPU target (see `kiln targets`)")
+    return gpu

@@ -26,6 +26,27 @@ def tvm_runtime():
     return _tvm
 
 
+def load_cuda_runtime() -> None:
+    """Load TVM's CUDA runtime library (it registers the CUDA device and the loader of CUDA kernels); TVM's
+    runtime-only import leaves it out. Raises KilnError when the NVIDIA driver or CUDA runtime it links is missing."""
+    tvm = tvm_runtime()
+    loaded = tvm.base._LOADED_LIBS
+    if "tvm_runtime_cuda" in loaded:
+        return
+    import ctypes  # noqa: PLC0415 - only CUDA artifacts need it
+    from pathlib import Path  # noqa: PLC0415
+
+    from .errors import KilnError  # noqa: PLC0415
+
+    library = Path(loaded["tvm_runtime"]._name).resolve().parent / "libtvm_runtime_cuda.so"
+    try:
+        loaded["tvm_runtime_cuda"] = ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    except OSError as err:
+        raise KilnError(f"TVM's CUDA runtime cannot load ({err})".splitlines()[0],
+                        "CUDA artifacts need an NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime "
+                        "(libcudart.so.13, `pip install nvidia-cuda-runtime`)") from None
+
+
 def usable_cpus() -> list[int]:
     """The CPUs this process may run on."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))

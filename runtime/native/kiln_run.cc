@@ -1,0 +1,272 @@
+// kiln-run: run a Kiln artifact without Python. Links only TVM's runtime (libtvm_runtime.so, libtvm_ffi.so), so the
+// same source builds for the machine the artifact targets (e.g. aarch64 for a Raspberry Pi) and is what an edge
+// application embeds.
+//
+//   kiln-run MODEL.so [-i INPUT.npy ...] [-o OUTDIR] [--repeat N]
+//
+// Inputs are .npy files in the order of the manifest's inputs (zeros when none are given); each output is written
+// as OUTDIR/NAME.npy. With --repeat N the model runs N more times and the median latency is printed.
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ffi = tvm::ffi;
+
+namespace {
+
+constexpr char kMagic[] = "KILNMF01";  // the artifact trailer: [library][manifest JSON][u64 length][magic]
+constexpr int kDeviceCPU = 1;
+constexpr int kPooledAllocator = 2;
+
+struct Spec {
+  std::string name, dtype;
+  std::vector<int64_t> shape;  // -1 for a symbolic dimension
+};
+
+struct Manifest {
+  std::vector<Spec> inputs, outputs;
+  std::string target, arch;
+};
+
+struct CPUAlloc {
+  void AllocData(DLTensor* t) { t->data = std::malloc(std::max<size_t>(ffi::GetDataSize(*t), 1)); }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+[[noreturn]] void Fail(const std::string& problem, const std::string& fix) {
+  throw std::runtime_error(problem + " (" + fix + ")");
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) Fail("cannot read " + path, "check the path");
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+std::vector<Spec> ReadSpecs(const ffi::json::Array& list) {
+  std::vector<Spec> specs;
+  for (const ffi::Any& item : list) {
+    auto obj = item.cast<ffi::json::Object>();
+    Spec spec{obj["name"].cast<ffi::String>(), obj["dtype"].cast<ffi::String>(), {}};
+    for (const ffi::Any& dim : obj["shape"].cast<ffi::json::Array>()) {
+      auto size = dim.try_cast<int64_t>();
+      spec.shape.push_back(size.has_value() ? *size : -1);
+    }
+    specs.push_back(spec);
+  }
+  return specs;
+}
+
+Manifest ReadManifest(const std::string& artifact) {
+  const size_t trailer = 16;
+  if (artifact.size() < trailer || artifact.compare(artifact.size() - 8, 8, kMagic) != 0)
+    Fail("not a Kiln artifact (no manifest)", "build one with `kiln compile`");
+  uint64_t length;
+  std::memcpy(&length, artifact.data() + artifact.size() - trailer, sizeof(length));
+  if (length > artifact.size() - trailer) Fail("damaged artifact trailer", "rebuild it with `kiln compile`");
+  ffi::String error;
+  ffi::json::Value parsed =
+      ffi::json::Parse(artifact.substr(artifact.size() - trailer - length, length), &error);
+  if (!error.empty()) Fail("damaged manifest: " + std::string(error), "rebuild it with `kiln compile`");
+  auto obj = parsed.cast<ffi::json::Object>();
+  return {ReadSpecs(obj["inputs"].cast<ffi::json::Array>()), ReadSpecs(obj["outputs"].cast<ffi::json::Array>()),
+          obj["target"].cast<ffi::String>(), obj["arch"].cast<ffi::String>()};
+}
+
+// numpy dtype string <-> DLPack dtype, for the dtypes Kiln models take and return.
+struct DType {
+  const char* numpy;
+  const char* name;
+  DLDataType dl;
+};
+const DType kDTypes[] = {
+    {"<f4", "float32", {kDLFloat, 32, 1}}, {"<f2", "float16", {kDLFloat, 16, 1}},
+    {"<f8", "float64", {kDLFloat, 64, 1}}, {"|i1", "int8", {kDLInt, 8, 1}},
+    {"|u1", "uint8", {kDLUInt, 8, 1}},     {"<i4", "int32", {kDLInt, 32, 1}},
+    {"<i8", "int64", {kDLInt, 64, 1}},     {"|b1", "bool", {kDLBool, 8, 1}},
+};
+
+const DType& ByName(const std::string& name) {
+  for (const DType& d : kDTypes)
+    if (name == d.name) return d;
+  Fail("dtype " + name + " is not supported by kiln-run", "use the Python runtime");
+}
+
+const DType& ByDL(DLDataType dl) {
+  for (const DType& d : kDTypes)
+    if (d.dl.code == dl.code && d.dl.bits == dl.bits) return d;
+  Fail("an output dtype is not supported by kiln-run", "use the Python runtime");
+}
+
+std::string HeaderValue(const std::string& header, const std::string& key) {
+  size_t at = header.find("'" + key + "':");
+  if (at == std::string::npos) Fail(".npy header has no " + key, "write the file with numpy.save");
+  at = header.find_first_not_of(' ', at + key.size() + 3);
+  size_t end = header[at] == '(' ? header.find(')', at) + 1 : header.find_first_of(",}", at);
+  return header.substr(at, end - at);
+}
+
+ffi::Tensor LoadNpy(const std::string& path, const Spec& spec) {
+  std::string data = ReadFile(path);
+  if (data.size() < 10 || data.compare(0, 6, "\x93NUMPY") != 0) Fail(path + " is not a .npy file", "use numpy.save");
+  size_t header_len, offset;
+  if (data[6] == 1) {
+    header_len = static_cast<uint8_t>(data[8]) | (static_cast<uint8_t>(data[9]) << 8);
+    offset = 10;
+  } else {
+    uint32_t len;
+    std::memcpy(&len, data.data() + 8, 4);
+    header_len = len;
+    offset = 12;
+  }
+  std::string header = data.substr(offset, header_len);
+  std::string descr = HeaderValue(header, "descr");
+  descr = descr.substr(1, descr.size() - 2);
+  if (HeaderValue(header, "fortran_order") != "False") Fail(path + " is Fortran-ordered", "save a C-ordered array");
+  std::string dims = HeaderValue(header, "shape");
+  std::vector<int64_t> shape;
+  for (size_t i = 1; i < dims.size();) {
+    size_t next;
+    long long value = std::strtoll(dims.c_str() + i, nullptr, 10);
+    next = dims.find(',', i);
+    if (dims.find_first_of("0123456789", i) < std::min(next, dims.size() - 1)) shape.push_back(value);
+    if (next == std::string::npos) break;
+    i = next + 1;
+  }
+  const DType& dtype = ByName(spec.dtype);
+  if (descr != dtype.numpy) Fail("input '" + spec.name + "' in " + path + " has dtype " + descr, "expected " + spec.dtype);
+  bool ok = shape.size() == spec.shape.size();
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = spec.shape[i] < 0 || spec.shape[i] == shape[i];
+  if (!ok) Fail("input '" + spec.name + "' in " + path + " has the wrong shape", "see `kiln inspect` for its shape");
+  ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(shape.data(), shape.size()), dtype.dl,
+                                                DLDevice{kDLCPU, 0});
+  size_t bytes = ffi::GetDataSize(*tensor.GetDLTensorPtr());
+  if (data.size() - offset - header_len != bytes) Fail(path + " is truncated", "write it again with numpy.save");
+  std::memcpy(tensor.data_ptr(), data.data() + offset + header_len, bytes);
+  return tensor;
+}
+
+ffi::Tensor Zeros(const Spec& spec) {
+  std::vector<int64_t> shape;
+  for (int64_t d : spec.shape) {
+    if (d < 0) Fail("input '" + spec.name + "' has symbolic dimensions", "pass it with -i FILE.npy");
+    shape.push_back(d);
+  }
+  ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(shape.data(), shape.size()),
+                                                ByName(spec.dtype).dl, DLDevice{kDLCPU, 0});
+  std::memset(tensor.data_ptr(), 0, ffi::GetDataSize(*tensor.GetDLTensorPtr()));
+  return tensor;
+}
+
+void SaveNpy(const std::string& path, const ffi::Tensor& tensor) {
+  const DLTensor* t = tensor.GetDLTensorPtr();
+  std::string shape = "(";
+  for (int i = 0; i < t->ndim; ++i) shape += std::to_string(t->shape[i]) + (t->ndim == 1 ? "," : i + 1 < t->ndim ? ", " : "");
+  shape += ")";
+  std::string header = "{'descr': '" + std::string(ByDL(t->dtype).numpy) + "', 'fortran_order': False, 'shape': " +
+                       shape + ", }";
+  header.append(63 - (10 + header.size()) % 64, ' ');  // numpy pads the header to a multiple of 64 bytes
+  header += '\n';
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    uint16_t len = static_cast<uint16_t>(header.size());
+    f.write("\x93NUMPY\x01\x00", 8);
+    f.write(reinterpret_cast<const char*>(&len), 2);
+    f << header;
+    f.write(static_cast<const char*>(t->data), static_cast<std::streamsize>(ffi::GetDataSize(*t)));
+    if (!f) Fail("cannot write " + tmp, "check the output folder");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) Fail("cannot write " + path, "check the output folder");
+}
+
+std::vector<ffi::Tensor> Outputs(const ffi::Any& result) {
+  if (auto tensor = result.try_cast<ffi::Tensor>()) return {*tensor};
+  std::vector<ffi::Tensor> out;
+  for (const ffi::Any& item : result.cast<ffi::Array<ffi::Any>>()) out.push_back(item.cast<ffi::Tensor>());
+  return out;
+}
+
+int Run(int argc, char** argv) {
+  std::string model, outdir;
+  std::vector<std::string> inputs;
+  int repeat = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if ((arg == "-i" || arg == "-o" || arg == "--repeat") && i + 1 >= argc) Fail(arg + " needs a value", "see --help");
+    if (arg == "-i") inputs.push_back(argv[++i]);
+    else if (arg == "-o") outdir = argv[++i];
+    else if (arg == "--repeat") repeat = std::atoi(argv[++i]);
+    else if (arg == "-h" || arg == "--help") {
+      std::cout << "usage: kiln-run MODEL.so [-i INPUT.npy ...] [-o OUTDIR] [--repeat N]\n";
+      return 0;
+    } else if (model.empty()) model = arg;
+    else Fail("unexpected argument " + arg, "see --help");
+  }
+  if (model.empty()) Fail("no model given", "usage: kiln-run MODEL.so [-i INPUT.npy ...] [-o OUTDIR]");
+  Manifest manifest = ReadManifest(ReadFile(model));
+  if (!inputs.empty() && inputs.size() != manifest.inputs.size())
+    Fail("the model takes " + std::to_string(manifest.inputs.size()) + " input(s), got " +
+             std::to_string(inputs.size()), "pass one -i FILE.npy per input, in manifest order");
+  std::vector<ffi::Tensor> tensors;
+  for (size_t i = 0; i < manifest.inputs.size(); ++i)
+    tensors.push_back(inputs.empty() ? Zeros(manifest.inputs[i]) : LoadNpy(inputs[i], manifest.inputs[i]));
+  std::vector<ffi::AnyView> args(tensors.begin(), tensors.end());
+
+  // dlopen() searches the library path for a name without a slash: make it a path.
+  ffi::Module library = ffi::Module::LoadFromFile(model.find('/') == std::string::npos ? "./" + model : model);
+  ffi::Module vm = library->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
+  vm->GetFunction("vm_initialization").value()(kDeviceCPU, 0, kPooledAllocator);
+  ffi::Function main_fn = vm->GetFunction("main").value();
+  ffi::Any result;
+  main_fn.CallPacked(args.data(), static_cast<int>(args.size()), &result);
+  std::vector<ffi::Tensor> outputs = Outputs(result);
+
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const std::string name = i < manifest.outputs.size() ? manifest.outputs[i].name : "output_" + std::to_string(i);
+    if (!outdir.empty()) SaveNpy(outdir + "/" + name + ".npy", outputs[i]);
+    std::cout << name << ": " << ByDL(outputs[i].dtype()).name << "[";
+    for (int d = 0; d < outputs[i].ndim(); ++d) std::cout << (d ? "x" : "") << outputs[i].shape()[d];
+    std::cout << "]\n";
+  }
+  if (repeat > 0) {
+    std::vector<double> ms;
+    for (int r = 0; r < repeat; ++r) {
+      auto start = std::chrono::steady_clock::now();
+      main_fn.CallPacked(args.data(), static_cast<int>(args.size()), &result);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    std::cout << "median " << ms[ms.size() / 2] << " ms over " << repeat << " runs (target " << manifest.target
+              << ")\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& err) {
+    std::cerr << "error: " << err.what() << "\n";
+    return 1;
+  }
+}
