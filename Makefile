@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup demo test test-fast bench bench-quick tune-zoo clean
+.PHONY: all setup cross-tools demo test test-fast bench bench-quick tune-zoo clean
 
 all: setup
 
@@ -17,6 +17,18 @@ $(BIN)/kiln: pyproject.toml
 
 setup: $(BIN)/kiln
 
+# The Debian packages the ARM tests need: the aarch64 cross compiler (links ARM artifacts and kiln-run) and qemu
+# (runs them here). Installed with apt-get when run as root (as CI is); otherwise those tests skip and say why.
+cross-tools:
+	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64-static >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing g++-aarch64-linux-gnu and qemu-user-static (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			g++-aarch64-linux-gnu qemu-user-static >/dev/null; \
+	else \
+		echo "note: g++-aarch64-linux-gnu / qemu-user-static are missing and apt-get needs root: ARM tests will skip"; \
+	fi
+
 $(DEMO_MODEL): benchmarks/zoo.py | setup
 	$(BIN)/python -m benchmarks.zoo resnet18 -o $@
 
@@ -24,10 +36,10 @@ demo: setup $(DEMO_MODEL)
 	$(BIN)/kiln compile $(DEMO_MODEL) --target auto --input-shape input=1x3x224x224 -o $(MODELS)/resnet18.so
 	$(BIN)/kiln bench $(MODELS)/resnet18.so --model $(DEMO_MODEL) --threads 2 --repeat 10
 
-test: setup
+test: setup cross-tools
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup cross-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every benchmark model against ONNX Runtime and OpenVINO: benchmarks/RESULTS.md and its plots (about 20 minutes).

@@ -97,10 +97,10 @@ def build_runner(preset: TargetPreset, libraries: list[Path], out: Path) -> Path
     beside the binary at run time)."""
     preset.check_compiler()
     include = _installed("libtvm_ffi.so").parent.parent / "include"
-    lib_dir = libraries[0].parent
+    lib_dirs = [f"-L{d}" for d in dict.fromkeys(lib.parent for lib in libraries)]
     with atomic_path(out) as tmp:
         command = [preset.export.get("cc", "g++"), "-O2", "-std=c++17", f"-I{include}", "-o", str(tmp),
-                   str(RUNNER_SOURCE), f"-L{lib_dir}", "-Wl,--no-as-needed", "-l:libtvm_runtime.so",
+                   str(RUNNER_SOURCE), *lib_dirs, "-Wl,--no-as-needed", "-l:libtvm_runtime.so",
                    "-l:libtvm_ffi.so", "-Wl,-rpath,$ORIGIN"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

@@ -12,6 +12,7 @@ kiln_tuning.json): a killed tune loses at most the batch in flight and the next 
 from __future__ import annotations
 
 import logging
+import platform
 import signal
 import tempfile
 import threading
@@ -330,6 +331,15 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
         raise KilnError(f"--minutes must be positive, got {minutes}", "e.g. --minutes 30")
     say = report or (lambda _summary, _message: None)
     preset = get_target(target)
+    if preset.device != "cpu":
+        raise KilnError(f"kiln tune searches CPU kernels only; {preset.name} runs on {preset.device}",
+                        "compile it with the default GPU schedules (dlight), or tune a CPU target")
+    if rpc is None and not preset.runs_here():
+        raise KilnError(f"target {preset.name} ({preset.arch}) cannot run on this {platform.machine()} machine, so "
+                        "its candidates cannot be timed here",
+                        f"measure on the board through a TVM RPC tracker: --rpc HOST:PORT --key "
+                        f"{preset.tuning.get('rpc_key', preset.name)}")
+    preset.check_compiler()
     folder = Path(log_dir) if log_dir else tuning.database_dir(preset.name)
     with tuning.writer_lock(folder):  # held from the start, so a second tune fails before any work
         threads = threads or len(usable_cpus())

@@ -29,13 +29,13 @@ class KernelTime:
         return self.calls * self.ms_per_call
 
 
-def _arg(spec: dict, dims: dict[str, int], rng: np.random.Generator):
+def _arg(spec: dict, dims: dict[str, int], rng: np.random.Generator, device):
     # Not runtime.bench.random_inputs: an integer argument of a kernel may be an index into another argument,
     # so integers stay 0 or 1 here, always in bounds.
     shape = [d if isinstance(d, int) else dims.get(d, 1) for d in spec["shape"]]
     dtype = np.dtype(spec["dtype"])
     data = rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)
-    return tvm_runtime().runtime.tensor(np.asarray(data).astype(dtype))
+    return tvm_runtime().runtime.tensor(np.asarray(data).astype(dtype), device=device)
 
 
 def profile_kernels(model, dims: dict[str, int] | None = None, repeat: int = 10) -> list[KernelTime]:
@@ -43,15 +43,14 @@ def profile_kernels(model, dims: dict[str, int] | None = None, repeat: int = 10)
     calls = model.manifest.kernels.get("calls")
     if not calls:
         raise KilnError(f"{model.path} records no kernel calls", "recompile it with this version of Kiln")
-    tvm = tvm_runtime()
     library = model.library.imports[0] if model.library.imports else model.library
     counts = Counter(call["kernel"] for call in calls)
     first = {call["kernel"]: call for call in reversed(calls)}
     rng = np.random.default_rng(0)
     times = []
     for kernel, call in first.items():
-        args = [_arg(spec, dims or {}, rng) for spec in call["args"]]
-        timer = library.time_evaluator(kernel, tvm.cpu(), number=repeat, repeat=3)
+        args = [_arg(spec, dims or {}, rng, model.device) for spec in call["args"]]
+        timer = library.time_evaluator(kernel, model.device, number=repeat, repeat=3)
         times.append(KernelTime(kernel, counts[kernel], timer(*args).median * 1e3))
     total = sum(t.ms_per_run for t in times) or 1.0
     for t in times:

@@ -241,7 +241,9 @@ int Run(int argc, char** argv) {
 
   for (size_t i = 0; i < outputs.size(); ++i) {
     const std::string name = i < manifest.outputs.size() ? manifest.outputs[i].name : "output_" + std::to_string(i);
-    if (!outdir.empty()) SaveNpy(outdir + "/" + name + ".npy", outputs[i]);
+    std::string file = name;
+    std::replace(file.begin(), file.end(), '/', '_');  // ONNX names may hold slashes
+    if (!outdir.empty()) SaveNpy(outdir + "/" + file + ".npy", outputs[i]);
     std::cout << name << ": " << ByDL(outputs[i].dtype()).name << "[";
     for (int d = 0; d < outputs[i].ndim(); ++d) std::cout << (d ? "x" : "") << outputs[i].shape()[d];
     std::cout << "]\n";
