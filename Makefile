@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo test test-fast bench bench-quick tune-zoo clean
+.PHONY: all setup cross-tools demo demo-rpi4 test test-fast bench bench-quick tune-zoo clean
 
 all: setup
 
@@ -35,6 +35,12 @@ $(DEMO_MODEL): benchmarks/zoo.py | setup
 demo: setup $(DEMO_MODEL)
 	$(BIN)/kiln compile $(DEMO_MODEL) --target auto --input-shape input=1x3x224x224 -o $(MODELS)/resnet18.so
 	$(BIN)/kiln bench $(MODELS)/resnet18.so --model $(DEMO_MODEL) --threads 2 --repeat 10
+
+# The demo model for a Raspberry Pi 4: compiled here, bundled with the aarch64 runtime, run under qemu.
+demo-rpi4: setup cross-tools $(DEMO_MODEL)
+	$(BIN)/kiln compile $(DEMO_MODEL) --target rpi4 --input-shape input=1x3x224x224 -o $(MODELS)/resnet18.rpi4.so
+	$(BIN)/kiln bundle $(MODELS)/resnet18.rpi4.so -o $(MODELS)/rpi4
+	cd $(MODELS)/rpi4 && qemu-aarch64-static -L /usr/aarch64-linux-gnu ./kiln-run resnet18.rpi4.so --repeat 1
 
 test: setup cross-tools
 	$(BIN)/python -m pytest -q

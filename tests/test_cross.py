@@ -3,6 +3,7 @@ C++ runner `kiln-run` that drives an artifact without Python."""
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import struct
@@ -132,6 +133,19 @@ def test_arm_artifact_runs_under_qemu_and_matches_onnxruntime(target, build, tmp
     assert ok, f"the aarch64 artifact under qemu differs from ONNX Runtime: max abs error {error}"
 
 
+@needs_cross_gcc
+@needs_qemu
+def test_demo_model_for_rpi4_runs_under_qemu_and_matches_onnxruntime(tmp_path):
+    path = save(resnet(), tmp_path, "resnet18")  # the model `make demo` compiles, full size
+    artifact = compiler.compile(path, target="rpi4", output=tmp_path / "resnet18.rpi4.so",
+                                input_shapes={"input": [1, 3, 224, 224]})
+    made = bundle(artifact.path, tmp_path / "pi")
+    feeds = random_inputs(artifact.manifest.inputs)
+    ours = _run_bundle(made.folder, artifact.path, feeds, emulate=True)
+    ok, error = outputs_match(_onnxruntime(path, feeds), ours, rtol=1e-3, atol=1e-3)
+    assert ok, f"ResNet-18 for rpi4 under qemu differs from ONNX Runtime: max abs error {error}"
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build kiln-run")
 def test_kiln_run_on_this_machine_matches_and_rejects_bad_input(tmp_path):
     path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
@@ -161,12 +175,15 @@ def test_bundle_refuses_cuda_artifacts_clearly(tmp_path):
 
 
 @needs_nvcc
-@pytest.mark.parametrize("target", ["cuda-sm80", "jetson-orin"])
-def test_cuda_artifact_holds_device_code_for_its_architecture(target, tmp_path):
+@pytest.mark.parametrize("target, build", [
+    ("cuda-sm80", lambda: resnet()),  # the demo model, full size
+    ("jetson-orin", lambda: resnet((1, 1), width=8, size=16, classes=4)),
+], ids=["cuda-sm80-resnet18", "jetson-orin-small"])
+def test_cuda_artifact_holds_device_code_for_its_architecture(target, build, tmp_path):
     preset = get_target(target)
     if shutil.which(preset.export["cc"]) is None:
         pytest.skip(f"{preset.export['cc']} missing (the host compiler of {target})")
-    path = save(resnet((1, 1), width=8, size=16, classes=4), tmp_path)
+    path = save(build(), tmp_path)
     artifact = compiler.compile(path, target=target, output=tmp_path / "m.so")
     library, manifest = split_artifact(artifact.path)
     arch = preset.tvm_target["arch"]
@@ -227,3 +244,55 @@ def test_cuda_artifact_without_a_gpu_fails_clearly(tmp_path):
     fake = runtime.artifact.write_artifact(tmp_path / "lib.so", manifest, tmp_path / "gpu.so")
     with pytest.raises(KilnError, match=r"built for CUDA sm_80 \(target cuda-sm80\)"):
         runtime.load(fake)
+
+
+def _kiln(*args):
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from compiler.cli import main  # noqa: PLC0415
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_targets_cli_shows_architecture_device_and_compiler():
+    listed = {t["name"]: t for t in json.loads(_kiln("targets", "--json").output)}
+    assert (listed["rpi4"]["arch"], listed["rpi4"]["device"], listed["rpi4"]["compiler"]) == (
+        "aarch64", "cpu", "aarch64-linux-gnu-g++")
+    assert (listed["cuda-sm86"]["arch"], listed["cuda-sm86"]["device"]) == ("x86_64", "cuda")
+    assert not listed["rpi4"]["runs_here"] and not listed["cuda-sm86"]["runs_here"]
+    text = _kiln("targets").output
+    assert "aarch64+cuda" in text and "x86_64+cuda" in text
+
+
+@needs_cross_gcc
+def test_compile_inspect_and_bundle_from_the_command_line(tmp_path):
+    path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
+    art = tmp_path / "m.rpi5.so"
+    result = _kiln("compile", path, "--target", "rpi5", "-o", art)
+    assert result.exit_code == 0, result.output
+    shown = _kiln("inspect", art).output
+    assert "target     rpi5" in shown and "runs on    aarch64 CPU with asimd, asimddp" in shown
+    result = _kiln("bundle", art, "-o", tmp_path / "pi")
+    assert result.exit_code == 0, result.output
+    assert "kiln-run" in result.output and "libtvm_runtime.so" in result.output
+    assert (tmp_path / "pi" / "kiln-run").stat().st_mode & 0o111  # executable
+    result = _kiln("run", art, "--random")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("error: ")
+    assert "built for aarch64 (target rpi5), this host is" in result.output and "Traceback" not in result.output
+
+
+def test_tune_refuses_targets_it_cannot_time_here(tmp_path):
+    path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
+    result = _kiln("tune", path, "--target", "rpi4", "--trials", 4, "--log", tmp_path / "log",
+                   "--input-shape", "input=1x3x16x16")
+    assert result.exit_code == 1 and "--rpc HOST:PORT --key rpi4" in result.output
+    result = _kiln("tune", path, "--target", "cuda-sm80", "--trials", 4, "--log", tmp_path / "log",
+                   "--input-shape", "input=1x3x16x16")
+    assert result.exit_code == 1 and "kiln tune searches CPU kernels only; cuda-sm80 runs on cuda" in result.output
+
+
+def test_quantizing_for_an_arm_target_names_the_missing_instruction(tmp_path):
+    path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
+    with pytest.raises(KilnError, match="target rpi5 has no int8 dot-product instruction"):
+        compiler.compile(path, target="rpi5", output=tmp_path / "m.so", quantize="int8")
