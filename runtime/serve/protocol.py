@@ -1,0 +1,160 @@
+"""The KServe v2 / Open Inference Protocol over HTTP/JSON: requests to numpy, numpy to responses.
+
+Spec: https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/ (REST), with the binary tensor
+data extension (https://github.com/triton-inference-server/server/blob/main/docs/protocol/extension_binary_data.md):
+a request or response body is a JSON header of `Inference-Header-Content-Length` bytes followed by the raw tensors,
+in order, of the inputs / outputs whose parameters give a `binary_data_size`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..artifact import TensorSpec
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Protocol datatype <-> numpy dtype name. BYTES (strings) is not a tensor type any Kiln model takes.
+DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+             "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+             "FP32": "float32", "FP64": "float64"}
+DTYPES = {v: k for k, v in DATATYPES.items()}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses: STATUS (HTTP code) and a message for the client, without internals."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def tensor_metadata(spec: TensorSpec) -> dict:
+    """A model input/output as the metadata endpoint shows it: symbolic dims are -1."""
+    return {"name": spec.name, "datatype": DTYPES.get(spec.dtype, spec.dtype.upper()),
+            "shape": [d if isinstance(d, int) else -1 for d in spec.shape]}
+
+
+@dataclass
+class InferRequest:
+    """A parsed infer request: inputs by name as numpy arrays, and how each output should come back."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None  # None: every output
+    binary_outputs: set[str] = field(default_factory=set)
+    parameters: dict = field(default_factory=dict)
+
+
+def _loads(text: bytes) -> dict:
+    try:
+        body = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(400, f"the request body is not valid JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(400, "the request body must be a JSON object")
+    return body
+
+
+def _array(item: dict, binary: bytes | None) -> np.ndarray:
+    name = item.get("name")
+    datatype, shape = item.get("datatype"), item.get("shape")
+    if not isinstance(name, str) or datatype is None or not isinstance(shape, list):
+        raise ProtocolError(400, "each input needs 'name', 'datatype' and 'shape'")
+    if datatype not in DATATYPES:
+        raise ProtocolError(400, f"input '{name}': datatype {datatype} is not supported "
+                                 f"(use one of {', '.join(DATATYPES)})")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(400, f"input '{name}': shape must be a list of non-negative integers")
+    dtype = np.dtype(DATATYPES[datatype])
+    count = int(np.prod(shape, dtype=np.int64))
+    if binary is not None:
+        if len(binary) != count * dtype.itemsize:
+            raise ProtocolError(400, f"input '{name}': {len(binary)} bytes of binary data for shape {shape} "
+                                     f"{datatype} ({count * dtype.itemsize} expected)")
+        return np.frombuffer(binary, dtype=dtype).reshape(shape)
+    if "data" not in item:
+        raise ProtocolError(400, f"input '{name}' has no 'data' (and no binary_data_size)")
+    try:
+        array = np.asarray(item["data"], dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise ProtocolError(400, f"input '{name}': data does not convert to {datatype}") from None
+    if array.size != count:
+        raise ProtocolError(400, f"input '{name}': {array.size} values for shape {shape} ({count} expected)")
+    return array.reshape(shape)
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors when HEADER_LENGTH is given)."""
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise ProtocolError(400, f"{HEADER_LENGTH} is not an integer") from None
+        if not 0 < split <= len(body):
+            raise ProtocolError(400, f"{HEADER_LENGTH} {split} does not fit a body of {len(body)} bytes")
+        header, tail = _loads(body[:split]), memoryview(body)[split:]
+    else:
+        header, tail = _loads(body), memoryview(b"")
+    items = header.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise ProtocolError(400, "the request has no 'inputs' list")
+    inputs, offset = {}, 0
+    for item in items:
+        if not isinstance(item, dict):
+            raise ProtocolError(400, "each input must be a JSON object")
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        binary = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise ProtocolError(400, f"input '{item.get('name')}': binary data is truncated "
+                                         f"(binary_data_size {size}, {len(tail) - offset} bytes left)")
+            binary = bytes(tail[offset:offset + size])
+            offset += size
+        array = _array(item, binary)
+        if item["name"] in inputs:
+            raise ProtocolError(400, f"input '{item['name']}' is given twice")
+        inputs[item["name"]] = array
+    if offset != len(tail):
+        raise ProtocolError(400, f"{len(tail) - offset} bytes of binary data follow the inputs unused")
+    parameters = header.get("parameters") or {}
+    wanted = header.get("outputs")
+    outputs, binary_outputs = None, set()
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                   for o in wanted):
+            raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
+        outputs = [o["name"] for o in wanted]
+        binary_outputs = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data")}
+    request_id = header.get("id")
+    return InferRequest(str(request_id) if request_id is not None else None, inputs, outputs, binary_outputs,
+                        parameters if isinstance(parameters, dict) else {})
+
+
+def infer_response(model: str, version: str, request: InferRequest, results: dict[str, np.ndarray]
+                   ) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the response to REQUEST: the requested outputs, binary where the client asked for it
+    (per output, or all with the request parameter binary_data_output)."""
+    names = request.outputs if request.outputs is not None else list(results)
+    binary_all = bool(request.parameters.get("binary_data_output"))
+    outputs, blobs = [], []
+    for name in names:
+        array = np.ascontiguousarray(results[name])
+        entry = {"name": name, "datatype": DTYPES[str(array.dtype)], "shape": list(array.shape)}
+        if binary_all or name in request.binary_outputs:
+            blob = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    body = {"model_name": model, "model_version": version, "outputs": outputs}
+    if request.id is not None:
+        body["id"] = request.id
+    header = json.dumps(body).encode()
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}

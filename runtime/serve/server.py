@@ -1,0 +1,366 @@
+"""`kiln serve`: a tornado server speaking the KServe v2 protocol over a Repository of artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from .. import __version__
+from ..errors import KilnError
+from ..model import check_inputs
+from ..tvm_runtime import usable_cpus
+from .metrics import ServerMetrics
+from .protocol import HEADER_LENGTH, ProtocolError, infer_response, parse_infer, tensor_metadata
+from .repository import READY, Repository
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    """How the server runs; the defaults are `kiln serve`'s."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int | None = None  # TVM worker threads per run (None: every usable CPU)
+    max_batch: int = 1
+    batch_timeout_ms: float = 2.0
+    max_queue: int = 64  # requests waiting per model version before 503
+    max_body_mb: float = 64.0
+    request_timeout_s: float = 30.0
+    token: str | None = None
+    poll_s: float = 5.0  # repository rescan period (0: only through the load endpoint)
+    grace_s: float = 30.0  # how long shutdown waits for requests in flight
+
+
+class State:
+    """What every handler shares: the repository, metrics, options, and the requests in flight."""
+
+    def __init__(self, repository: Repository, options: ServeOptions, metrics: ServerMetrics):
+        self.repository = repository
+        self.options = options
+        self.metrics = metrics
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def update_gauge(self) -> None:
+        self.metrics.models.set(sum(v.state == READY for v in self.repository.versions.values()))
+
+
+class Handler(tornado.web.RequestHandler):
+    """JSON in, JSON out; errors as {"error": "..."}; bearer-token check; in-flight accounting."""
+
+    public = False  # health endpoints answer without a token (probes)
+
+    def initialize(self, state: State):
+        self.state = state
+
+    def prepare(self):
+        self.state.in_flight += 1
+        self.state.idle.clear()
+        self._counted = True
+        token = self.state.options.token
+        if token and not self.public:
+            given = self.request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                self.set_header("WWW-Authenticate", "Bearer")
+                raise ProtocolError(401, "missing or wrong bearer token")
+
+    def on_finish(self):
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.state.in_flight -= 1
+            if self.state.in_flight == 0:
+                self.state.idle.set()
+
+    def on_connection_close(self):
+        self.on_finish()
+
+    def write_json(self, body, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def send_error(self, status_code: int = 500, **kwargs) -> None:
+        if self._headers_written:
+            return
+        error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, ProtocolError):
+            status_code, message = error.status, error.message
+        elif isinstance(error, tornado.web.HTTPError):
+            status_code, message = error.status_code, error.log_message or self._reason
+        else:
+            if error is not None:
+                log.exception("internal error on %s", self.request.path, exc_info=kwargs["exc_info"])
+            message = "internal server error"
+        self.clear()
+        self.write_json({"error": message}, status_code)
+
+    def log_exception(self, typ, value, tb):
+        if not isinstance(value, (ProtocolError, tornado.web.HTTPError)):
+            super().log_exception(typ, value, tb)
+
+
+class NotFound(Handler):
+    def prepare(self):
+        super().prepare()
+        raise ProtocolError(404, f"no endpoint {self.request.path}")
+
+
+class Live(Handler):
+    public = True
+
+    def get(self):
+        self.write_json({"live": True})
+
+
+class Ready(Handler):
+    public = True
+
+    def get(self):
+        ready = any(v.state == READY for v in self.state.repository.versions.values())
+        self.write_json({"ready": ready}, 200 if ready else 503)
+
+
+class ServerMetadata(Handler):
+    def get(self):
+        self.write_json({"name": "kiln", "version": __version__,
+                         "extensions": ["binary_tensor_data", "model_repository"]})
+
+
+class ModelMetadata(Handler):
+    def get(self, name, version):
+        entry = self.state.repository.get(name, version)
+        manifest = entry.model.manifest
+        self.write_json({"name": name, "versions": [v.version for v in self.state.repository.ready_versions(name)],
+                         "platform": f"kiln_tvm_{manifest.device}", "target": manifest.target,
+                         "inputs": [tensor_metadata(s) for s in manifest.inputs],
+                         "outputs": [tensor_metadata(s) for s in manifest.outputs]})
+
+
+class ModelReady(Handler):
+    def get(self, name, version):
+        try:
+            self.state.repository.get(name, version)
+        except ProtocolError as err:
+            if err.status == 404:
+                raise
+            self.write_json({"name": name, "ready": False}, 503)
+            return
+        self.write_json({"name": name, "ready": True})
+
+
+@tornado.web.stream_request_body
+class Infer(Handler):
+    """POST infer: the body is streamed so an oversized one is refused (413) before it is read whole."""
+
+    def prepare(self):
+        super().prepare()
+        self.started = time.perf_counter()
+        self.limit = int(self.state.options.max_body_mb * 1e6)
+        self.chunks, self.size = [], 0
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            raise ProtocolError(413, f"the request body ({int(length)} bytes) exceeds the limit of {self.limit} "
+                                     "bytes (--max-body-mb)")
+        self.request.connection.set_max_body_size(self.limit + 1)
+
+    def data_received(self, chunk: bytes):
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ProtocolError(413, f"the request body exceeds the limit of {self.limit} bytes (--max-body-mb)")
+        self.chunks.append(chunk)
+
+    async def post(self, name, version):
+        state = self.state
+        try:
+            entry = state.repository.get(name, version)
+        except ProtocolError as err:
+            state.metrics.requests.labels(name, version or "", str(err.status)).inc()
+            raise
+        labels = (name, entry.version)
+        try:
+            request = parse_infer(b"".join(self.chunks), self.request.headers.get(HEADER_LENGTH))
+            feeds = self._checked(entry, request)
+            results, timing = await asyncio.wait_for(entry.scheduler.infer(feeds),
+                                                     state.options.request_timeout_s)
+        except asyncio.TimeoutError:
+            state.metrics.requests.labels(*labels, "504").inc()
+            raise ProtocolError(504, f"inference took longer than {state.options.request_timeout_s:g} s "
+                                     "(--request-timeout-s)") from None
+        except ProtocolError as err:
+            state.metrics.requests.labels(*labels, str(err.status)).inc()
+            raise
+        body, headers = infer_response(name, entry.version, request, results)
+        for key, value in headers.items():
+            self.set_header(key, value)
+        self.finish(body)
+        state.metrics.requests.labels(*labels, "200").inc()
+        state.metrics.latency.labels(*labels, "queue").observe(timing.queue)
+        state.metrics.latency.labels(*labels, "inference").observe(timing.inference)
+        state.metrics.latency.labels(*labels, "total").observe(time.perf_counter() - self.started)
+        state.metrics.batch.labels(*labels).observe(timing.batch_size)
+
+    @staticmethod
+    def _checked(entry, request) -> dict:
+        """REQUEST's inputs checked against the model (names, dtypes, shapes) before any work: 400 otherwise."""
+        specs = entry.model.inputs
+        missing = [s.name for s in specs if s.name not in request.inputs]
+        unknown = sorted(set(request.inputs) - {s.name for s in specs})
+        if missing or unknown:
+            raise ProtocolError(400, f"wrong inputs: missing {missing or 'none'}, unknown {unknown or 'none'}; the "
+                                     "model takes " + ", ".join(f"{s.name} {tensor_metadata(s)['datatype']}"
+                                                                f"[{s.shape_text()}]" for s in specs))
+        outputs = {s.name for s in entry.model.outputs}
+        wanted = [o for o in request.outputs or [] if o not in outputs]
+        if wanted:
+            raise ProtocolError(400, f"unknown output(s) {wanted}; the model has {sorted(outputs)}")
+        try:
+            arrays = check_inputs(specs, [request.inputs[s.name] for s in specs])
+        except KilnError as err:
+            raise ProtocolError(400, err.message) from None
+        return {s.name: a for s, a in zip(specs, arrays)}
+
+
+class RepositoryIndex(Handler):
+    def post(self):
+        self.write_json(self.state.repository.index())
+
+
+class RepositoryControl(Handler):
+    async def post(self, name, action):
+        if action == "load":
+            await self.state.repository.load(name)
+        else:
+            self.state.repository.unload(name)
+        self.state.update_gauge()
+        self.write_json({})
+
+
+class Metrics(Handler):
+    def get(self):
+        self.state.update_gauge()
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.state.metrics.render())
+
+
+_MODEL = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
+
+
+def make_app(state: State) -> tornado.web.Application:
+    """The tornado application: KServe v2 endpoints, the repository extension and /metrics."""
+    routes = [(r"/v2/health/live", Live), (r"/v2/health/ready", Ready), (r"/v2/?", ServerMetadata),
+              (_MODEL + r"/?", ModelMetadata), (_MODEL + r"/ready", ModelReady), (_MODEL + r"/infer", Infer),
+              (r"/v2/repository/index", RepositoryIndex),
+              (r"/v2/repository/models/([^/]+)/(load|unload)", RepositoryControl), (r"/metrics", Metrics)]
+    return tornado.web.Application([(path, handler, {"state": state}) for path, handler in routes],
+                                   default_handler_class=NotFound, default_handler_args={"state": state})
+
+
+class Server:
+    """A running server: start() loads the models and listens; stop() finishes requests in flight, then exits."""
+
+    def __init__(self, sources: list[str | Path], options: ServeOptions | None = None):
+        self.options = options or ServeOptions()
+        workers = max(1, len(usable_cpus()))
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-infer")
+        opts = self.options
+
+        def make_scheduler(model):
+            return Scheduler(model, self.executor, opts.max_batch, opts.batch_timeout_ms / 1000, opts.max_queue)
+
+        self.repository = Repository([Path(s) for s in sources], self.executor, make_scheduler, opts.threads)
+        self.state = State(self.repository, opts, ServerMetrics())
+        self.http: tornado.httpserver.HTTPServer | None = None
+        self._poller: asyncio.Task | None = None
+        self.port = opts.port
+
+    async def start(self) -> list[str]:
+        """Load every model version and listen; returns what was loaded (and what failed)."""
+        changes = await self.repository.refresh()
+        self.state.update_gauge()
+        app = make_app(self.state)
+        self.http = tornado.httpserver.HTTPServer(app, decompress_request=True,
+                                                  max_body_size=int(self.options.max_body_mb * 1e6) + 1)
+        sockets = tornado.netutil.bind_sockets(self.options.port, self.options.host)
+        self.port = sockets[0].getsockname()[1]
+        self.http.add_sockets(sockets)
+        if self.options.poll_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        return changes
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.poll_s)
+            try:
+                for change in await self.repository.refresh():
+                    log.warning("repository: %s", change)
+                self.state.update_gauge()
+            except Exception:  # noqa: BLE001 - a failed scan is retried at the next period
+                log.exception("repository scan failed")
+
+    async def stop(self) -> None:
+        """Stop listening, let the requests in flight finish (up to grace_s), then release the workers."""
+        if self._poller:
+            self._poller.cancel()
+        if self.http:
+            self.http.stop()
+        try:
+            await asyncio.wait_for(self.state.idle.wait(), self.options.grace_s)
+        except asyncio.TimeoutError:
+            log.warning("%d request(s) still in flight after %g s; stopping", self.state.in_flight,
+                        self.options.grace_s)
+        if self.http:
+            await self.http.close_all_connections()
+        self.executor.shutdown(wait=False)
+
+
+def serve(sources: list[str | Path], options: ServeOptions, announce=print) -> None:
+    """Run a server until SIGINT / SIGTERM, then shut down gracefully."""
+
+    async def main():
+        server = Server(sources, options)
+        for change in await server.start():
+            announce(change)
+        if not any(v.state == READY for v in server.repository.versions.values()):
+            announce("warning: no model version is ready")
+        announce(f"serving {len(server.repository.names())} model(s) on http://{options.host}:{server.port} "
+                 "(KServe v2: /v2/models/NAME/infer; /metrics)")
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        announce(f"shutting down: {server.state.in_flight} request(s) in flight")
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def read_token(path: str | None) -> str | None:
+    """The bearer token in the file at PATH (stripped), or None without a path."""
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise KilnError(f"cannot read the token file ({err.strerror})", "pass a readable --token-file") from None
+    if not token:
+        raise KilnError("the token file is empty", "write the bearer token into it")
+    if os.stat(path).st_mode & 0o077:
+        log.warning("the token file is readable by other users; chmod 600 it")
+    return token
