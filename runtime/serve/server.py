@@ -77,7 +77,6 @@ class Handler(tornado.web.RequestHandler):
         if token and not self.public:
             given = self.request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                self.set_header("WWW-Authenticate", "Bearer")
                 raise ProtocolError(401, "missing or wrong bearer token")
 
     def on_finish(self):
@@ -108,6 +107,8 @@ class Handler(tornado.web.RequestHandler):
                 log.exception("internal error on %s", self.request.path, exc_info=kwargs["exc_info"])
             message = "internal server error"
         self.clear()
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", "Bearer")
         self.write_json({"error": message}, status_code)
 
     def log_exception(self, typ, value, tb):
