@@ -111,6 +111,9 @@ def to_markdown(report: dict, plots: dict[str, str]) -> str:
     lines += digits_section(report.get("digits"))
     lines += minilm_section(report.get("minilm"))
     lines += tuning_section(plots.get("tuning_curve"))
+    serving = HERE / "serving.json"
+    if serving.is_file():
+        lines += serving_section(json.loads(serving.read_text()))
     lines += ["", "Regenerate with `make bench` (`make bench-quick` for the CI-sized run)."]
     return "\n".join(lines) + "\n"
 
@@ -223,3 +226,53 @@ def tuning_section(curve_plot: str | None, folder: Path = HERE / "tuning") -> li
     return lines
 
 
+
+
+def serving_section(run: dict) -> list[str]:
+    """RESULTS.md lines on `kiln serve` under load (benchmarks/serve_load.py's results)."""
+    single, load, over, base = run["single"], run["load"], run["overload"], run["in_process"]
+    overhead = single["p50_ms"] - base["median_ms"]
+    return [
+        "", "## Serving", "",
+        f"Run {run['date']} on {run['machine']}: `kiln serve` ({run['model']}, target {run['target']}, batch 1,",
+        f"queue limit {run['max_queue']}) in its own process, and a Python client of keep-alive HTTP connections",
+        "(binary tensors, KServe v2) on the same machine: the two share its cores. `python -m",
+        "benchmarks.serve_load` (`make bench-serve`) regenerates this section.", "",
+        "| phase | requests | errors | throughput /s | p50 ms | p99 ms | outside load (cores) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| in process, `Model.run` | 200 | 0 | {1000 / base['median_ms']:.1f} | {base['median_ms']:.2f} "
+        f"| - | {base['outside_load_cores']} |",
+        f"| HTTP, concurrency 1 | {single['requests']} | {single['errors']} | {single['throughput_per_s']} "
+        f"| {single['p50_ms']:.2f} | {single['p99_ms']:.2f} | {single['outside_load_cores']} |",
+        f"| HTTP, concurrency {load['concurrency']} | {load['requests']} | {load['errors']} "
+        f"| {load['throughput_per_s']} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} | {load['outside_load_cores']} |",
+        "",
+        f"Serving overhead at concurrency 1: {overhead:.2f} ms a request at the median "
+        f"({single['p50_ms'] / base['median_ms']:.2f}x the in-process latency); at concurrency {load['concurrency']} "
+        f"the server delivers {load['throughput_per_s'] * base['median_ms'] / 1000:.0%} of the in-process rate.",
+        "",
+        f"Overload: {over['sent']} requests sent open-loop at {over['rate_per_s']}/s (4x the sustained rate) for "
+        f"{over['seconds']:g} s: {over['ok']} answered, {over['shed_503']} shed with 503, {over['other']} other; "
+        f"p50 of the answered {over['p50_ms']:.1f} ms. Liveness probes during it: {over['live_probes_ok']} of "
+        f"{over['live_probes']} answered (slowest {over['live_probe_max_ms']:.1f} ms). One second after: "
+        f"{run['recovery']['errors']} errors in 50 requests, p50 {run['recovery']['p50_ms']:.2f} ms, live: "
+        f"{run['recovery']['live']}.",
+    ]
+
+
+def with_section(markdown: str, heading: str, lines: list[str]) -> str:
+    """MARKDOWN with the section under HEADING replaced by LINES (which start with a blank line and the heading),
+    or inserted before the closing 'Regenerate with' line."""
+    text = markdown.rstrip("\n").split("\n")
+    body = lines[1:] if lines and lines[0] == "" else lines
+    if heading in text:
+        start = text.index(heading)
+        end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")
+                    or text[i].startswith("Regenerate with")), len(text))
+        while end > start and text[end - 1] == "":
+            end -= 1
+        return "\n".join(text[:start] + body + text[end:]) + "\n"
+    at = next((i for i, line in enumerate(text) if line.startswith("Regenerate with")), len(text))
+    while at > 0 and text[at - 1] == "":
+        at -= 1
+    return "\n".join(text[:at] + [""] + body + text[at:]) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,27 @@ from .artifact import Manifest, TensorSpec, verify
 from .errors import KilnError
 from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime
 
+_pool_threads = threading.local()  # the TVM pool size this thread configured (TVM's pool is per calling thread)
 _KDL_CPU = 1
 _KDL_CUDA = 2
 _POOLED_ALLOCATOR = 2
 
 
 class Model:
-    """A loaded artifact. `run({name: array}) -> {name: array}`; `model(*arrays)` returns one array per output."""
+    """A loaded artifact. `run({name: array}) -> {name: array}`; `model(*arrays)` returns one array per output.
 
-    def __init__(self, path: Path, manifest: Manifest, library, vm, device=None):
+    Safe to call from several threads: calls run one at a time (each uses every worker thread of TVM's pool),
+    and each calling thread gets a pool of the size given to `load`."""
+
+    def __init__(self, path: Path, manifest: Manifest, library, vm, device=None, threads: int | None = None):
         self.path = path
+        self.threads = threads
         self.manifest = manifest
         self.library = library
         self.device = device if device is not None else tvm_runtime().cpu()
         self._vm = vm
         self._main = vm["main"]
+        self._lock = threading.Lock()
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -59,10 +66,16 @@ class Model:
 
     def _execute(self, arrays: list) -> dict[str, np.ndarray]:
         tvm = tvm_runtime()
+        # TVM keeps one worker pool per calling thread, configured by that thread: a thread that never configured
+        # it gets TVM's default (one worker here), so a model run from a server's worker thread ran 2x slower.
+        if getattr(_pool_threads, "size", None) != self.threads:
+            set_num_threads(self.threads)
+            _pool_threads.size = self.threads
         checked = check_inputs(self.inputs, arrays)
-        result = self._main(*[tvm.runtime.tensor(a, device=self.device) for a in checked])
-        values = [result] if hasattr(result, "numpy") else list(result)
-        return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+        with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
+            result = self._main(*[tvm.runtime.tensor(a, device=self.device) for a in checked])
+            values = [result] if hasattr(result, "numpy") else list(result)
+            return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
 
     @staticmethod
     def _describe(specs: list[TensorSpec]) -> str:
@@ -128,6 +141,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         enable_amx()
     device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
     set_num_threads(threads)
+    _pool_threads.size = threads
     try:
         lib = tvm.runtime.load_module(str(_loadable_path(path, manifest.library_sha256)))
         vm = lib["vm_load_executable"]()
@@ -138,7 +152,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         vm["vm_initialization"](_KDL_CUDA, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
     else:
         vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
-    return Model(path, manifest, lib, vm, device)
+    return Model(path, manifest, lib, vm, device, threads)
 
 
 def _gpu(path: Path, manifest: Manifest):

@@ -5,6 +5,8 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ from onnx import helper
 import compiler
 import runtime
 from runtime.artifact import split_artifact, write_artifact
+from runtime.bench import random_inputs
 from runtime.errors import KilnError
+from runtime.tvm_runtime import tvm_runtime
 from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,3 +179,23 @@ def test_a_model_rebuilt_in_place_loads_its_new_code(tmp_path):
         compiler.compile(path, output=out, tuning_log="none")
         result = runtime.load(out).run({"x": np.ones(4, np.float32)})
         np.testing.assert_allclose(next(iter(result.values())), np.full(4, scale))
+
+
+def test_calls_from_several_threads_are_correct_and_use_the_asked_pool(artifact):
+    model = runtime.load(artifact, threads=2)
+    rng = np.random.default_rng(11)
+    batches = [random_inputs(model.inputs, seed=int(s)) for s in rng.integers(0, 1000, 16)]
+    alone = [model.run(feeds) for feeds in batches]
+    pools = set()
+
+    def run(i):
+        out = model.run(batches[i])
+        pools.add((threading.get_ident(), int(tvm_runtime().get_global_func("runtime.NumThreads")())))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, range(len(batches))))
+    for mine, reference in zip(together, alone):
+        for name in reference:
+            np.testing.assert_array_equal(mine[name], reference[name])
+    assert {size for _thread, size in pools} == {2}  # every worker thread ran with the pool size asked for
