@@ -68,7 +68,7 @@ class Model:
         tvm = tvm_runtime()
         # TVM keeps one worker pool per calling thread, configured by that thread: a thread that never configured
         # it gets TVM's default (one worker here), so a model run from a server's worker thread ran 2x slower.
-        if getattr(_pool_threads, "size", None) != self.threads:
+        if getattr(_pool_threads, "size", "unset") != self.threads:
             set_num_threads(self.threads)
             _pool_threads.size = self.threads
         checked = check_inputs(self.inputs, arrays)

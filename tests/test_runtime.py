@@ -18,7 +18,7 @@ import runtime
 from runtime.artifact import split_artifact, write_artifact
 from runtime.bench import random_inputs
 from runtime.errors import KilnError
-from runtime.tvm_runtime import tvm_runtime
+from runtime.tvm_runtime import tvm_runtime, usable_cpus
 from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,8 +181,9 @@ def test_a_model_rebuilt_in_place_loads_its_new_code(tmp_path):
         np.testing.assert_allclose(next(iter(result.values())), np.full(4, scale))
 
 
-def test_calls_from_several_threads_are_correct_and_use_the_asked_pool(artifact):
-    model = runtime.load(artifact, threads=2)
+@pytest.mark.parametrize("threads", [1, None])
+def test_calls_from_several_threads_are_correct_and_use_the_asked_pool(artifact, threads):
+    model = runtime.load(artifact, threads=threads)
     rng = np.random.default_rng(11)
     batches = [random_inputs(model.inputs, seed=int(s)) for s in rng.integers(0, 1000, 16)]
     alone = [model.run(feeds) for feeds in batches]
@@ -198,4 +199,5 @@ def test_calls_from_several_threads_are_correct_and_use_the_asked_pool(artifact)
     for mine, reference in zip(together, alone):
         for name in reference:
             np.testing.assert_array_equal(mine[name], reference[name])
-    assert {size for _thread, size in pools} == {2}  # every worker thread ran with the pool size asked for
+    asked = threads or len(usable_cpus())  # None: one per usable CPU
+    assert {size for _thread, size in pools} == {asked}  # every thread ran with the pool size asked for

@@ -101,7 +101,7 @@ class Repository:
         found = await loop.run_in_executor(self.executor, scan, self.sources)
         changes = []
         for key in [k for k in self.versions if k not in found and (only is None or k[0] == only)]:
-            del self.versions[key]
+            self._drop(key)
             changes.append(f"removed {key[0]} version {key[1]}")
         for key, path in sorted(found.items()):
             if (only is not None and key[0] != only) or key[0] in self.unloaded:
@@ -114,7 +114,9 @@ class Repository:
             if current is not None and current.stamp == stamp and current.path == path:
                 continue
             entry = await loop.run_in_executor(self.executor, self._load, Version(*key, path, stamp))
-            self.versions[key] = entry  # swapped in whole: requests in flight keep the old scheduler
+            if current is not None:
+                self._drop(key)  # requests in flight finish on the old scheduler
+            self.versions[key] = entry
             changes.append(f"{'reloaded' if current else 'loaded'} {key[0]} version {key[1]}: {entry.state}"
                            + (f" ({entry.reason})" if entry.reason else ""))
         return changes
@@ -137,8 +139,13 @@ class Repository:
         if not keys:
             raise ProtocolError(404, f"no model named '{name}'")
         for key in keys:
-            del self.versions[key]
+            self._drop(key)
         self.unloaded.add(name)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self.versions.pop(key)
+        if entry.scheduler is not None:
+            entry.scheduler.close()
 
     def names(self) -> list[str]:
         return sorted({name for name, _ in self.versions})

@@ -277,12 +277,12 @@ class Server:
 
     def __init__(self, sources: list[str | Path], options: ServeOptions | None = None):
         self.options = options or ServeOptions()
-        workers = max(1, len(usable_cpus()))
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-infer")
+        # loading and scanning; each model version runs on a thread of its own (see Scheduler)
+        self.executor = ThreadPoolExecutor(max_workers=max(1, len(usable_cpus())), thread_name_prefix="kiln-load")
         opts = self.options
 
         def make_scheduler(model):
-            return Scheduler(model, self.executor, opts.max_batch, opts.batch_timeout_ms / 1000, opts.max_queue)
+            return Scheduler(model, opts.max_batch, opts.batch_timeout_ms / 1000, opts.max_queue)
 
         self.repository = Repository([Path(s) for s in sources], self.executor, make_scheduler, opts.threads)
         self.state = State(self.repository, opts, ServerMetrics())
@@ -327,6 +327,9 @@ class Server:
                         self.options.grace_s)
         if self.http:
             await self.http.close_all_connections()
+        for version in self.repository.versions.values():
+            if version.scheduler is not None:
+                version.scheduler.close()
         self.executor.shutdown(wait=False)
 
 
