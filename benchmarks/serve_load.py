@@ -147,16 +147,19 @@ def open_loop(client: Client, rate: float, seconds: float) -> dict:
             **_percentiles([ms for s, ms in results if s == 200] or [0.0])}
 
 
-def _start_server(artifact: Path, max_queue: int) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", str(artifact), "--port", "0",
-                                "--max-queue", str(max_queue), "--poll-s", "0"],
-                               cwd=HERE.parent, stderr=subprocess.PIPE, text=True)
-    line = ""
-    while "serving" not in line:
-        line = process.stderr.readline()
-        if not line:
-            raise RuntimeError("kiln serve exited before serving")
-    return process, int(line.split("http://127.0.0.1:")[1].split()[0])
+def _start_server(artifact: Path, max_queue: int, log: Path) -> tuple[subprocess.Popen, int]:
+    """`kiln serve` on a free port, its messages going to the file LOG (a pipe nobody reads would fill and block
+    it); returns the process and its port."""
+    with open(log, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", str(artifact), "--port", "0",
+                                    "--max-queue", str(max_queue), "--poll-s", "0"],
+                                   cwd=HERE.parent, stderr=sink)
+    deadline = time.monotonic() + 120
+    while "serving" not in (text := log.read_text()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"kiln serve did not start: {text.strip()[-300:]}")
+        time.sleep(0.1)
+    return process, int(text.split("http://127.0.0.1:")[1].split()[0])
 
 
 def run(model: str, requests: int, concurrency: int, overload_seconds: float, max_queue: int) -> dict:
@@ -172,7 +175,7 @@ def run(model: str, requests: int, concurrency: int, overload_seconds: float, ma
         feeds = runtime.bench.random_inputs(loaded.inputs)
         in_process = measure(lambda: loaded.run(feeds), repeat=200, warmup=5)
         del loaded
-        server, port = _start_server(artifact, max_queue)
+        server, port = _start_server(artifact, max_queue, Path(tmp) / "serve.log")
         try:
             client = Client(port, model, feeds)
             for _ in range(10):

@@ -259,6 +259,15 @@ class Metrics(Handler):
         self.finish(self.state.metrics.render())
 
 
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log: server faults as warnings; every answered or refused request at debug level only (a shed
+    request is normal under overload, and thousands of lines a second would slow the server further)."""
+    status = handler.get_status()
+    level = logging.WARNING if status >= 500 and status not in (503, 504) else logging.DEBUG
+    logging.getLogger("tornado.access").log(level, "%d %s %.2fms", status, handler._request_summary(),
+                                            1000.0 * handler.request.request_time())
+
+
 _MODEL = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
 
 
@@ -269,7 +278,8 @@ def make_app(state: State) -> tornado.web.Application:
               (r"/v2/repository/index", RepositoryIndex),
               (r"/v2/repository/models/([^/]+)/(load|unload)", RepositoryControl), (r"/metrics", Metrics)]
     return tornado.web.Application([(path, handler, {"state": state}) for path, handler in routes],
-                                   default_handler_class=NotFound, default_handler_args={"state": state})
+                                   default_handler_class=NotFound, default_handler_args={"state": state},
+                                   log_function=_log_request)
 
 
 class Server:
