@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo demo-rpi4 test test-fast bench bench-quick tune-zoo clean
+.PHONY: all setup cross-tools demo demo-rpi4 test test-fast bench bench-quick bench-serve tune-zoo clean
 
 all: setup
 
@@ -55,6 +55,11 @@ bench: setup
 # The CI-sized run (two small models, one short round) into benchmarks/quick/.
 bench-quick: setup
 	$(BIN)/python -m benchmarks.run --quick
+
+# kiln serve under load (ResNet-18; 5,000 requests at concurrency 32, then 4x overload): the Serving section of
+# benchmarks/RESULTS.md (about 3 minutes).
+bench-serve: setup
+	$(BIN)/python -m benchmarks.serve_load
 
 # Regenerates the committed tuning records (tuning_logs/): resumes where the last run stopped.
 tune-zoo: setup

@@ -148,7 +148,7 @@ class ModelMetadata(Handler):
         entry = self.state.repository.get(name, version)
         manifest = entry.model.manifest
         self.write_json({"name": name, "versions": [v.version for v in self.state.repository.ready_versions(name)],
-                         "platform": f"kiln_tvm_{manifest.device}", "target": manifest.target,
+                         "platform": f"kiln_tvm_{manifest.device}",
                          "inputs": [tensor_metadata(s) for s in manifest.inputs],
                          "outputs": [tensor_metadata(s) for s in manifest.outputs]})
 
