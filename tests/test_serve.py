@@ -351,3 +351,30 @@ def test_serve_cli_errors_are_one_line():
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: model source(s) not found: /no/such/models (pass artifacts (.so) or a "
                                    "repository folder of NAME/VERSION/model.so)")
+
+
+def test_chunked_body_over_the_limit_gets_413(built):
+    import http.client  # noqa: PLC0415
+
+    _, artifact = built
+    with running([artifact], max_body_mb=0.01) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", "/v2/models/cnn/infer", body=(b"x" * 4000 for _ in range(10)), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        response = conn.getresponse()
+        assert response.status == 413
+        assert "exceeds the limit of 10000 bytes" in json.loads(response.read())["error"]
+        assert client(server).is_server_live()
+
+
+def test_bounded_load_has_no_errors(built):
+    onnx_path, artifact = built
+    x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    reference = expected(onnx_path, x)
+    with running([artifact]) as server:  # 1,000 requests from 32 threads; the queue limit (64) is never reached
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(lambda _i: infer(server, x), range(1000)))
+        counted = [line for line in request(server, "/metrics")[2].decode().splitlines()
+                   if line.startswith("kiln_requests_total{")]
+        assert counted == ['kiln_requests_total{model="cnn",status="200",version="1"} 1000.0']
+    assert all(outputs_match({"y": first_output(r)}, {"y": reference})[0] for r in results)

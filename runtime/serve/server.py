@@ -178,15 +178,22 @@ class Infer(Handler):
         if length is not None and length.isdigit() and int(length) > self.limit:
             raise ProtocolError(413, f"the request body ({int(length)} bytes) exceeds the limit of {self.limit} "
                                      "bytes (--max-body-mb)")
-        self.request.connection.set_max_body_size(self.limit + 1)
+        # tornado's own cap (it answers a bare 400) sits above ours, so a chunked body over the limit gets a 413
+        self.request.connection.set_max_body_size(self.limit + (1 << 20))
 
     def data_received(self, chunk: bytes):
+        if self._finished:
+            return
         self.size += len(chunk)
-        if self.size > self.limit:
-            raise ProtocolError(413, f"the request body exceeds the limit of {self.limit} bytes (--max-body-mb)")
+        if self.size > self.limit:  # a body without Content-Length (chunked) ran over: answer now, read no more
+            error = ProtocolError(413, f"the request body exceeds the limit of {self.limit} bytes (--max-body-mb)")
+            self.send_error(413, exc_info=(ProtocolError, error, None))
+            return
         self.chunks.append(chunk)
 
     async def post(self, name, version):
+        if self._finished:  # answered already (413 while streaming)
+            return
         state = self.state
         try:
             entry = state.repository.get(name, version)
