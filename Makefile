@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo demo-rpi4 test test-fast bench bench-quick bench-serve tune-zoo clean
+.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve tune-zoo clean
 
 all: setup
 
@@ -55,6 +55,16 @@ bench: setup
 # The CI-sized run (two small models, one short round) into benchmarks/quick/.
 bench-quick: setup
 	$(BIN)/python -m benchmarks.run --quick
+
+# The ONNX backend conformance suite through Kiln and through TVM's importer alone: tests/conformance/STATUS.md and
+# known_failures.json (about 10 minutes).
+conformance: setup
+	$(BIN)/python -m tests.conformance.run
+
+# kiln compile on 5,000 mutated models (tests/fuzz/): prints every crash, hang or internal error with its case
+# number (about 2 minutes; CI runs 300).
+fuzz: setup
+	$(BIN)/python -m tests.fuzz.run --cases 5000
 
 # kiln serve under load (ResNet-18; 5,000 requests at concurrency 32, then 4x overload): the Serving section of
 # benchmarks/RESULTS.md (about 3 minutes).

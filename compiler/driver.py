@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,11 +69,25 @@ def _run_passes(mod: tvm.IRModule, pass_list: list, name: str, preset: TargetPre
                 timings: list[str] | None) -> tvm.IRModule:
     """Run PASS_LIST on MOD under PRESET's target; with TIMINGS (a list), append TVM's time-per-pass table."""
     instruments = [PassTimingInstrument()] if timings is not None else []
-    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments):
+    with preset.tvm(), tvm.transform.PassContext(opt_level=3, instruments=instruments), _stage(name):
         mod = tvm.transform.Sequential(pass_list, name=name)(mod)
         if instruments:
             timings.append(instruments[0].render())  # render before the context clears it
     return mod
+
+
+@contextmanager
+def _stage(name: str):
+    """Turn a failure inside TVM during the stage NAME into one KilnError line that says which stage and what."""
+    try:
+        yield
+    except KilnError:
+        raise
+    except Exception as err:  # TVM's passes and codegen raise many types
+        log.debug("%s failed", name, exc_info=True)
+        raise KilnError(f"{name} failed on this model: {frontend.error_line(err)}",
+                        "the model may be invalid (e.g. shapes that do not fit); otherwise this is a Kiln bug: "
+                        "rerun with --debug and report it with the model") from err
 
 
 def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
@@ -124,11 +139,14 @@ def _build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path |
         log.warning("%s", why_not)
         say(f"warning: {why_not}")
     target = preset.tvm()
-    scheduled, report = build.schedule(fused, database, target, preset.vector_lanes_fp32, preset.device)
+    with _stage("kiln.schedule"):
+        scheduled, report = build.schedule(fused, database, target, preset.vector_lanes_fp32, preset.device)
     say(f"scheduled {len(report.tuned) + len(report.default_rule)} of "
         f"{len(report.tuned) + len(report.default_rule) + len(report.unscheduled)} kernels "
         f"({len(report.tuned)} tuned); building for {preset.name}")
-    return _StageBuild(fused, scheduled, report, build.build_executable(scheduled, target, instruments), applied)
+    with _stage("kiln.lower"):
+        executable = build.build_executable(scheduled, target, instruments)
+    return _StageBuild(fused, scheduled, report, executable, applied)
 
 
 def race(vms: list[relax.VirtualMachine], inputs, sample: dict) -> list[float]:

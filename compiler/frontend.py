@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
+from .op_rewrites import rewrite_ops
 from .qoperator import to_qdq
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,11 @@ def _normalise_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(model, goal)
     except Exception as err:  # the converter raises bare RuntimeErrors from C++
+        if opset > MAX_OPSET:
+            # Newer than TVM's importer was written for, and not convertible (the converter refuses types the
+            # older opset lacks): import as it is; the importer takes each op's newest converter it has.
+            log.info("keeping %s at opset %d (%s)", path.name, opset, str(err).splitlines()[0])
+            return model
         raise KilnError(f"{path}: cannot convert opset {opset} to {goal} ({str(err).splitlines()[0]})",
                         f"re-export the model with an opset between {MIN_OPSET} and {MAX_OPSET}") from None
 
@@ -145,10 +151,11 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         raise KilnError(f"{path}: {err}", "quantize the model in QDQ format (quant_format=QuantFormat.QDQ)") from None
     try:
         onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        first = str(err).strip().splitlines()[0]
+    except Exception as err:  # ValidationError, InferenceError, and for damaged fields ValueError / UnicodeError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise KilnError(f"{path} fails the ONNX checker: {first}", "fix or re-export the model") from None
     model = _normalise_opset(model, path)
+    rewrite_ops(model.graph)  # ops TVM's importer lacks or cannot build, as other ONNX ops: see op_rewrites.py
     _drop_initializer_inputs(model.graph)
     _apply_shapes(model.graph, input_shapes or {})
     try:
@@ -208,11 +215,11 @@ def import_relax(loaded: LoadedModel):
         except KilnError:
             raise
         except Exception as err:  # the importer raises many error types; one line names the failing op
-            raise KilnError(f"{loaded.path.name}: import into TVM failed: {_error_line(err)}",
+            raise KilnError(f"{loaded.path.name}: import into TVM failed: {error_line(err)}",
                             "run with --debug for the full trace") from err
 
 
-def _error_line(err: Exception) -> str:
+def error_line(err: Exception) -> str:
     """The line of a TVM error that says what went wrong (its messages end with IR dumps)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     said = next((line for line in lines if "Error" in line or "error" in line), lines[0] if lines else "")

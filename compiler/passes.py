@@ -115,13 +115,14 @@ class _ClampRaiser(PyExprMutator):
 
     def __init__(self, mod):
         super().__init__(mod)
-        self.mod = mod
+        self.kernels = {gv.name_hint: f for gv, f in mod.functions_items()}
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
             return call
-        kind = _scalar_clamp(self.mod[call.args[0]])
+        # a call_tir may name a kernel defined elsewhere (a dynamic slice's shape_func): not a clamp then
+        kind = _scalar_clamp(self.kernels.get(call.args[0].name_hint))
         args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
         bound = const_value(args[1]) if len(args) == 2 else None
         if kind is None or bound is None or bound.ndim != 0 or np.isnan(bound):
@@ -176,6 +177,29 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
     return _pass
 
 
+def _has_conv2d(mod: tvm.IRModule) -> bool:
+    found = []
+
+    def visit(expr):
+        if op_name(expr) == "relax.nn.conv2d":
+            found.append(expr)
+
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return bool(found)
+
+
+@tvm.transform.module_pass(opt_level=0, name="kiln.ConvertLayout")
+def convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """ConvertLayout to NHWC activations / HWIO weights, on modules that have a convolution. Without one it has
+    nothing to gain, and TVM's layout inference fails on some ops (Erf and Max with broadcasting: 'Invalid SLayout')
+    even when there is nothing to convert."""
+    if not _has_conv2d(mod):
+        return mod
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+
+
 def graph_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:
     """Graph-level passes, from the imported module to fused TIR kernels (the int8 passes, when asked for, run
     between the two halves: see driver.optimize_graph)."""
@@ -200,8 +224,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         relax.transform.DeadCodeElimination(["main"]),
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
         # Weights are transposed once here and folded; only the model's borders get a transpose.
-        *([relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
-          if layout == "NHWC" else []),
+        *([convert_conv_layout, relax.transform.FoldConstant()] if layout == "NHWC" else []),
         *([pad_channels(lanes), relax.transform.FoldConstant()] if device == "cpu" else []),
     ]
 

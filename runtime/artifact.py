@@ -155,6 +155,9 @@ def verify(path: str | Path) -> Manifest:
     """Check that the artifact at PATH is intact and runs on this machine; return its manifest."""
     path = Path(path)
     library_size, manifest = _locate(path)
+    if not isinstance(manifest.format_version, int) or manifest.format_version > FORMAT_VERSION:
+        raise KilnError(f"{path} has artifact format {manifest.format_version}; this Kiln runtime reads format "
+                        f"{FORMAT_VERSION} and older", "upgrade Kiln, or rebuild the artifact with this version")
     digest, library = _library_facts(path, library_size)
     if digest != manifest.library_sha256:
         raise KilnError(

@@ -87,7 +87,9 @@ def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
     bound: dict[str, int] = {}
     checked = []
     for spec, value in zip(specs, arrays):
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)  # (it would also make a 0-d array 1-d: only when needed)
         if str(array.dtype) != spec.dtype:
             raise KilnError(
                 f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}",
@@ -148,6 +150,10 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     except Exception as err:  # TVM raises its own error types; name them in one line
         raise KilnError(f"{path}: the library could not be loaded ({type(err).__name__}: {err})".splitlines()[0],
                         "rebuild it with `kiln compile` for this machine") from None
+    arity = int(vm["get_function_arity"]("main"))
+    if arity != len(manifest.inputs):  # the manifest was edited, or belongs to another library
+        raise KilnError(f"{path}: the manifest lists {len(manifest.inputs)} input(s) but the library's main takes "
+                        f"{arity}", "rebuild it with `kiln compile`")
     if manifest.device == "cuda":  # kernels on the GPU, shape computations on the host
         vm["vm_initialization"](_KDL_CUDA, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
     else:

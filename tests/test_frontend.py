@@ -119,3 +119,12 @@ def test_input_shape_errors(tmp_path):
 def test_unknown_target(tmp_path):
     message = _error(save(conv_model(), tmp_path), target="pentium")
     assert "unknown target 'pentium'" in message and "x86-avx2" in message and "host" in message
+
+
+def test_cosh_and_sinh_are_rewritten_and_match_onnxruntime(tmp_path):
+    x = helper.make_tensor_value_info("x", F32, [2, 32])
+    graph = helper.make_graph([helper.make_node("Cosh", ["x"], ["c"]), helper.make_node("Sinh", ["c"], ["y"])],
+                              "hyperbolic", [x], [helper.make_tensor_value_info("y", F32, [2, 32])])
+    compile_and_check(finish(graph), tmp_path, {"x": np.linspace(-2, 2, 64, dtype=np.float32).reshape(2, 32)})
+    ops = {n.op_type for n in load_model(tmp_path / "model.onnx").proto.graph.node}
+    assert "Cosh" not in ops and "Sinh" not in ops and "Mean" in ops

@@ -98,8 +98,8 @@ def test_pipeline_names_every_pass():
     names = pass_names(graph_passes())
     assert "kiln.FoldBatchNorm" in names
     assert names.index("kiln.FoldBatchNorm") < names.index("LegalizeOps") < names.index("FuseOps")
-    assert "ConvertLayout" in pass_names(graph_passes("NHWC"))
-    assert "ConvertLayout" not in pass_names(graph_passes("NCHW"))
+    assert "kiln.ConvertLayout" in pass_names(graph_passes("NHWC"))
+    assert "kiln.ConvertLayout" not in pass_names(graph_passes("NCHW"))
 
 
 def clip_model(lo=0.0, hi=6.0):

@@ -201,3 +201,44 @@ def test_calls_from_several_threads_are_correct_and_use_the_asked_pool(artifact,
             np.testing.assert_array_equal(mine[name], reference[name])
     asked = threads or len(usable_cpus())  # None: one per usable CPU
     assert {size for _thread, size in pools} == {asked}  # every thread ran with the pool size asked for
+
+
+def test_truncated_artifact_is_refused(artifact, tmp_path):
+    cut = tmp_path / "cut.so"
+    cut.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+    with pytest.raises(KilnError, match="is not a Kiln artifact"):
+        runtime.load(cut)
+
+
+def test_newer_format_version_is_refused(artifact, tmp_path):
+    newer = _rewrite(artifact, tmp_path, edit_manifest=lambda m: setattr(m, "format_version", 99))
+    with pytest.raises(KilnError, match="has artifact format 99; this Kiln runtime reads format 1 and older"):
+        runtime.load(newer)
+
+
+def test_manifest_that_does_not_match_the_library_is_refused(artifact, tmp_path):
+    def add_input(manifest):
+        manifest.inputs.append(runtime.artifact.TensorSpec("extra", "float32", [1]))
+
+    edited = _rewrite(artifact, tmp_path, edit_manifest=add_input)
+    with pytest.raises(KilnError, match=r"the manifest lists 2 input\(s\) but the library's main takes 1"):
+        runtime.load(edited)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_ten_thousand_runs_do_not_grow_memory(artifact):
+    model = runtime.load(artifact, threads=1)
+    feeds = random_inputs(model.inputs, {"batch": 2})
+    for _ in range(1000):  # warm: pools, allocator caches
+        model.run(feeds)
+    before = _rss_mb()
+    for _ in range(10_000):
+        model.run(feeds)
+    grown = _rss_mb() - before
+    assert grown < 4.0, f"resident memory grew {grown:.1f} MB over 10,000 runs"
