@@ -177,6 +177,18 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
     return _pass
 
 
+@tvm.transform.module_pass(opt_level=0, name="kiln.FoldConstant")
+def fold_constants(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Relax's FoldConstant, kept only when its result is well formed: on a dynamic Slice it leaves a call to a
+    shape function it never adds to the module ('no definition of shape_func'); the graph then stays unfolded."""
+    folded = relax.transform.FoldConstant()(mod)
+    try:
+        relax.analysis.well_formed(folded)  # raises (it returns nothing) on an undefined GlobalVar
+    except Exception:  # noqa: BLE001 - TVM's check raises its own error types
+        return mod
+    return folded
+
+
 def _has_conv2d(mod: tvm.IRModule) -> bool:
     found = []
 
@@ -211,7 +223,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
     Channel padding to the vector width is for CPU DEVICEs only."""
     return [
         # Simplify the graph while it is still made of high-level ops.
-        relax.transform.FoldConstant(),
+        fold_constants,
         # A QDQ model's quantize -> dequantize pairs as fake-quant chains of plain ops (layout conversion
         # understands those); its quantized weights were folded back to float by FoldConstant.
         lower_qdq,
@@ -220,12 +232,12 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.EliminateCommonSubexpr(),
-        relax.transform.FoldConstant(),
+        fold_constants,
         relax.transform.DeadCodeElimination(["main"]),
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
         # Weights are transposed once here and folded; only the model's borders get a transpose.
-        *([convert_conv_layout, relax.transform.FoldConstant()] if layout == "NHWC" else []),
-        *([pad_channels(lanes), relax.transform.FoldConstant()] if device == "cpu" else []),
+        *([convert_conv_layout, fold_constants] if layout == "NHWC" else []),
+        *([pad_channels(lanes), fold_constants] if device == "cpu" else []),
     ]
 
 

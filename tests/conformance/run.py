@@ -167,7 +167,8 @@ def main(argv=None) -> None:
     runs = {}
     for engine in args.engine.split(","):
         runs[engine] = run_engine(engine, names, args.workers, args.timeout)
-        atomic_write(HERE / f"results-{engine}.json", json.dumps(runs[engine], indent=1, sort_keys=True) + "\n")
+        if not args.only:  # a partial run prints its results and keeps the last full ones
+            atomic_write(HERE / f"results-{engine}.json", json.dumps(runs[engine], indent=1, sort_keys=True) + "\n")
     if args.only:
         for engine, results in runs.items():
             for name, result in sorted(results.items()):
