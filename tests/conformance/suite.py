@@ -67,7 +67,13 @@ def node_cases() -> list[Case]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         cases = node.collect_testcases()
-    return [Case(c.name, "node", c.model, list(c.data_sets), c.rtol, c.atol) for c in cases]
+    return [Case(c.name, "node", c.model, [(_arrays(i), _arrays(o)) for i, o in c.data_sets], c.rtol, c.atol)
+            for c in cases]
+
+
+def _arrays(values: list) -> list:
+    """Numpy arrays of a data set: some node tests give TensorProtos (casts to and from bfloat16, float8, int4)."""
+    return [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for v in values]
 
 
 def all_cases() -> dict[str, Case]:
