@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
-from .op_rewrites import rewrite_ops
+from .op_rewrites import rewrite_model
 from .qoperator import to_qdq
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise KilnError(f"{path} fails the ONNX checker: {first}", "fix or re-export the model") from None
     model = _normalise_opset(model, path)
-    rewrite_ops(model.graph)  # ops TVM's importer lacks or cannot build, as other ONNX ops: see op_rewrites.py
+    rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     _drop_initializer_inputs(model.graph)
     _apply_shapes(model.graph, input_shapes or {})
     try:

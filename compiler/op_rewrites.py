@@ -1,9 +1,12 @@
-"""ONNX ops rewritten into other ONNX ops before import, where TVM's importer has no converter or one whose code
-Kiln cannot build. Each rewrite keeps the node's outputs, so the rest of the graph is untouched.
+"""ONNX ops rewritten into other ONNX ops before import, where TVM's importer has no converter, one whose code
+Kiln cannot build, or one that gets an output wrong. Each rewrite keeps the node's outputs, so the rest of the
+graph is untouched.
 
 - Cosh(x) = Mean(e, 1/e) and Sinh(x) = Mean(e, -1/e) with e = Exp(x): TVM lowers cosh / sinh to intrinsics its
   LLVM codegen does not know once they are vectorized ("unknown intrinsic tirx.cosh"). Mean needs no constant of
   x's dtype, so the rewrite works at every opset.
+- LayerNormalization's optional Mean and InvStdDev outputs: TVM's importer returns placeholders for them. When a
+  model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import onnx
 from onnx import helper
 
 
-def _hyperbolic(node: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+def _hyperbolic(node: onnx.NodeProto, fresh, _context) -> list[onnx.NodeProto]:
     e, inverse = fresh("exp"), fresh("inv")
     nodes = [helper.make_node("Exp", [node.input[0]], [e], name=e),
              helper.make_node("Reciprocal", [e], [inverse], name=inverse)]
@@ -26,11 +29,96 @@ def _hyperbolic(node: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
     return nodes
 
 
-REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic}
+def _layer_norm_statistics(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
+    """NODE with only its Y output, and its Mean / InvStdDev outputs computed by plain ops (over the axes from
+    `axis` to the last, in the stash type: float32 unless stash_type says otherwise)."""
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    rank = context.rank(node.input[0])
+    if not any(outputs[1:]) or rank is None:
+        return [node]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axis = attrs.get("axis", -1) % rank
+    epsilon = attrs.get("epsilon", 1e-5)
+    axes = list(range(axis, rank))
+    kept = onnx.NodeProto()
+    kept.CopyFrom(node)
+    del kept.output[1:]
+    x = node.input[0]
+    stash = onnx.TensorProto.FLOAT if attrs.get("stash_type", 1) == 1 else context.elem_type(x)
+    nodes = [kept]
+    if context.elem_type(x) != stash:
+        cast = fresh("ln_x")
+        nodes.append(helper.make_node("Cast", [x], [cast], to=stash))
+        x = cast
+
+    def reduce_mean(data: str, out: str) -> onnx.NodeProto:
+        if context.opset >= 18:
+            axes_name = fresh("ln_axes")
+            nodes.append(helper.make_node("Constant", [], [axes_name], value=helper.make_tensor(
+                axes_name, onnx.TensorProto.INT64, [len(axes)], axes)))
+            return helper.make_node("ReduceMean", [data, axes_name], [out], keepdims=1)
+        return helper.make_node("ReduceMean", [data], [out], axes=axes, keepdims=1)
+
+    mean, centered, squared, variance, eps, shifted, std = (fresh(n) for n in (
+        "ln_mean", "ln_centered", "ln_squared", "ln_var", "ln_eps", "ln_shifted", "ln_std"))
+    nodes.append(reduce_mean(x, outputs[1] or mean))
+    mean = outputs[1] or mean
+    if outputs[2]:
+        nodes += [helper.make_node("Sub", [x, mean], [centered]),
+                  helper.make_node("Mul", [centered, centered], [squared])]
+        nodes.append(reduce_mean(squared, variance))
+        nodes += [helper.make_node("Constant", [], [eps], value=helper.make_tensor(eps, stash, [], [epsilon])),
+                  helper.make_node("Add", [variance, eps], [shifted]),
+                  helper.make_node("Sqrt", [shifted], [std]),
+                  helper.make_node("Reciprocal", [std], [outputs[2]])]
+    return nodes
+
+
+class _Context:
+    """What a rewrite may need to know about the model: its opset, and each tensor's rank and element type
+    (from ONNX shape inference, where it knows them)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # noqa: BLE001 - without inferred types, rewrites that need them are skipped
+            inferred = model
+        graph = inferred.graph
+        self.types = {v.name: v.type.tensor_type for v in list(graph.input) + list(graph.value_info)
+                      + list(graph.output) if v.type.HasField("tensor_type")}
+        self.types.update({t.name: onnx.TypeProto.Tensor(elem_type=t.data_type, shape=onnx.TensorShapeProto(
+            dim=[onnx.TensorShapeProto.Dimension(dim_value=d) for d in t.dims])) for t in graph.initializer})
+
+    def rank(self, name: str) -> int | None:
+        found = self.types.get(name)
+        return len(found.shape.dim) if found is not None and found.HasField("shape") else None
+
+    def elem_type(self, name: str) -> int:
+        found = self.types.get(name)
+        return found.elem_type if found is not None else onnx.TensorProto.FLOAT
+
+
+REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def rewrite_ops(graph: onnx.GraphProto, counter: itertools.count | None = None) -> int:
+def rewrite_model(model: onnx.ModelProto) -> int:
+    """Rewrite every node of MODEL's graphs that REWRITES names, in place; returns how many rules applied."""
+    if not any(n.op_type in REWRITES for n in _all_nodes(model.graph)):
+        return 0
+    return rewrite_ops(model.graph, _Context(model))
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+
+
+def rewrite_ops(graph: onnx.GraphProto, context: _Context, counter: itertools.count | None = None) -> int:
     """Rewrite every node of GRAPH (and its subgraphs) that REWRITES names, in place; returns how many. New
     tensor names are numbered by COUNTER, shared with the subgraphs (they see the outer graph's names)."""
     counter = counter if counter is not None else itertools.count(1)
@@ -42,12 +130,12 @@ def rewrite_ops(graph: onnx.GraphProto, counter: itertools.count | None = None) 
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                done += rewrite_ops(attr.g, counter)
+                done += rewrite_ops(attr.g, context, counter)
         rule = REWRITES.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
         if rule is None:
             rewritten.append(node)
         else:
-            rewritten.extend(rule(node, fresh))
+            rewritten.extend(rule(node, fresh, context))
             done += 1
     del graph.node[:]
     graph.node.extend(rewritten)

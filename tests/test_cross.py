@@ -160,6 +160,12 @@ def test_kiln_run_on_this_machine_matches_and_rejects_bad_input(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert "input 'input' in bad.npy has the wrong shape" in done.stderr
+    blob = bytearray((made.folder / "model.so").read_bytes())
+    blob[len(blob) // 3] ^= 0xFF  # inside the library part
+    (made.folder / "tampered.so").write_bytes(bytes(blob))
+    done = subprocess.run([str(made.folder / "kiln-run"), "tampered.so"], cwd=made.folder, capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and "does not match the sha256 recorded in its manifest" in done.stderr
 
 
 def test_bundle_refuses_cuda_artifacts_clearly(tmp_path):

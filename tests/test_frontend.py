@@ -128,3 +128,16 @@ def test_cosh_and_sinh_are_rewritten_and_match_onnxruntime(tmp_path):
     compile_and_check(finish(graph), tmp_path, {"x": np.linspace(-2, 2, 64, dtype=np.float32).reshape(2, 32)})
     ops = {n.op_type for n in load_model(tmp_path / "model.onnx").proto.graph.node}
     assert "Cosh" not in ops and "Sinh" not in ops and "Mean" in ops
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_layer_norm_mean_and_inv_std_outputs_match_onnxruntime(tmp_path, opset):
+    rng = np.random.default_rng(8)
+    node = helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y", "mean", "inv_std"], axis=-2,
+                            epsilon=1e-3)
+    outputs = [helper.make_tensor_value_info("y", F32, [2, 3, 4]), helper.make_tensor_value_info("mean", F32, [2, 1, 1]),
+               helper.make_tensor_value_info("inv_std", F32, [2, 1, 1])]
+    graph = helper.make_graph([node], "ln", [helper.make_tensor_value_info("x", F32, [2, 3, 4])], outputs,
+                              [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "scale"),
+                               numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "bias")])
+    compile_and_check(finish(graph, opset), tmp_path, {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)})
