@@ -172,7 +172,9 @@ def run_cmd(artifact, inputs, random, output, threads, profile):
 
     import runtime  # noqa: PLC0415
     from runtime.atomic import atomic_write  # noqa: PLC0415
+    from runtime.tvm_runtime import use_runtime_only  # noqa: PLC0415
 
+    use_runtime_only()
     model = runtime.load(artifact, threads=threads)
     feeds = _read_inputs(model.inputs, inputs, random)
     results = model.run(feeds)
@@ -259,6 +261,9 @@ def serve_cmd(sources, host, port, threads, max_batch, batch_timeout_ms, max_que
     """Serve SOURCES (artifacts, or a repository folder of NAME/VERSION/model.so) over HTTP with the KServe v2
     protocol, plus /metrics (Prometheus). Stops gracefully on Ctrl-C / SIGTERM."""
     from runtime.serve import ServeOptions, read_token, serve  # noqa: PLC0415 - the runtime alone, no compiler
+    from runtime.tvm_runtime import use_runtime_only  # noqa: PLC0415
+
+    use_runtime_only()
 
     if max_batch < 1 or max_queue < 1 or max_body_mb <= 0 or request_timeout_s <= 0:
         raise KilnError("--max-batch and --max-queue must be at least 1, --max-body-mb and --request-timeout-s "

@@ -1,17 +1,32 @@
 """Import TVM's runtime alone (no compiler), once per process."""
 
 import os
+import sys
 
 _tvm = None
+_runtime_only_requested = False
+
+
+def use_runtime_only() -> None:
+    """Declare that this process only runs models (`kiln run`, `kiln serve`): TVM's runtime alone is loaded even
+    though the `compiler` package was imported (the CLI lives in it)."""
+    global _runtime_only_requested
+    _runtime_only_requested = True
 
 
 def tvm_runtime():
-    """Return the `tvm` module, imported with TVM_USE_RUNTIME_LIB=1 unless the compiler already loaded it.
+    """Return the `tvm` module: TVM's runtime alone (TVM_USE_RUNTIME_LIB=1) in a process that does not use the
+    compiler, the whole of TVM once the `compiler` package is imported (a process that loads a model and then
+    compiles one needs the compiler, and TVM is imported once per process), unless use_runtime_only() was called.
 
     The variable is set only around the import and removed at once: child processes that compile must not
     inherit it.
     """
     global _tvm
+    if _tvm is None and "compiler" in sys.modules and not _runtime_only_requested:
+        import tvm  # noqa: PLC0415 - the whole of TVM, as the compiler will import it
+
+        _tvm = tvm
     if _tvm is None:
         had = os.environ.get("TVM_USE_RUNTIME_LIB")
         os.environ["TVM_USE_RUNTIME_LIB"] = "1"

@@ -242,3 +242,14 @@ def test_ten_thousand_runs_do_not_grow_memory(artifact):
         model.run(feeds)
     grown = _rss_mb() - before
     assert grown < 4.0, f"resident memory grew {grown:.1f} MB over 10,000 runs"
+
+
+def test_a_script_may_load_a_model_and_then_compile_one(artifact, tmp_path):
+    # `import compiler` is cheap now (compile loads the compiler on first use); TVM is imported once per process,
+    # so the runtime must not pick the runtime-only library in a process that will compile.
+    model = save(single_op_model("Relu", {"x": [1, 4]}, [1, 4]), tmp_path)
+    script = (f"import compiler, runtime\nruntime.load({str(artifact)!r})\n"
+              f"print(compiler.compile({str(model)!r}, output={str(tmp_path / 'relu.so')!r}).path)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("relu.so")

@@ -323,6 +323,8 @@ def test_graceful_shutdown_finishes_requests_in_flight(built, tmp_path):
             line = process.stderr.readline()
             assert line, "the server exited early"
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtvm_runtime.so" in maps and "libtvm_compiler.so" not in maps  # serving needs TVM's runtime only
 
         class Probe:
             pass
