@@ -117,12 +117,37 @@ def _initializer(rng, graph):
         tensor.raw_data = tensor.raw_data[: len(tensor.raw_data) // 2]
 
 
+def _plausible_dim(rng, graph):
+    """A graph input dim set to another plausible size: passes the checker, reaches shape inference and TVM."""
+    dims = [d for v in graph.input if v.type.HasField("tensor_type") for d in _dims(v)]
+    if dims:
+        rng.choice(dims).dim_value = rng.choice([1, 2, 3, 5, 7, 16, 31, 64])
+
+
+def _plausible_attribute(rng, graph):
+    """A window attribute (strides, pads, dilations, kernel_shape, perm, axis) set to another plausible value."""
+    attrs = [a for n in graph.node for a in n.attribute
+             if a.name in ("strides", "pads", "dilations", "kernel_shape", "perm", "axis", "group")]
+    if not attrs:
+        return
+    attr = rng.choice(attrs)
+    if attr.type == onnx.AttributeProto.INTS:
+        if attr.name == "perm":
+            values = list(attr.ints)
+            rng.shuffle(values)
+            attr.ints[:] = values
+        else:
+            attr.ints[:] = [rng.choice([0, 1, 2, 3]) + (attr.name != "pads") for _ in attr.ints]
+    elif attr.type == onnx.AttributeProto.INT:
+        attr.i = rng.choice([-2, -1, 0, 1, 2])
+
+
 def _opset(rng, model):
     model.opset_import[0].version = rng.choice([0, 1, 5, 99, 10 ** 6])
 
 
 GRAPH_MUTATIONS = [_shape_dim, _dtype, _attribute, _dangling, _cycle, _duplicate_output, _delete_node, _unknown_op,
-                   _initializer]
+                   _initializer, _plausible_dim, _plausible_dim, _plausible_attribute, _plausible_attribute]
 
 
 def mutate(seed: int, seeds: list[onnx.ModelProto]) -> bytes:
