@@ -191,10 +191,12 @@ def test_ctrl_c_stops_after_the_batch_in_flight_and_keeps_it(model, tmp_path):
     proc = start_tune(model, folder)
     proc.send_signal(signal.SIGINT)
     try:
-        out, err = proc.communicate(timeout=180)
+        # The batch in flight finishes first: seconds on a quiet machine, but one fresh-clone run on this shared
+        # machine under outside load took over 3 minutes for it.
+        out, err = proc.communicate(timeout=420)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("kiln tune did not stop within 3 minutes of Ctrl-C")
+        pytest.fail("kiln tune did not stop within 7 minutes of Ctrl-C")
     assert proc.returncode == 130, err.decode()[-2000:]
     summary = json.loads(out)
     assert summary["stopped"] == "interrupted" and summary["trials_run"] == trials_done(folder) > 0
