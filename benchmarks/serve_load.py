@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,12 @@ import onnx
 import compiler
 import runtime
 from runtime.atomic import atomic_write
-from runtime.bench import _busy_cpu_seconds, _own_cpu_seconds, measure
+from runtime.bench import _TICK, _busy_cpu_seconds, _own_cpu_seconds, measure
 
 from . import machine, report
 from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _process_cpu_seconds(pid: int) -> float:

@@ -135,8 +135,8 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:
-    """Link EXECUTABLE into a shared library at PATH with the preset's (cross) compiler."""
-    preset.check_compiler()
+    """Link EXECUTABLE into a shared library at PATH with the preset's (cross) compiler (compile() checks it is
+    installed before any work)."""
     fcompile = cc.cross_compiler(preset.export.get("cc", "g++"), options=list(preset.export.get("options", [])))
     executable.export_library(str(path), fcompile=fcompile)
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -226,8 +225,8 @@ def targets_cmd(as_json):
     best = best_for_host().name
     if as_json:
         click.echo(json.dumps([{"name": t.name, "description": t.description, "arch": t.arch, "device": t.device,
-                                "tvm_target": t.tvm_target, "compiler": t.export.get("cc", "g++"),
-                                "compiler_installed": shutil.which(t.export.get("cc", "g++")) is not None,
+                                "tvm_target": t.tvm_target, "compiler": t.compiler,
+                                "compiler_installed": t.compiler_installed(),
                                 "runs_here": t.runs_here(), "auto": t.name == best} for t in presets.values()],
                               indent=2))
         return
@@ -235,7 +234,7 @@ def targets_cmd(as_json):
     for t in presets.values():
         mark = "*" if t.runs_here() else " "
         where = f"{t.arch}{'+' + t.device if t.device != 'cpu' else ''}"
-        missing = "" if shutil.which(t.export.get("cc", "g++")) else f"  [needs {t.export['cc']}]"
+        missing = "" if t.compiler_installed() else f"  [needs {t.compiler}]"
         click.echo(f"{mark} {t.name:<{width}}  {where:<13} {t.description}{'  [auto]' if t.name == best else ''}"
                    f"{missing}")
 

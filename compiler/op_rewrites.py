@@ -11,6 +11,7 @@ graph is untouched.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import onnx
@@ -33,8 +34,10 @@ def _layer_norm_statistics(node: onnx.NodeProto, fresh, context) -> list[onnx.No
     """NODE with only its Y output, and its Mean / InvStdDev outputs computed by plain ops (over the axes from
     `axis` to the last, in the stash type: float32 unless stash_type says otherwise)."""
     outputs = list(node.output) + [""] * (3 - len(node.output))
+    if not any(outputs[1:]):
+        return [node]
     rank = context.rank(node.input[0])
-    if not any(outputs[1:]) or rank is None:
+    if rank is None:
         return [node]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     axis = attrs.get("axis", -1) % rank
@@ -79,16 +82,22 @@ class _Context:
     (from ONNX shape inference, where it knows them)."""
 
     def __init__(self, model: onnx.ModelProto):
+        self.model = model
         self.opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+
+    @functools.cached_property
+    def types(self) -> dict:
+        """Tensor types by name, inferred on first use (most models need no rule that asks)."""
         try:
-            inferred = onnx.shape_inference.infer_shapes(model)
+            inferred = onnx.shape_inference.infer_shapes(self.model)
         except Exception:  # noqa: BLE001 - without inferred types, rewrites that need them are skipped
-            inferred = model
+            inferred = self.model
         graph = inferred.graph
-        self.types = {v.name: v.type.tensor_type for v in list(graph.input) + list(graph.value_info)
-                      + list(graph.output) if v.type.HasField("tensor_type")}
-        self.types.update({t.name: onnx.TypeProto.Tensor(elem_type=t.data_type, shape=onnx.TensorShapeProto(
+        types = {v.name: v.type.tensor_type for v in list(graph.input) + list(graph.value_info)
+                 + list(graph.output) if v.type.HasField("tensor_type")}
+        types.update({t.name: onnx.TypeProto.Tensor(elem_type=t.data_type, shape=onnx.TensorShapeProto(
             dim=[onnx.TensorShapeProto.Dimension(dim_value=d) for d in t.dims])) for t in graph.initializer})
+        return types
 
     def rank(self, name: str) -> int | None:
         found = self.types.get(name)

@@ -41,10 +41,18 @@ class TargetPreset:
         return (self.device == "cpu" and self.arch == platform.machine()
                 and set(self.cpu_features) <= host_cpu_features())
 
+    @property
+    def compiler(self) -> str:
+        """The (cross) compiler command that links this preset's libraries."""
+        return self.export.get("cc", "g++")
+
+    def compiler_installed(self) -> bool:
+        return shutil.which(self.compiler) is not None
+
     def check_compiler(self) -> None:
         """A clear error when the (cross) compiler that links this preset's libraries is not installed."""
-        cc = self.export.get("cc", "g++")
-        if shutil.which(cc) is None:
+        cc = self.compiler
+        if not self.compiler_installed():
             package = self.export.get("debian_package")
             how = (f"install it: apt-get install {package} (`make setup` does, as root)" if package
                    else "install a C++ compiler")

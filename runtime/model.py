@@ -45,41 +45,41 @@ class Model:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on FEEDS (every input by name) and return every output by name."""
-        unknown = sorted(set(feeds) - {s.name for s in self.inputs})
-        missing = [s.name for s in self.inputs if s.name not in feeds]
-        if unknown or missing:
-            raise KilnError(
-                f"wrong inputs: missing {missing or 'none'}, unknown {unknown or 'none'}",
-                f"the model takes {self._describe(self.inputs)}",
-            )
-        return self._execute([feeds[s.name] for s in self.inputs])
+        return self._execute(ordered_feeds(self.inputs, feeds))
 
     def __call__(self, *arrays: np.ndarray):
         """Run on positional inputs in manifest order; one output comes back as an array, several as a tuple."""
         if len(arrays) != len(self.inputs):
             raise KilnError(
                 f"the model takes {len(self.inputs)} input(s), got {len(arrays)}",
-                f"pass {self._describe(self.inputs)}",
+                f"pass {describe(self.inputs)}",
             )
         outputs = list(self._execute(list(arrays)).values())
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _execute(self, arrays: list) -> dict[str, np.ndarray]:
         tvm = tvm_runtime()
-        # TVM keeps one worker pool per calling thread, configured by that thread: a thread that never configured
-        # it gets TVM's default (one worker here), so a model run from a server's worker thread ran 2x slower.
-        if getattr(_pool_threads, "size", "unset") != self.threads:
-            set_num_threads(self.threads)
-            _pool_threads.size = self.threads
+        _size_pool(self.threads)
         checked = check_inputs(self.inputs, arrays)
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
             result = self._main(*[tvm.runtime.tensor(a, device=self.device) for a in checked])
             values = [result] if hasattr(result, "numpy") else list(result)
             return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
 
-    @staticmethod
-    def _describe(specs: list[TensorSpec]) -> str:
-        return ", ".join(f"{s.name}: {s.dtype}[{s.shape_text()}]" for s in specs)
+
+def describe(specs: list[TensorSpec]) -> str:
+    """'name: dtype[shape], ...' of SPECS, as error messages list what a model takes."""
+    return ", ".join(f"{s.name}: {s.dtype}[{s.shape_text()}]" for s in specs)
+
+
+def ordered_feeds(specs: list[TensorSpec], feeds: dict) -> list:
+    """FEEDS (by name) in the order of SPECS; a KilnError naming the missing and unknown names otherwise."""
+    unknown = sorted(set(feeds) - {s.name for s in specs})
+    missing = [s.name for s in specs if s.name not in feeds]
+    if unknown or missing:
+        raise KilnError(f"wrong inputs: missing {missing or 'none'}, unknown {unknown or 'none'}",
+                        f"the model takes {describe(specs)}")
+    return [feeds[s.name] for s in specs]
 
 
 def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
@@ -142,8 +142,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     if "amx_tile" in manifest.cpu_features:
         enable_amx()
     device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
-    set_num_threads(threads)
-    _pool_threads.size = threads
+    _size_pool(threads)
     try:
         lib = tvm.runtime.load_module(str(_loadable_path(path, manifest.library_sha256)))
         vm = lib["vm_load_executable"]()
@@ -159,6 +158,15 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     else:
         vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
     return Model(path, manifest, lib, vm, device, threads)
+
+
+def _size_pool(threads: int | None) -> None:
+    """Size the calling thread's TVM worker pool to THREADS once. TVM keeps one pool per calling thread,
+    configured by that thread: a thread that never configured it gets TVM's default (one worker here), so a model
+    run from a server's worker thread ran 2x slower."""
+    if getattr(_pool_threads, "size", "unset") != threads:
+        set_num_threads(threads)
+        _pool_threads.size = threads
 
 
 def _gpu(path: Path, manifest: Manifest):

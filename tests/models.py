@@ -44,6 +44,15 @@ def finish(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
     return model
 
 
+def kiln(*args):
+    """Run the `kiln` command line in this process (click's runner); returns its result (exit_code, output)."""
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from compiler.cli import main  # noqa: PLC0415
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
 def save(model: onnx.ModelProto, folder: Path, name: str = "model") -> Path:
     """Write MODEL as FOLDER/NAME.onnx and return the path."""
     path = Path(folder) / f"{name}.onnx"

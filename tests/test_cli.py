@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 from compiler.cli import main
-from tests.models import F32, finish, save, single_op_model
+from tests.models import F32, finish, kiln, save, single_op_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,10 +30,6 @@ def artifact(model):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
     return out
-
-
-def kiln(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_targets_lists_presets_and_auto():

@@ -23,7 +23,7 @@ from runtime.artifact import split_artifact
 from runtime.bench import outputs_match, random_inputs
 from runtime.errors import KilnError
 from runtime.references import onnxruntime_session
-from tests.models import save
+from tests.models import kiln, save
 
 ARM_PRESETS = sorted(t.name for t in all_targets().values() if t.arch == "aarch64" and t.device == "cpu")
 CUDA_PRESETS = sorted(t.name for t in all_targets().values() if t.device == "cuda")
@@ -252,21 +252,13 @@ def test_cuda_artifact_without_a_gpu_fails_clearly(tmp_path):
         runtime.load(fake)
 
 
-def _kiln(*args):
-    from click.testing import CliRunner  # noqa: PLC0415
-
-    from compiler.cli import main  # noqa: PLC0415
-
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def test_targets_cli_shows_architecture_device_and_compiler():
-    listed = {t["name"]: t for t in json.loads(_kiln("targets", "--json").output)}
+    listed = {t["name"]: t for t in json.loads(kiln("targets", "--json").output)}
     assert (listed["rpi4"]["arch"], listed["rpi4"]["device"], listed["rpi4"]["compiler"]) == (
         "aarch64", "cpu", "aarch64-linux-gnu-g++")
     assert (listed["cuda-sm86"]["arch"], listed["cuda-sm86"]["device"]) == ("x86_64", "cuda")
     assert not listed["rpi4"]["runs_here"] and not listed["cuda-sm86"]["runs_here"]
-    text = _kiln("targets").output
+    text = kiln("targets").output
     assert "aarch64+cuda" in text and "x86_64+cuda" in text
 
 
@@ -274,15 +266,15 @@ def test_targets_cli_shows_architecture_device_and_compiler():
 def test_compile_inspect_and_bundle_from_the_command_line(tmp_path):
     path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
     art = tmp_path / "m.rpi5.so"
-    result = _kiln("compile", path, "--target", "rpi5", "-o", art)
+    result = kiln("compile", path, "--target", "rpi5", "-o", art)
     assert result.exit_code == 0, result.output
-    shown = _kiln("inspect", art).output
+    shown = kiln("inspect", art).output
     assert "target     rpi5" in shown and "runs on    aarch64 CPU with asimd, asimddp" in shown
-    result = _kiln("bundle", art, "-o", tmp_path / "pi")
+    result = kiln("bundle", art, "-o", tmp_path / "pi")
     assert result.exit_code == 0, result.output
     assert "kiln-run" in result.output and "libtvm_runtime.so" in result.output
     assert (tmp_path / "pi" / "kiln-run").stat().st_mode & 0o111  # executable
-    result = _kiln("run", art, "--random")
+    result = kiln("run", art, "--random")
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("error: ")
     assert "built for aarch64 (target rpi5), this host is" in result.output and "Traceback" not in result.output
@@ -290,10 +282,10 @@ def test_compile_inspect_and_bundle_from_the_command_line(tmp_path):
 
 def test_tune_refuses_targets_it_cannot_time_here(tmp_path):
     path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
-    result = _kiln("tune", path, "--target", "rpi4", "--trials", 4, "--log", tmp_path / "log",
+    result = kiln("tune", path, "--target", "rpi4", "--trials", 4, "--log", tmp_path / "log",
                    "--input-shape", "input=1x3x16x16")
     assert result.exit_code == 1 and "--rpc HOST:PORT --key rpi4" in result.output
-    result = _kiln("tune", path, "--target", "cuda-sm80", "--trials", 4, "--log", tmp_path / "log",
+    result = kiln("tune", path, "--target", "cuda-sm80", "--trials", 4, "--log", tmp_path / "log",
                    "--input-shape", "input=1x3x16x16")
     assert result.exit_code == 1 and "kiln tune searches CPU kernels only; cuda-sm80 runs on cuda" in result.output
 

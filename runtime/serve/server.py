@@ -19,7 +19,7 @@ import tornado.web
 
 from .. import __version__
 from ..errors import KilnError
-from ..model import check_inputs
+from ..model import check_inputs, ordered_feeds
 from ..tvm_runtime import usable_cpus
 from .metrics import ServerMetrics
 from .protocol import HEADER_LENGTH, ProtocolError, infer_response, parse_infer, tensor_metadata
@@ -227,20 +227,15 @@ class Infer(Handler):
     def _checked(entry, request) -> dict:
         """REQUEST's inputs checked against the model (names, dtypes, shapes) before any work: 400 otherwise."""
         specs = entry.model.inputs
-        missing = [s.name for s in specs if s.name not in request.inputs]
-        unknown = sorted(set(request.inputs) - {s.name for s in specs})
-        if missing or unknown:
-            raise ProtocolError(400, f"wrong inputs: missing {missing or 'none'}, unknown {unknown or 'none'}; the "
-                                     "model takes " + ", ".join(f"{s.name} {tensor_metadata(s)['datatype']}"
-                                                                f"[{s.shape_text()}]" for s in specs))
-        outputs = {s.name for s in entry.model.outputs}
-        wanted = [o for o in request.outputs or [] if o not in outputs]
-        if wanted:
-            raise ProtocolError(400, f"unknown output(s) {wanted}; the model has {sorted(outputs)}")
         try:
-            arrays = check_inputs(specs, [request.inputs[s.name] for s in specs])
+            ordered = ordered_feeds(specs, request.inputs)
+            outputs = {s.name for s in entry.model.outputs}
+            wanted = [o for o in request.outputs or [] if o not in outputs]
+            if wanted:
+                raise ProtocolError(400, f"unknown output(s) {wanted}; the model has {sorted(outputs)}")
+            arrays = check_inputs(specs, ordered)
         except KilnError as err:
-            raise ProtocolError(400, err.message) from None
+            raise ProtocolError(400, str(err)) from None
         return {s.name: a for s, a in zip(specs, arrays)}
 
 

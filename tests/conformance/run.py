@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import queue
 import subprocess
 import sys
@@ -24,6 +26,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESTART_EVERY = 150  # cases per worker process before a fresh one (each case leaves a library loaded)
+
+
+def worker_answers():
+    """The worker side of Worker's protocol: logging quiet, the original stdout kept for answers alone (anything
+    else printed, by Python or by native code, goes to stderr); returns answer(obj), which writes one JSON line.
+    Call it first, then answer({"ready": True}) once set up."""
+    logging.disable(logging.CRITICAL)
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def answer(obj: dict) -> None:
+        print(json.dumps(obj), file=channel, flush=True)
+
+    return answer
 
 
 class Worker:

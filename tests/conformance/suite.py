@@ -170,24 +170,20 @@ def run_case(case: Case, engine: str, folder: Path) -> tuple[str, str]:
 def worker() -> None:
     """Read case names from stdin, one per line; print one JSON line of (name, outcome, detail) for each.
     The parent restarts a worker that dies (a segfault is a crash of the case it was running)."""
-    import json  # noqa: PLC0415
     import sys  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    import logging  # noqa: PLC0415
+    from tests.conformance.run import worker_answers  # noqa: PLC0415
 
-    logging.disable(logging.CRITICAL)
-    # Results go to the original stdout alone; anything else printed (by Python or by native code) to stderr.
-    results = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
+    answer = worker_answers()
     engine = sys.argv[1]
     cases = all_cases()
-    print(json.dumps({"ready": True}), file=results, flush=True)
+    answer({"ready": True})
     for line in sys.stdin:
         name = line.strip()
         with tempfile.TemporaryDirectory(prefix="kiln-conf-") as tmp:
             outcome, detail = run_case(cases[name], engine, Path(tmp))
-        print(json.dumps({"name": name, "outcome": outcome, "detail": detail}), file=results, flush=True)
+        answer({"name": name, "outcome": outcome, "detail": detail})
 
 
 if __name__ == "__main__":

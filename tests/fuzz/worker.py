@@ -4,19 +4,15 @@ internal (any other exception: the CLI shows it as 'internal error', a bug to fi
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
 
+from tests.conformance.run import worker_answers
+
 
 def main() -> None:
-    logging.disable(logging.CRITICAL)
-    results = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # whatever else is printed goes to stderr
-
+    answer = worker_answers()  # before the heavy imports: anything they print goes to stderr
     import compiler  # noqa: PLC0415
     import runtime  # noqa: PLC0415
     from runtime.bench import random_inputs  # noqa: PLC0415
@@ -24,7 +20,7 @@ def main() -> None:
     from tests.fuzz.mutate import mutate, seed_models  # noqa: PLC0415
 
     seeds = seed_models()
-    print(json.dumps({"ready": True}), file=results, flush=True)
+    answer({"ready": True})
     for line in sys.stdin:
         case = line.strip()
         with tempfile.TemporaryDirectory(prefix="kiln-fuzz-") as tmp:
@@ -40,7 +36,7 @@ def main() -> None:
             except Exception as err:  # noqa: BLE001 - recorded: the fuzzer's findings
                 first = (str(err).strip().splitlines() or [""])[0]
                 outcome, detail = "internal", f"{type(err).__name__}: {first.replace(tmp, 'TMP')[:300]}"
-        print(json.dumps({"name": case, "outcome": outcome, "detail": detail}), file=results, flush=True)
+        answer({"name": case, "outcome": outcome, "detail": detail})
 
 
 if __name__ == "__main__":
