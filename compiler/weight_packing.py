@@ -15,6 +15,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from . import winograd
 from .relax_util import const_value, op_name, rewrite_relax_functions
 
 # Columns per packed panel, preferred first; each a multiple of every vector width Kiln uses. Measured: matmuls
@@ -90,6 +91,8 @@ class _WeightPacker(PyExprMutator):
                 return self._emit(packed_matmul, call.args[0], pack_columns(weight, width), "packed_matmul")
         if name == "relax.nn.conv2d" and self._packable_conv(call.attrs):
             width = panel_width(weight.shape[-1], CONV_PANELS)
+            if width and self._winograd_fits(call, weight):
+                return self._winograd(call, weight, width)
             if width:
                 attrs = call.attrs
                 return self._emit(packed_conv2d, call.args[0], pack_columns(weight, width), "packed_conv2d",
@@ -102,8 +105,27 @@ class _WeightPacker(PyExprMutator):
         return (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NHWC", "HWIO", "NHWC") \
             and int(attrs.groups) == 1 and str(attrs.out_dtype) in ("", "None", "float32", "void")
 
-    def _emit(self, compute, x, packed: np.ndarray, name: str, *params):
-        return self.builder_.call_te(compute, x, relax.const(packed), *params, primfunc_name_hint=name,
+    @staticmethod
+    def _winograd_fits(call, weight: np.ndarray) -> bool:
+        """A 3x3 stride-1 convolution with enough input channels and enough output tiles (see winograd.fits)."""
+        attrs, shape = call.attrs, call.ty.shape
+        return weight.shape[:2] == (3, 3) and all(int(v) == 1 for v in (*attrs.strides, *attrs.dilation)) \
+            and all(isinstance(shape[i], tvm.tirx.IntImm) for i in (1, 2)) \
+            and winograd.fits(weight.shape[2], int(shape[1]), int(shape[2]))
+
+    def _winograd(self, call, weight: np.ndarray, width: int):
+        out_h, out_w = int(call.ty.shape[1]), int(call.ty.shape[2])
+        padding = [int(v) for v in call.attrs.padding]
+        v = self.builder_.emit(self._emit(winograd.input_transform, call.args[0], None, "winograd_input", padding))
+        m = self.builder_.emit(self._emit(winograd.batched_gemm, v,
+                                          pack_columns(winograd.transformed_weights(weight), width), "winograd_gemm"))
+        return self._emit(winograd.output_transform, m, None, "winograd_output", out_h, out_w)
+
+    def _emit(self, compute, x, packed: np.ndarray | None, name: str, *params):
+        """call_te of COMPUTE on X (and the constant PACKED weights, when given) as an out-elementwise-fusable
+        kernel: FuseOps folds the elementwise ops after it into it, and never fuses two such kernels."""
+        weights = [] if packed is None else [relax.const(packed)]
+        return self.builder_.call_te(compute, x, *weights, *params, primfunc_name_hint=name,
                                      primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
 
 

@@ -10,11 +10,13 @@ from .contraction import Contraction
 from .amx import AMXContraction
 from .dot_product import DotProductContraction
 from .injective import Injective
+from .winograd import WinogradTransform
 
 
 def default_rules(lanes: int) -> list:
     """Rules tried in order on each unscheduled kernel; LANES is the target's fp32 vector width."""
-    return [AMXContraction(lanes), DotProductContraction(lanes), Contraction(lanes), Injective(lanes),
+    return [WinogradTransform(lanes), AMXContraction(lanes), DotProductContraction(lanes), Contraction(lanes),
+            Injective(lanes),
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
@@ -22,7 +24,8 @@ def tuning_space(lanes: int):
     """A MetaSchedule schedule function (for ms.space_generator.ScheduleFn): Kiln's default schedule of the kernel
     with its tile sizes as sampling instructions, so the tuner starts from the default and mutates the tiles.
     Returns no schedule for a kernel no Kiln rule fits (MetaSchedule's generic space still covers it)."""
-    rules = [AMXContraction(lanes), DotProductContraction(lanes), Contraction(lanes, tunable=True), Injective(lanes)]
+    rules = [WinogradTransform(lanes), AMXContraction(lanes), DotProductContraction(lanes),
+             Contraction(lanes, tunable=True), Injective(lanes)]
 
     def space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
         for rule in rules:

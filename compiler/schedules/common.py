@@ -99,3 +99,33 @@ def schedule_injective(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(fused)
     elif extent > 1:
         sch.parallel(fused)
+
+
+def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None:
+    """Fold the elementwise tail EPILOGUE into MAIN's write-back (the register tile's, in a contraction).
+
+    Intermediate tail blocks are inlined forward first (one may feed several others, as in GELU), so only the
+    last has to be inlined backwards into the write-back; what cannot be fused gets its own loop nest.
+    """
+    out_shape = [str(d) for d in sch.get(main).writes[0].source.shape]
+    if any([str(d) for d in sch.get(b).writes[0].source.shape] != out_shape for b in epilogue):
+        # A tail that changes the shape (the slice after padded channels) would make the tile's write-back
+        # run past the output: it keeps loop nests of its own.
+        for block in epilogue:
+            schedule_injective(sch, block, lanes)
+        return
+    leftover = []
+    for block in epilogue[:-1]:
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            leftover.append(block)
+    if epilogue and not leftover:
+        try:
+            sch.reverse_compute_inline(epilogue[-1])
+        except s_tir.ScheduleError:
+            leftover.append(epilogue[-1])
+    elif epilogue:
+        leftover.append(epilogue[-1])
+    for block in leftover:
+        schedule_injective(sch, block, lanes)

@@ -15,7 +15,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, schedule_injective, split_tile, vector_factor, vector_factors
+from .common import (KilnRule, const_extent, fuse_epilogue, schedule_injective, split_tile, vector_factor,
+                     vector_factors)
 
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
 MAX_ACCUMULATORS = 24  # of the 32 vector registers of AVX-512 (12 of 16 on AVX2: see register_tile)
@@ -168,33 +169,7 @@ class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
 
     def _fuse_epilogue(self, sch: s_tir.Schedule, main, epilogue: list) -> None:
-        """Fold the elementwise tail into the write-back of the register tile.
-
-        Intermediate tail blocks are inlined forward first (one may feed several others, as in GELU), so only the
-        last has to be inlined backwards into the write-back; what cannot be fused gets its own loop nest.
-        """
-        out_shape = [str(d) for d in sch.get(main).writes[0].source.shape]
-        if any([str(d) for d in sch.get(b).writes[0].source.shape] != out_shape for b in epilogue):
-            # A tail that changes the shape (the slice after padded channels) would make the tile's write-back
-            # run past the output: it keeps loop nests of its own.
-            for block in epilogue:
-                schedule_injective(sch, block, self.lanes)
-            return
-        leftover = []
-        for block in epilogue[:-1]:
-            try:
-                sch.compute_inline(block)
-            except s_tir.ScheduleError:
-                leftover.append(block)
-        if epilogue and not leftover:
-            try:
-                sch.reverse_compute_inline(epilogue[-1])
-            except s_tir.ScheduleError:
-                leftover.append(epilogue[-1])
-        elif epilogue:
-            leftover.append(epilogue[-1])
-        for block in leftover:
-            schedule_injective(sch, block, self.lanes)
+        fuse_epilogue(sch, main, epilogue, self.lanes)
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         infos = [get_sblock_info(sch, b) for b in blocks]
