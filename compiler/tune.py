@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import tvm
+from tvm import s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -156,9 +157,16 @@ class Tuner:
             seen = self.notes.get("tasks", {}).get(key, {})
             states.append(TaskState(key=key, name=task.task_name, weight=int(task.weight),
                                     mflop=kernel_mflop(task.dispatched[0]["main"]) or 0.0,
+                                    fixed=self._fixed(task.dispatched[0]),
                                     trials=int(seen.get("trials", 0)),
                                     default_us=seen.get("default_us"), best_us=seen.get("best_us")))
         return states, extracted
+
+    def _fixed(self, mod: tvm.IRModule) -> bool:
+        """True when Kiln's schedule of MOD samples nothing (the Winograd transforms): a search could only
+        re-time it, and their unrolled code is slow to build (minutes per batch measured)."""
+        found = tuning_space(self.preset.vector_lanes_fp32)(s_tir.Schedule(mod))
+        return bool(found) and not any(inst.kind.name.startswith("Sample") for inst in found[0].trace.insts)
 
     def seed(self, states: list[TaskState], task_mods: list[tvm.IRModule]) -> None:
         """Measure Kiln's default schedule of each kernel (one batch) and record it: the search starts from it."""

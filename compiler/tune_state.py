@@ -21,10 +21,11 @@ class TaskState:
     trials: int = 0
     default_us: float | None = None
     best_us: float | None = None
+    fixed: bool = False  # Kiln's schedule of it has nothing to tune (no tile sizes): it is never searched
 
     @property
     def work(self) -> float:
-        return self.weight * self.mflop
+        return 0.0 if self.fixed else self.weight * self.mflop
 
     @property
     def remaining(self) -> int:
@@ -69,7 +70,8 @@ class TuneSummary:
 
 
 def allocate(tasks: list[TaskState], trials: int) -> None:
-    """Give each kernel its share of TRIALS by weight x FLOPs; kernels under LIGHT_SHARE of the work get none."""
+    """Give each kernel its share of TRIALS by weight x FLOPs; kernels under LIGHT_SHARE of the work, and fixed
+    ones, get none."""
     total = sum(t.work for t in tasks) or 1.0
     heavy = [t for t in tasks if t.work >= LIGHT_SHARE * total]
     heavy_work = sum(t.work for t in heavy) or 1.0

@@ -224,7 +224,23 @@ def prune(folder: Path, keep: int) -> tuple[int, int]:
             by_workload.setdefault(workload, []).append((mean, index))
     kept = sorted(i for runs in by_workload.values() for _t, i in sorted(runs)[:keep])
     _keep_records(folder, records, [records[i][0] for i in kept])
+    _drop_unused_workloads(folder)
     return len(records), len(kept)
+
+
+def _drop_unused_workloads(folder: Path) -> None:
+    """Drop the workloads no record refers to (kernels whose records were all pruned, or that were never
+    searched) and renumber the records: a workload line holds a whole kernel, often over 100 KB. Each file is
+    replaced atomically, one after the other, under the tune's writer lock."""
+    lines = [line for line in (folder / WORKLOADS).read_text().split("\n") if line.strip()]
+    records = [json.loads(line) for line in (folder / RECORDS).read_text().split("\n") if line.strip()]
+    used = sorted({record[0] for record in records})
+    if len(used) == len(lines):
+        return
+    renumber = {old: new for new, old in enumerate(used)}
+    atomic_write(folder / RECORDS, "".join(json.dumps([renumber[r[0]], r[1]], separators=(",", ":")) + "\n"
+                                            for r in records))
+    atomic_write(folder / WORKLOADS, "".join(lines[i] + "\n" for i in used))
 
 
 def drop_records(folder: Path, workload_key: str, faster_than: float) -> int:

@@ -36,7 +36,9 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, -1, 8, -8, 1]], dtype=np.float64)
 TILE = AT.shape[0]  # outputs per tile side
 ALPHA = AT.shape[1]  # inputs per tile side
-INPUT_BLOCK, OUTPUT_BLOCK = "winograd_input", "winograd_output"  # the schedule rule finds the transforms by name
+# the schedule rule finds the transforms' blocks by name
+INPUT_BLOCK, ROWS_BLOCK, OUTPUT_BLOCK, COLUMNS_BLOCK = "winograd_input", "winograd_rows", "winograd_output", \
+    "winograd_columns"
 # Below MIN_TILES output tiles per image the GEMM's rows are too few to pay for reading weights 4x the size
 # (36 / 9): 3 layers 7x7x512 -> 512 (4 tiles) ran 3.53 ms against 3.70 direct, with 113 MB of weights instead
 # of 28; at 14x14x256 (16 tiles) 2.0 against 4.7 ms, at 28x28x128 2.0 against 3.5, at 56x56x64 1.9 against 4.1.
@@ -84,15 +86,14 @@ def _pick(index, choices: list):
     return chosen
 
 
-def _two_sided(matrix: np.ndarray, row: int, col: int, value) -> object:
-    """(M d M^T)[row, col] for the square patch d whose element (i, j) is VALUE(i, j), nonzero terms only."""
-    return _combination([(matrix[row, i] * matrix[col, j], value(i, j))
-                         for i in range(matrix.shape[1]) for j in range(matrix.shape[1])
-                         if matrix[row, i] and matrix[col, j]])
+def _row_combination(matrix: np.ndarray, row: int, value) -> object:
+    """sum over i of MATRIX[row, i] * VALUE(i), nonzero terms only."""
+    return _combination([(matrix[row, i], value(i)) for i in range(matrix.shape[1]) if matrix[row, i]])
 
 
 def input_transform(x: te.Tensor, padding) -> te.Tensor:
-    """V[ab, n, t, c] of NHWC X for a 3x3 stride-1 convolution with PADDING (top, left, bottom, right)."""
+    """V[ab, n, t, c] of NHWC X for a 3x3 stride-1 convolution with PADDING (top, left, bottom, right), in two
+    separable steps: R = B^T d (ROWS_BLOCK: R[a, j] for one tile) then V = R B."""
     _, height, width, channels = x.shape
     top, left, bottom, right = padding
     down, across = tiles(int(height) + top + bottom - 2, int(width) + left + right - 2)
@@ -100,13 +101,15 @@ def input_transform(x: te.Tensor, padding) -> te.Tensor:
                          (0, down * TILE + 2 - int(height) - top, across * TILE + 2 - int(width) - left, 0),
                          name="pad")
 
-    def element(ab, n, t, c):
+    def row_step(a, j, n, t, c):
         row, col = t // across * TILE, t % across * TILE
+        return _pick(a, [_row_combination(BT, r, lambda i: padded[n, row + i, col + j, c]) for r in range(ALPHA)])
 
-        def patch(i, j):
-            return padded[n, row + i, col + j, c]
+    rows = te.compute((ALPHA, ALPHA, x.shape[0], down * across, channels), row_step, name=ROWS_BLOCK)
 
-        return _pick(ab, [_two_sided(BT, a, b, patch) for a in range(ALPHA) for b in range(ALPHA)])
+    def element(ab, n, t, c):
+        return _pick(ab % ALPHA, [_row_combination(BT, b, lambda j: rows[ab // ALPHA, j, n, t, c])
+                                  for b in range(ALPHA)])
 
     return te.compute((ALPHA * ALPHA, x.shape[0], down * across, channels), element, name=INPUT_BLOCK)
 
@@ -122,16 +125,19 @@ def batched_gemm(v: te.Tensor, packed: te.Tensor) -> te.Tensor:
 
 
 def output_transform(m: te.Tensor, out_h: int, out_w: int) -> te.Tensor:
-    """Y[n, h, w, k] (NHWC, OUT_H x OUT_W) from M[ab, n, t, k]."""
-    _, _, across = (None, *tiles(out_h, out_w))
+    """Y[n, h, w, k] (NHWC, OUT_H x OUT_W) from M[ab, n, t, k], in two separable steps: C = M A (COLUMNS_BLOCK:
+    C[a, v] for one tile) then Y = A^T C."""
+    _, across = tiles(out_h, out_w)
+    _, n, count, channels = m.shape
 
-    def element(n, h, w, k):
+    def column_step(a, v, batch, t, k):
+        return _pick(v, [_row_combination(AT, col, lambda b: m[a * ALPHA + b, batch, t, k]) for col in range(TILE)])
+
+    columns = te.compute((ALPHA, TILE, n, count, channels), column_step, name=COLUMNS_BLOCK)
+
+    def element(batch, h, w, k):
         tile = h // TILE * across + w // TILE
+        return _pick(h % TILE, [_row_combination(AT, u, lambda a: columns[a, w % TILE, batch, tile, k])
+                                for u in range(TILE)])
 
-        def product(a, b):
-            return m[a * ALPHA + b, n, tile, k]
-
-        rows = [_pick(w % TILE, [_two_sided(AT, u, v, product) for v in range(TILE)]) for u in range(TILE)]
-        return _pick(h % TILE, rows)
-
-    return te.compute((m.shape[1], out_h, out_w, m.shape[3]), element, name=OUTPUT_BLOCK)
+    return te.compute((n, out_h, out_w, channels), element, name=OUTPUT_BLOCK)

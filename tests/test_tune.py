@@ -138,6 +138,22 @@ def test_prune_keeps_the_fastest_record_of_each_workload(tuned, tmp_path):
     assert {w: sum(t) / len(t) for w, t in kept.items()} == best
 
 
+def test_prune_drops_workloads_without_records_and_renumbers_the_rest(tuned, model, tmp_path):
+    folder, _summary = tuned
+    copy = copy_log(folder, tmp_path / "unused", with_notes=True)
+    workloads = (copy / tuning.WORKLOADS).read_text().splitlines()
+    first_key = json.loads(workloads[0])[0]
+    others = [line for line in records(copy) if json.loads(line)[0] != 0]
+    (copy / tuning.RECORDS).write_text("".join(line + "\n" for line in others))
+    tuning.prune(copy, keep=4)
+    left = (copy / tuning.WORKLOADS).read_text().splitlines()
+    assert len(left) == len(workloads) - 1 and first_key not in {json.loads(line)[0] for line in left}
+    assert {json.loads(line)[0] for line in records(copy)} == set(range(len(left)))
+    artifact = compiler.compile(model, target="x86-avx512", output=tmp_path / "pruned.so", tuning_log=copy)
+    assert artifact.manifest.tuning["tasks_tuned"] == 1  # of the 2 the full log tunes
+    assert_matches_onnxruntime(model, artifact.path)
+
+
 def test_repair_drops_a_torn_last_line(tuned, tmp_path):
     folder, _summary = tuned
     copy = copy_log(folder, tmp_path / "torn")

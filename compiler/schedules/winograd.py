@@ -1,11 +1,12 @@
-"""Schedule of the Winograd transforms (compiler/winograd.py): one tile per parallel step, the tile positions
-unrolled (so each position's select chain folds to its own few terms), channels vectorized."""
+"""Schedule of the Winograd transforms (compiler/winograd.py): one tile and channel vector per parallel step; the
+tile positions unrolled, so each position's select chain folds to its own few terms; the first separable step
+computed per row (input) or column (output) of the tile, right where the second step reads it."""
 
 from __future__ import annotations
 
 from tvm import s_tir
 
-from ..winograd import INPUT_BLOCK, OUTPUT_BLOCK, TILE
+from ..winograd import ALPHA, COLUMNS_BLOCK, INPUT_BLOCK, OUTPUT_BLOCK, ROWS_BLOCK, TILE
 from .common import KilnRule, const_extent, fuse_epilogue, schedule_injective, vector_factor
 
 
@@ -15,39 +16,52 @@ class WinogradTransform(KilnRule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         names = [sch.get(b).name_hint for b in blocks]
-        if INPUT_BLOCK in names:
-            main = names.index(INPUT_BLOCK)
-            if main != len(blocks) - 1:
-                return None
-            for block in blocks[:main]:  # the padding, materialized: every input is read by up to 4 tiles
+        if names[-2:] == [ROWS_BLOCK, INPUT_BLOCK]:
+            for block in blocks[:-2]:  # the padding, materialized: every input is read by up to 4 tiles
                 schedule_injective(sch, block, self.lanes)
-            return self._input(sch, blocks[main])
-        if OUTPUT_BLOCK in names and names.index(OUTPUT_BLOCK) == 0:
-            fuse_epilogue(sch, blocks[0], blocks[1:], self.lanes)
-            return self._output(sch, blocks[0])
+            return self._input(sch, blocks[-2], blocks[-1])
+        if names[:2] == [COLUMNS_BLOCK, OUTPUT_BLOCK]:
+            fuse_epilogue(sch, blocks[1], blocks[2:], self.lanes)
+            return self._output(sch, blocks[0], blocks[1])
         return None
 
-    def _input(self, sch: s_tir.Schedule, block) -> s_tir.Schedule:
-        # V[ab, n, t, c]: per tile and channel vector, all 36 positions from one 6 x 6 patch
+    def _input(self, sch: s_tir.Schedule, rows, block) -> s_tir.Schedule:
+        # V[ab, n, t, c]: per tile and channel vector, row a of B^T d, then the 6 positions (a, b) it feeds
         position, batch, tile, channel = sch.get_loops(block)
-        lanes = vector_factor(const_extent(sch, channel), self.lanes)
-        channel_outer, channel_inner = sch.split(channel, [None, lanes])
-        sch.reorder(batch, tile, channel_outer, position, channel_inner)
+        channel_outer, channel_inner = sch.split(channel, [None, self._lanes(sch, channel)])
+        row, col = sch.split(position, [ALPHA, ALPHA])
+        sch.reorder(batch, tile, channel_outer, row, col, channel_inner)
         sch.parallel(sch.fuse(tile, channel_outer))
-        sch.unroll(position)
-        sch.vectorize(channel_inner)
-        return sch
-
-    def _output(self, sch: s_tir.Schedule, block) -> s_tir.Schedule:
-        # Y[n, h, w, k]: per tile and channel vector, its 4 x 4 outputs from the 36 products
-        batch, height, width, channel = sch.get_loops(block)
-        lanes = vector_factor(const_extent(sch, channel), self.lanes)
-        tile_row, row = sch.split(height, [None, TILE])
-        tile_col, col = sch.split(width, [None, TILE])
-        channel_outer, channel_inner = sch.split(channel, [None, lanes])
-        sch.reorder(batch, tile_row, tile_col, channel_outer, row, col, channel_inner)
-        sch.parallel(sch.fuse(tile_row, tile_col, channel_outer))
+        self._step_at(sch, rows, row)
         sch.unroll(row)
         sch.unroll(col)
         sch.vectorize(channel_inner)
         return sch
+
+    def _output(self, sch: s_tir.Schedule, columns, block) -> s_tir.Schedule:
+        # Y[n, h, w, k]: per tile and channel vector, column v of M A, then the 4 outputs of that column
+        batch, height, width, channel = sch.get_loops(block)
+        tile_row, row = sch.split(height, [None, TILE])
+        tile_col, col = sch.split(width, [None, TILE])
+        channel_outer, channel_inner = sch.split(channel, [None, self._lanes(sch, channel)])
+        sch.reorder(batch, tile_row, tile_col, channel_outer, col, row, channel_inner)
+        sch.parallel(sch.fuse(tile_row, tile_col, channel_outer))
+        self._step_at(sch, columns, col)
+        sch.unroll(col)
+        sch.unroll(row)
+        sch.vectorize(channel_inner)
+        return sch
+
+    def _lanes(self, sch: s_tir.Schedule, channel) -> int:
+        return vector_factor(const_extent(sch, channel), self.lanes)
+
+    @staticmethod
+    def _step_at(sch: s_tir.Schedule, step, loop) -> None:
+        """Compute the first separable STEP inside LOOP: its loops there unrolled, the channel vectorized."""
+        sch.compute_at(step, loop)
+        loops = sch.get_loops(step)
+        depth = next(i for i, each in enumerate(loops) if sch.get(each).same_as(sch.get(loop)))
+        inner = loops[depth + 1:]
+        for each in inner[:-1]:
+            sch.unroll(each)
+        sch.vectorize(inner[-1])
