@@ -6,9 +6,10 @@ kernels:
     input transform   V[ab, n, t, c] = (B^T d B)[a, b]    d: the 6 x 6 input patch of tile t, channel c
     batched GEMM      M[ab, n, t, k] = sum_c V[ab, n, t, c] * U[ab, c, k]     U = G g G^T, done at compile time
     output transform  Y[n, h, w, k]  = (A^T M A)[h % 4, w % 4] of tile (h // 4, w // 4)
-The GEMM is Kiln's ordinary contraction (weights packed in panels). The transforms are written out term by term
-(only the nonzero coefficients, selected by the tile position the schedule unrolls), so they cost a pass over
-memory rather than arithmetic. ONNX Runtime's fp32 convolutions have no Winograd path: this is where Kiln can
+The GEMM is Kiln's ordinary contraction (weights packed in panels). Each transform is two separable steps
+(B^T d, then that times B; M A, then A^T times that), each written out term by term: only the nonzero
+coefficients, picked by the tile position, which the schedule unrolls (compiler/schedules/winograd.py), so
+they cost about a pass over memory rather than arithmetic. ONNX Runtime's fp32 convolutions have no Winograd path: this is where Kiln can
 beat a direct kernel that already runs near the machine's fp32 peak.
 """
 
