@@ -76,8 +76,11 @@ def _progress(message: str) -> None:
                    "above it the most sensitive layers fall back to float32, and compile fails if that is not enough.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: convolutions and matmuls with bf16 weights and activations, float32 sums (needs AMX).")
+@click.option("--winograd/--no-winograd", default=True, show_default=True,
+              help="3x3 stride-1 convolutions as Winograd F(4x4,3x3) where it pays: fewer multiplies, outputs within "
+                   "a few 1e-5 (relative) of a direct convolution's; --no-winograd keeps them all direct.")
 def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pass_times, quantize, calibration,
-                calibration_method, max_accuracy_drop, precision):
+                calibration_method, max_accuracy_drop, precision, winograd):
     """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
     from . import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light
     from .dump import parse_kinds  # noqa: PLC0415
@@ -89,7 +92,7 @@ def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pa
                               dump_dir=dump_dir, dump_kinds=kinds, pass_times=pass_times,
                               quantize=None if quantize == "none" else quantize, calibration=calibration,
                               calibration_method=calibration_method, max_accuracy_drop=max_accuracy_drop,
-                              precision=precision)
+                              precision=precision, winograd=winograd)
     if artifact.pass_times:
         click.echo(artifact.pass_times)
     for path in artifact.dumped:

@@ -26,6 +26,7 @@ from . import build, cuda, dot_product, frontend, int8, passes, quantization, tu
 from .dump import KINDS, Dumper
 from .precision import PRECISIONS, lower_bf16
 from .targets import TargetPreset, all_targets, get_target
+from .weight_packing import WINOGRAD_ATTR
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -247,6 +248,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     calibration_method: str = "minmax",
     max_accuracy_drop: float | None = None,
     precision: str = "fp32",
+    winograd: bool = True,
 ) -> Artifact:
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
@@ -260,6 +262,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     1 - cosine similarity) sends the most sensitive sites back to float32 until the drop is within it.
     A model quantized by ONNX Runtime's tools (QDQ) gets int8 kernels without quantize.
     precision 'bf16' runs convolutions and matmuls with bf16 weights and activations (float32 sums) on AMX.
+    winograd=False keeps 3x3 convolutions direct (Winograd's outputs differ from a direct convolution's by a few
+    1e-5 relative; the tuning records of the Winograd kernels then do not apply).
     dump_dir receives the intermediate forms named in dump_kinds (relax, tir, ll, asm); pass_times=True fills
     Artifact.pass_times with TVM's time per pass.
     """
@@ -286,6 +290,8 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     say(f"optimizing the graph ({len(graph)} passes)")
     timings = [] if pass_times else None
     stage = simplify_graph(loaded, preset, layout, timings)
+    if not winograd:
+        stage = stage.with_attr(WINOGRAD_ATTR, False)
     db_dir = None if str(tuning_log) == "none" else Path(tuning_log) if tuning_log else tuning.database_dir(preset.name)
 
     bf16_counts: dict = {}

@@ -23,6 +23,7 @@ from .relax_util import const_value, op_name, rewrite_relax_functions
 MATMUL_PANELS = (64, 32)
 CONV_PANELS = (32,)
 OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: epilogues (bias, GELU) fuse into the kernel
+WINOGRAD_ATTR = "kiln.winograd"  # module attribute: False keeps every convolution direct (kiln compile --no-winograd)
 
 
 def panel_width(cols: int, widths: tuple[int, ...]) -> int | None:
@@ -79,6 +80,10 @@ def packed_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation) -
 
 @mutator
 class _WeightPacker(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.winograd = bool((mod.attrs or {}).get(WINOGRAD_ATTR, True))
+
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         name = op_name(call)
@@ -91,7 +96,7 @@ class _WeightPacker(PyExprMutator):
                 return self._emit(packed_matmul, call.args[0], pack_columns(weight, width), "packed_matmul")
         if name == "relax.nn.conv2d" and self._packable_conv(call.attrs):
             width = panel_width(weight.shape[-1], CONV_PANELS)
-            if width and self._winograd_fits(call, weight):
+            if width and self.winograd and self._winograd_fits(call, weight):
                 return self._winograd(call, weight, width)
             if width:
                 attrs = call.attrs
@@ -132,5 +137,7 @@ class _WeightPacker(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="kiln.PackWeights")
 def pack_weights(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Rewrite matmul(x, W) and NHWC conv2d(x, W) with constant float32 weights into kernels that read the weights
-    packed in panels of output columns (see the module docstring). Grouped and depthwise convolutions keep theirs."""
+    packed in panels of output columns (see the module docstring), and 3x3 stride-1 convolutions where it pays
+    into Winograd ones (compiler/winograd.py) unless the module's WINOGRAD_ATTR is False. Grouped and depthwise
+    convolutions keep theirs."""
     return rewrite_relax_functions(mod, _WeightPacker)

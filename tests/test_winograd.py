@@ -13,7 +13,7 @@ import compiler
 import runtime
 from compiler import winograd
 from runtime.bench import random_inputs
-from tests.models import F32, assert_matches_onnxruntime, finish, save
+from tests.models import F32, assert_matches_onnxruntime, finish, kiln, save
 
 
 def _direct(patch: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -79,3 +79,12 @@ def test_small_outputs_keep_the_direct_convolution(tmp_path):
     artifact = runtime.load(compiler.compile(path, output=tmp_path / "model.so", tuning_log="none").path)
     assert not any("winograd" in k for k in _kernels(artifact))
     assert_matches_onnxruntime(path, artifact)
+
+
+def test_no_winograd_keeps_every_convolution_direct(tmp_path):
+    path = save(_conv_model(16, 32, 64, [1, 1, 1, 1]), tmp_path)
+    result = kiln("compile", path, "--no-winograd", "--tuning-log", "none", "-o", tmp_path / "direct.so")
+    assert result.exit_code == 0, result.output
+    direct = runtime.load(tmp_path / "direct.so")
+    assert not any("winograd" in k for k in _kernels(direct))
+    assert_matches_onnxruntime(path, direct)
