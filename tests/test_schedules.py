@@ -101,3 +101,36 @@ def test_grouped_conv_is_split_per_group(groups, cin, cout, tmp_path):
                             group=groups, pads=[1, 1, 1, 1])
     kernels = _compile(model, tmp_path)
     assert kernels["unscheduled"] == 0, kernels
+
+
+@pytest.mark.parametrize("widths", [(64, 64), (48, 80), (24, 40, 16)])
+def test_channel_concatenation_is_copied_piece_by_piece(widths, tmp_path):
+    """SqueezeNet's fire module: convolutions concatenated along the channels (the last axis in NHWC), then a
+    ReLU. The piecewise schedule must give ONNX Runtime's result for pieces of unequal widths."""
+    nodes, weights, names = [], {}, []
+    for i, width in enumerate(widths):
+        weights[f"w{i}"] = w(width, 16, 1, 1)
+        nodes.append(helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"]))
+        names.append(f"c{i}")
+    nodes += [helper.make_node("Concat", names, ["cat"], axis=1), helper.make_node("Relu", ["cat"], ["y"])]
+    graph = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("x", F32, [1, 16, 9, 11])],
+                              [helper.make_tensor_value_info("y", F32, [1, sum(widths), 9, 11])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    path = save(finish(graph), tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "m.so", tuning_log="none")
+    assert_matches_onnxruntime(path, artifact.path)
+
+
+def test_the_piecewise_schedule_splits_the_channel_loop_where_pieces_meet():
+    import tvm  # noqa: PLC0415
+    from tvm import s_tir, te, topi  # noqa: PLC0415
+
+    from compiler.schedules.common import root_blocks  # noqa: PLC0415
+    from compiler.schedules.injective import Injective  # noqa: PLC0415
+
+    a, b = te.placeholder((1, 5, 5, 48), name="a"), te.placeholder((1, 5, 5, 80), name="b")
+    func = te.create_prim_func([a, b, topi.concatenate([a, b], axis=3)])
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    assert Injective(16).schedule(sch, root_blocks(sch)) is not None
+    script = sch.mod.script()
+    assert "pragma_loop_partition_hint" in script and "T.vectorized(16)" in script

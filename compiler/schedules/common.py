@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.stmt import SBlockRealize
@@ -38,6 +39,19 @@ class KilnRule(ScheduleRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         """Schedule the kernel in SCH (top-level BLOCKS); None when this rule does not fit it."""
         raise NotImplementedError
+
+
+def uses(expr, var: tirx.Var, group: int | None = None) -> bool:
+    """True when EXPR uses VAR other than inside VAR // GROUP (which is the same for every lane of a vector
+    whose width divides GROUP)."""
+    if isinstance(expr, tirx.Var):
+        return expr.same_as(var)
+    if group and isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) and expr.a.same_as(var) \
+            and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group:
+        return False
+    children = [getattr(expr, name, None) for name in ("a", "b", "value")]
+    children += list(getattr(expr, "args", []) or [])
+    return any(uses(child, var, group) for child in children if isinstance(child, tvm.ir.expr.Expr))
 
 
 def root_blocks(sch: s_tir.Schedule) -> list | None:

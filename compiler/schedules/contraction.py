@@ -15,7 +15,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import (KilnRule, const_extent, fuse_epilogue, schedule_injective, split_tile, vector_factor,
+from .common import (KilnRule, const_extent, fuse_epilogue, schedule_injective, split_tile, uses, vector_factor,
                      vector_factors)
 
 SMALL_REDUCTION = 32  # reduction terms per output below which padding is inlined rather than materialized
@@ -25,19 +25,6 @@ ALIASED_ROW_LIMIT = 8  # rows whose operand lines share cache sets (4 KB apart);
 # taken in chunks of about ROW_CHUNK_BYTES of activations, and each weight panel walks one chunk at a time.
 SPILLING_WEIGHT_BYTES = 1 << 20
 ROW_CHUNK_BYTES = 512 << 10
-
-
-def _uses(expr, var: tirx.Var, group: int | None = None) -> bool:
-    """True when EXPR uses VAR other than inside VAR // GROUP (which is the same for every lane of a vector
-    whose width divides GROUP)."""
-    if isinstance(expr, tirx.Var):
-        return expr.same_as(var)
-    if group and isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) and expr.a.same_as(var) \
-            and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group:
-        return False
-    children = [getattr(expr, name, None) for name in ("a", "b", "value")]
-    children += list(getattr(expr, "args", []) or [])
-    return any(_uses(child, var, group) for child in children if isinstance(child, tvm.ir.expr.Expr))
 
 
 def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None = None) -> bool:
@@ -51,12 +38,12 @@ def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None
         if not region.region:
             continue
         last = analyzer.simplify(region.region[-1].min)
-        if _uses(last, vec_var, group):
+        if uses(last, vec_var, group):
             if _is_lane_of(last, vec_var, group):
                 continue
-            if _uses(analyzer.simplify(last - vec_var), vec_var, group):
+            if uses(analyzer.simplify(last - vec_var), vec_var, group):
                 return False
-        elif any(_uses(analyzer.simplify(r.min), vec_var, group) for r in region.region):
+        elif any(uses(analyzer.simplify(r.min), vec_var, group) for r in region.region):
             return False
     return True
 
@@ -127,10 +114,10 @@ def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> boo
     for region in block.reads:
         shape = [d for d in region.source.shape]
         mins = [r.min for r in region.region]
-        if any(_uses(m, vec_var) for m in mins) or not all(isinstance(d, tirx.IntImm) for d in shape):
+        if any(uses(m, vec_var) for m in mins) or not all(isinstance(d, tirx.IntImm) for d in shape):
             continue
         for dim, index in enumerate(mins):
-            if not _uses(index, row_var):
+            if not uses(index, row_var):
                 continue
             coeff = tvm.sym.detect_linear_equation(index, [row_var])
             if coeff and isinstance(coeff[0], tirx.IntImm):
