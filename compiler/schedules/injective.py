@@ -44,6 +44,8 @@ def _calls(expr, op) -> list:
 def _innermost_pieces(block: tirx.SBlock) -> bool:
     """True when BLOCK picks its value by the innermost axis (if_then_else on it): a concatenation along the
     channels of NHWC tensors."""
+    if not block.iter_vars:  # a block of scalar work (ScatterND's update)
+        return False
     last = block.iter_vars[-1].var
     value = getattr(block.body, "value", None)
     return value is not None and any(uses(call.args[0], last) for call in _calls(value, _IF_THEN_ELSE))
