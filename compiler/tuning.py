@@ -223,17 +223,18 @@ def prune(folder: Path, keep: int) -> tuple[int, int]:
         if mean is not None:
             by_workload.setdefault(workload, []).append((mean, index))
     kept = sorted(i for runs in by_workload.values() for _t, i in sorted(runs)[:keep])
-    _keep_records(folder, records, [records[i][0] for i in kept])
-    _drop_unused_workloads(folder)
+    kept_lines = [records[i][0] for i in kept]
+    _keep_records(folder, records, kept_lines)
+    _drop_unused_workloads(folder, kept_lines)
     return len(records), len(kept)
 
 
-def _drop_unused_workloads(folder: Path) -> None:
-    """Drop the workloads no record refers to (kernels whose records were all pruned, or that were never
-    searched) and renumber the records: a workload line holds a whole kernel, often over 100 KB. Each file is
-    replaced atomically, one after the other, under the tune's writer lock."""
+def _drop_unused_workloads(folder: Path, record_lines: list[str]) -> None:
+    """Drop the workloads no record of RECORD_LINES (FOLDER's records file) refers to (kernels whose records were
+    all pruned, or that were never searched) and renumber the records: a workload line holds a whole kernel,
+    often over 100 KB. Each file is replaced atomically, one after the other, under the tune's writer lock."""
     lines = [line for line in (folder / WORKLOADS).read_text().split("\n") if line.strip()]
-    records = [json.loads(line) for line in (folder / RECORDS).read_text().split("\n") if line.strip()]
+    records = [json.loads(line) for line in record_lines]
     used = sorted({record[0] for record in records})
     if len(used) == len(lines):
         return

@@ -9,8 +9,8 @@ kernels:
 The GEMM is Kiln's ordinary contraction (weights packed in panels). Each transform is two separable steps
 (B^T d, then that times B; M A, then A^T times that), each written out term by term: only the nonzero
 coefficients, picked by the tile position, which the schedule unrolls (compiler/schedules/winograd.py), so
-they cost about a pass over memory rather than arithmetic. ONNX Runtime's fp32 convolutions have no Winograd path: this is where Kiln can
-beat a direct kernel that already runs near the machine's fp32 peak.
+they cost about a pass over memory rather than arithmetic. ONNX Runtime's fp32 convolutions have no Winograd
+path: this is where Kiln can beat a direct kernel that already runs near the machine's fp32 peak.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _combination(terms: list[tuple[float, object]]):
         if abs(coefficient) != 1:
             value = value * tirx.const(coefficient, "float32")
         if total is None:
-            total = value if coefficient > 0 or abs(coefficient) != 1 else -value
+            total = -value if coefficient == -1 else value
         elif coefficient == -1:
             total = total - value
         else:

@@ -19,7 +19,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from ..dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
-from .common import const_extent, schedule_injective
+from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 from .dot_product import _dot_of
 
@@ -204,7 +204,7 @@ class AMXContraction(Contraction):
         parallel = sch.fuse(row_outer, col_outer)
         sch.parallel(parallel)
         write_back = sch.cache_write(main, 0, "local")
-        self._fuse_epilogue(sch, main, epilogue)
+        fuse_epilogue(sch, main, epilogue, self.lanes)
         if n_spatial > 2:  # the block's sums as a [rows, cols] tile, the shape the intrinsic takes
             sch.transform_layout(main, ("write", 0), IndexMap.from_func(lambda *i: flat(*i)[:2], ndim=n_spatial,
                                                                      index_dtype=dtype))

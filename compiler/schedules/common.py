@@ -41,6 +41,12 @@ class KilnRule(ScheduleRule):
         raise NotImplementedError
 
 
+def sub_exprs(expr) -> list:
+    """The direct operand expressions of the TIR expression EXPR (a, b, value, call arguments)."""
+    children = [getattr(expr, name, None) for name in ("a", "b", "value")] + list(getattr(expr, "args", []) or [])
+    return [child for child in children if isinstance(child, tvm.ir.expr.Expr)]
+
+
 def uses(expr, var: tirx.Var, group: int | None = None) -> bool:
     """True when EXPR uses VAR other than inside VAR // GROUP (which is the same for every lane of a vector
     whose width divides GROUP)."""
@@ -49,9 +55,7 @@ def uses(expr, var: tirx.Var, group: int | None = None) -> bool:
     if group and isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) and expr.a.same_as(var) \
             and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group:
         return False
-    children = [getattr(expr, name, None) for name in ("a", "b", "value")]
-    children += list(getattr(expr, "args", []) or [])
-    return any(uses(child, var, group) for child in children if isinstance(child, tvm.ir.expr.Expr))
+    return any(uses(child, var, group) for child in sub_exprs(expr))
 
 
 def root_blocks(sch: s_tir.Schedule) -> list | None:

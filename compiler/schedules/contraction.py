@@ -155,9 +155,6 @@ def _panels_inside_row_chunks(sch: s_tir.Schedule, outer: list, chunk_tiles: int
 class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
 
-    def _fuse_epilogue(self, sch: s_tir.Schedule, main, epilogue: list) -> None:
-        fuse_epilogue(sch, main, epilogue, self.lanes)
-
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         infos = [get_sblock_info(sch, b) for b in blocks]
         reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
@@ -221,7 +218,7 @@ class Contraction(KilnRule):
         sch.parallel(parallel)
 
         write_back = sch.cache_write(main, 0, "local")
-        self._fuse_epilogue(sch, main, epilogue)
+        fuse_epilogue(sch, main, epilogue, self.lanes)
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
         wb_loops = sch.get_loops(write_back)[1:]
         if wb_loops and vf > 1:

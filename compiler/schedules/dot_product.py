@@ -18,7 +18,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.script import tirx as T
 
 from ..dot_product import DOT_PRODUCTS, LANES, DotProduct
-from .common import const_extent, schedule_injective
+from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 
 MAX_ACCUMULATORS = 28  # of 32 registers: the rest hold the weight vectors and the broadcast activations
@@ -129,7 +129,7 @@ class DotProductContraction(Contraction):
         sch.parallel(parallel)
 
         write_back = sch.cache_write(main, 0, "local")
-        self._fuse_epilogue(sch, main, blocks[reductions[0] + 1:])
+        fuse_epilogue(sch, main, blocks[reductions[0] + 1:], self.lanes)
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(write_back)[-1])
         for loop in inner:
