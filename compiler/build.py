@@ -16,7 +16,7 @@ from runtime.errors import KilnError
 
 from . import cuda
 from .passes import lowering_passes
-from .schedules import default_rules
+from .schedules import default_rules, fixed_schedule
 from .targets import TargetPreset
 from .tuning import apply_database
 
@@ -72,14 +72,27 @@ def gpu_rules() -> list:
     return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
+def _schedule_fixed(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
+    """MOD with the kernels whose Kiln schedule samples nothing scheduled already (see fixed_schedule), so no
+    tuning record replaces them."""
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tirx.PrimFunc) and not (func.attrs is not None and _SCHEDULED in func.attrs):
+            found = fixed_schedule(tvm.IRModule({"main": func}), lanes)
+            if found is not None:
+                mod[gv] = found.mod["main"].with_attr(_SCHEDULED, True)
+    return mod
+
+
 def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int,
              device: str = "cpu") -> tuple[tvm.IRModule, KernelReport]:
     """Give every kernel a schedule: tuned records first, then Kiln's default CPU rules (LANES: fp32 vector width)
     or dlight's GPU rules for a CUDA DEVICE; report which kernel got what."""
     rules = gpu_rules() if device == "cuda" else default_rules(lanes)
+    fixed_mod = mod if device == "cuda" else _schedule_fixed(mod, lanes)
     with target:
-        tuned_mod = apply_database(mod, database)
-        tuned = _scheduled(tuned_mod)
+        tuned_mod = apply_database(fixed_mod, database)
+        tuned = _scheduled(tuned_mod) - _scheduled(fixed_mod)
         done = dl.ApplyDefaultSchedule(*rules)(tuned_mod)
     by_rule = _scheduled(done) - tuned
     kernels = _kernels(done)

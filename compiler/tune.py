@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import tvm
-from tvm import s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -32,7 +31,7 @@ from runtime.tvm_runtime import usable_cpus
 from . import frontend, measure, tuning
 from .build import kernel_mflop
 from .driver import optimize_graph
-from .schedules import default_schedule, tuning_space
+from .schedules import default_schedule, fixed_schedule, tuning_space
 from .targets import TargetPreset, get_target
 from .tune_state import TaskState, TuneSummary, allocate
 
@@ -165,8 +164,7 @@ class Tuner:
     def _fixed(self, mod: tvm.IRModule) -> bool:
         """True when Kiln's schedule of MOD samples nothing (the Winograd transforms): a search could only
         re-time it, and their unrolled code is slow to build (minutes per batch measured)."""
-        found = tuning_space(self.preset.vector_lanes_fp32)(s_tir.Schedule(mod))
-        return bool(found) and not any(inst.kind.name.startswith("Sample") for inst in found[0].trace.insts)
+        return fixed_schedule(mod, self.preset.vector_lanes_fp32) is not None
 
     def seed(self, states: list[TaskState], task_mods: list[tvm.IRModule]) -> None:
         """Measure Kiln's default schedule of each kernel (one batch) and record it: the search starts from it."""

@@ -20,7 +20,7 @@ from .relax_util import const_value, op_name, rewrite_relax_functions
 
 # Columns per packed panel, preferred first; each a multiple of every vector width Kiln uses. Measured: matmuls
 # ran the same with 32- and 64-wide panels, a 3x3 convolution faster with 32 (7 x 32 tiles: 304 vs 257 GFLOP/s).
-MATMUL_PANELS = (64, 32)
+MATMUL_PANELS = (64, 32, 16)
 CONV_PANELS = (32,)
 OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: epilogues (bias, GELU) fuse into the kernel
 WINOGRAD_ATTR = "kiln.winograd"  # module attribute: False keeps every convolution direct (kiln compile --no-winograd)

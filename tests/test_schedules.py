@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 from compiler.schedules.common import vector_factors
-from compiler.schedules.contraction import register_tile
+from compiler.schedules.contraction import register_tile, streaming_tile
 from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
 
 R = np.random.default_rng(7)
@@ -27,6 +27,11 @@ CONV = {  # name: (input NCHW, weight OIHW, attributes)
     "depthwise_3x3": ([1, 48, 14, 14], (48, 1, 3, 3), {"group": 48, "pads": [1, 1, 1, 1]}),
     "depthwise_stride2": ([1, 32, 15, 15], (32, 1, 3, 3), {"group": 32, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     "single_pixel": ([1, 256, 1, 1], (10, 256, 1, 1), {}),
+    # more than a core's L2 of activations over few terms: streaming_tile's wide tiles, MobileNetV2's early blocks
+    "depthwise_streaming_144": ([1, 144, 56, 56], (144, 1, 3, 3), {"group": 144, "pads": [1, 1, 1, 1]}),
+    "depthwise_streaming_stride2": ([1, 96, 63, 63], (96, 1, 3, 3), {"group": 96, "strides": [2, 2],
+                                                                        "pads": [1, 1, 1, 1]}),
+    "1x1_streaming_packed": ([1, 16, 112, 112], (96, 16, 1, 1), {}),
     # 1.2 MB of weights, more rows than columns: weight panels walk chunks of rows (_panels_inside_row_chunks)
     "batch4_weights_spill": ([4, 128, 10, 10], (256, 128, 3, 3), {"pads": [1, 1, 1, 1]}),
 }
@@ -93,6 +98,40 @@ def test_register_tile_prefers_exact_divisors_within_the_register_budget():
     assert register_tile(128, 768, 16, group=64, wide=True) == (8, 32)
     rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
     assert rows * -(-vf // 8) <= 12
+
+
+def test_streaming_tile_spans_the_channels_within_the_register_budget():
+    assert streaming_tile(56, 144, 16, 16) == (2, 9)  # 9 vectors of channels, 2 pixels: 18 accumulators
+    assert streaming_tile(112, 96, 16, 32) == (4, 3)  # 3 packed panels of 2 vectors, 4 pixels: 24
+    assert streaming_tile(56, 768, 16, 16) == (2, 12)
+    assert streaming_tile(56, 32, 16, 16) is None  # the usual tile is as wide already
+    assert streaming_tile(56, 100, 16, 16) is None
+
+
+def _depthwise_kernel(size: int, channels: int):
+    import tvm  # noqa: PLC0415
+    from tvm import te  # noqa: PLC0415
+
+    x, weight = te.placeholder((1, size + 2, size + 2, channels), name="x"), te.placeholder((3, 3, channels), name="w")
+    ry, rx = te.reduce_axis((0, 3), "ry"), te.reduce_axis((0, 3), "rx")
+    y = te.compute((1, size, size, channels),
+                   lambda n, h, x_, c: te.sum(x[n, h + ry, x_ + rx, c] * weight[ry, rx, c], axis=[ry, rx]))
+    return tvm.IRModule({"main": te.create_prim_func([x, weight, y])})
+
+
+def test_streaming_kernels_are_fixed_and_never_taken_from_a_database():
+    """A memory-bound kernel's schedule samples nothing: the tuner leaves it alone and compile schedules it before
+    applying tuning records, so a record from an older schedule cannot replace it. A small one stays tunable."""
+    from compiler.build import _SCHEDULED, _schedule_fixed  # noqa: PLC0415
+    from compiler.schedules import fixed_schedule  # noqa: PLC0415
+
+    big, small = _depthwise_kernel(56, 144), _depthwise_kernel(14, 144)
+    found = fixed_schedule(big, 16)
+    assert found is not None and "T.unroll(9)" in found.mod.script()
+    assert fixed_schedule(small, 16) is None
+    assert int(_schedule_fixed(big, 16)["main"].attrs[_SCHEDULED]) == 1
+    untouched = _schedule_fixed(small, 16)["main"]
+    assert untouched.attrs is None or _SCHEDULED not in untouched.attrs
 
 
 @pytest.mark.parametrize("groups, cin, cout", [(3, 24, 48), (4, 32, 32), (8, 64, 128)])

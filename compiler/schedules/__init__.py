@@ -43,6 +43,16 @@ def tuning_space(lanes: int):
     return space
 
 
+def fixed_schedule(mod, lanes: int) -> s_tir.Schedule | None:
+    """Kiln's schedule of the one kernel in MOD when it samples nothing (the Winograd transforms, memory-bound
+    streaming kernels), else None. Such a kernel is neither searched nor taken from a tuning database: a search
+    could only re-time it, and a record left from an older schedule would override the current one."""
+    found = tuning_space(lanes)(s_tir.Schedule(mod))
+    if found and not any(inst.kind.name.startswith("Sample") for inst in found[0].trace.insts):
+        return found[0]
+    return None
+
+
 def default_schedule(mod, lanes: int, target) -> s_tir.Schedule | None:
     """The schedule `kiln compile` gives the one kernel in MOD when it has no tuned record, as a traced schedule
     whose trace replays on MOD (so it can be stored as a tuning record): Kiln's rules first (tiles as sampling
