@@ -31,7 +31,7 @@ CONV = {  # name: (input NCHW, weight OIHW, attributes)
     "depthwise_streaming_144": ([1, 144, 56, 56], (144, 1, 3, 3), {"group": 144, "pads": [1, 1, 1, 1]}),
     "depthwise_streaming_stride2": ([1, 96, 63, 63], (96, 1, 3, 3), {"group": 96, "strides": [2, 2],
                                                                         "pads": [1, 1, 1, 1]}),
-    "1x1_streaming_packed": ([1, 16, 112, 112], (96, 16, 1, 1), {}),
+    "1x1_4.8MB_output": ([1, 16, 112, 112], (96, 16, 1, 1), {}),  # packed weights: the usual tile
     # 1.2 MB of weights, more rows than columns: weight panels walk chunks of rows (_panels_inside_row_chunks)
     "batch4_weights_spill": ([4, 128, 10, 10], (256, 128, 3, 3), {"pads": [1, 1, 1, 1]}),
 }
@@ -101,11 +101,11 @@ def test_register_tile_prefers_exact_divisors_within_the_register_budget():
 
 
 def test_streaming_tile_spans_the_channels_within_the_register_budget():
-    assert streaming_tile(56, 144, 16, 16) == (2, 9)  # 9 vectors of channels, 2 pixels: 18 accumulators
-    assert streaming_tile(112, 96, 16, 32) == (4, 3)  # 3 packed panels of 2 vectors, 4 pixels: 24
-    assert streaming_tile(56, 768, 16, 16) == (2, 12)
-    assert streaming_tile(56, 32, 16, 16) is None  # the usual tile is as wide already
-    assert streaming_tile(56, 100, 16, 16) is None
+    assert streaming_tile(56, 144, 16) == (2, 9)  # 9 vectors of channels, 2 pixels: 18 accumulators
+    assert streaming_tile(56, 96, 16) == (4, 6)
+    assert streaming_tile(56, 768, 16) == (2, 12)
+    assert streaming_tile(56, 32, 16) is None  # the usual tile is as wide already
+    assert streaming_tile(56, 100, 16) is None
 
 
 def _depthwise_kernel(size: int, channels: int):

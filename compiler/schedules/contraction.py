@@ -7,6 +7,7 @@ Loop nest it builds, the shape of a GEMM micro-kernel:
         unroll    row in rn                              (register tile: rn rows ...
           vector    col in vf                            ...of vf contiguous outputs, accumulated in registers)
     then the epilogue (bias, residual add, activation) on the register tile, written once to memory.
+A memory-bound kernel (streaming_tile) splits cols once more, into unrolled vectors of channels.
 """
 
 from __future__ import annotations
@@ -114,19 +115,17 @@ def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = N
     return best[2], best[3]
 
 
-def streaming_tile(rows: int, cols: int, lanes: int, step: int) -> tuple[int, int] | None:
-    """(rows, steps) of the register tile of a memory-bound kernel (see STREAMING_BYTES), STEP columns at a time
-    (a vector, or a packed weight panel): as many steps of channels as divide COLS within MAX_TILE_VECTORS
-    vectors of LANES, then as many rows as the accumulators allow. Each task then reads and writes whole runs of
-    each pixel's channels, which the prefetchers follow, instead of one or two 64-byte lines per pixel:
-    MobileNetV2's 56x56x144 depthwise convolution ran 0.19 ms in the model with 2 x 9 vectors against 0.32
-    with 14 x 1 (2 threads, medians). None when one step already spans COLS or 2 vectors or fewer fit."""
-    per_step = -(-step // lanes)
-    if cols % step or cols // step < 2 or cols <= 2 * lanes:
+def streaming_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
+    """(rows, vectors of LANES) of the register tile of a memory-bound kernel (see STREAMING_BYTES): as many
+    vectors of channels as divide COLS up to MAX_TILE_VECTORS, then as many rows as the accumulators allow. Each
+    task then reads and writes whole runs of each pixel's channels, which the prefetchers follow, instead of one
+    64-byte line per pixel: MobileNetV2's 56x56x144 depthwise convolution ran 0.19 ms in the model with 2 x 9
+    vectors against 0.32 with 14 x 1 (2 threads, medians). None when COLS is two vectors or fewer (the usual
+    tile is as wide already)."""
+    if cols % lanes or cols <= 2 * lanes:
         return None
-    steps = max(d for d in range(1, MAX_TILE_VECTORS // per_step + 1) if (cols // step) % d == 0)
-    limit = max(1, MAX_ACCUMULATORS // (steps * per_step))
-    return max(d for d in range(1, limit + 1) if rows % d == 0), steps
+    vectors = max(d for d in range(1, MAX_TILE_VECTORS + 1) if (cols // lanes) % d == 0)
+    return max(d for d in range(1, max(1, MAX_ACCUMULATORS // vectors) + 1) if rows % d == 0), vectors
 
 
 def _largest_buffer_bytes(block: tirx.SBlock) -> int:
@@ -229,16 +228,17 @@ class Contraction(KilnRule):
         aliased = n_spatial >= 2 and _rows_alias(sch.get(main), sch.get(main).iter_vars[n_spatial - 2].var, vec_var)
         packed = any(_is_lane_of(rng.min, vec_var, group) for r in sch.get(main).reads for rng in r.region[-1:])
         streaming = None
-        if rows is not None and terms <= SMALL_REDUCTION and (packed or group is None) \
+        # Not for packed weights: SqueezeNet's first convolution (27 terms, 111x111x64) ran 0.51 ms with 3 x 64
+        # tiles against 0.33 tuned, and MobileNetV2's 112x112 16 -> 96 one gained under 10%.
+        if rows is not None and terms <= SMALL_REDUCTION and not packed and group is None \
                 and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
-            vf = group if packed else self.lanes
-            streaming = streaming_tile(rows, cols, self.lanes, vf)
+            streaming = streaming_tile(rows, cols, self.lanes)
         if streaming:
-            rn, steps = streaming
-            col_outer, col_steps, col_inner = sch.split(spatial[-1], [None, steps, vf])
+            (rn, vectors), vf = streaming, self.lanes
+            col_outer, col_vectors, col_inner = sch.split(spatial[-1], [None, vectors, vf])
             row_outer, row_inner = sch.split(spatial[-2], [None, rn])
             outer = [*spatial[:-2], row_outer, col_outer]
-            inner = [row_inner, col_steps, col_inner]
+            inner = [row_inner, col_vectors, col_inner]
         elif rows is not None:
             rn, vf = register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
             col_outer, col_inner = split_tile(sch, spatial[-1], vf, self.tunable)
