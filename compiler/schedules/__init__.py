@@ -30,10 +30,10 @@ def tuning_space(lanes: int):
     def space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
         for rule in rules:
             trial = sch.copy()
-            blocks = root_blocks(trial)
-            if not blocks:
-                return []
             try:
+                blocks = root_blocks(trial)  # raises on kernels without blocks (extern sort / scan calls)
+                if not blocks:
+                    return []
                 if rule.schedule(trial, blocks) is not None:
                     return [trial]
             except s_tir.ScheduleError:
