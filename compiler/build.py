@@ -75,7 +75,7 @@ def gpu_rules() -> list:
 def _schedule_fixed(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
     """MOD with the kernels whose Kiln schedule samples nothing scheduled already (see fixed_schedule), so no
     tuning record replaces them."""
-    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    mod = mod.clone()
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and not (func.attrs is not None and _SCHEDULED in func.attrs):
             found = fixed_schedule(tvm.IRModule({"main": func}), lanes)

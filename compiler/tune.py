@@ -162,8 +162,8 @@ class Tuner:
         return states, extracted
 
     def _fixed(self, mod: tvm.IRModule) -> bool:
-        """True when Kiln's schedule of MOD samples nothing (the Winograd transforms): a search could only
-        re-time it, and their unrolled code is slow to build (minutes per batch measured)."""
+        """True when Kiln's schedule of MOD samples nothing (see fixed_schedule); the Winograd transforms' unrolled
+        code is also slow to build (minutes per batch measured)."""
         return fixed_schedule(mod, self.preset.vector_lanes_fp32) is not None
 
     def seed(self, states: list[TaskState], task_mods: list[tvm.IRModule]) -> None:

@@ -128,13 +128,17 @@ def streaming_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
     return max(d for d in range(1, max(1, MAX_ACCUMULATORS // vectors) + 1) if rows % d == 0), vectors
 
 
+def _element_bytes(buffer: tirx.Buffer) -> int:
+    return tvm.runtime.DataType(str(buffer.dtype)).bits // 8
+
+
 def _largest_buffer_bytes(block: tirx.SBlock) -> int:
     """Bytes of the largest buffer BLOCK reads or writes (0 when a shape is symbolic)."""
     largest = 0
     for region in list(block.reads) + list(block.writes):
         if not all(isinstance(d, tirx.IntImm) for d in region.source.shape):
             return 0
-        size = tvm.runtime.DataType(str(region.source.dtype)).bits // 8
+        size = _element_bytes(region.source)
         for d in region.source.shape:
             size *= int(d)
         largest = max(largest, size)
@@ -156,7 +160,7 @@ def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> boo
                 inner = 1
                 for d in shape[dim + 1:]:
                     inner *= int(d)
-                stride = int(coeff[0]) * inner * tvm.runtime.DataType(str(region.source.dtype)).bits // 8
+                stride = int(coeff[0]) * inner * _element_bytes(region.source)
                 if stride and stride % 4096 == 0:
                     return True
     return False
@@ -239,16 +243,15 @@ class Contraction(KilnRule):
             row_outer, row_inner = sch.split(spatial[-2], [None, rn])
             outer = [*spatial[:-2], row_outer, col_outer]
             inner = [row_inner, col_vectors, col_inner]
-        elif rows is not None:
-            rn, vf = register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
-            col_outer, col_inner = split_tile(sch, spatial[-1], vf, self.tunable)
-            row_outer, row_inner = split_tile(sch, spatial[-2], rn, self.tunable)
-            outer = [*spatial[:-2], row_outer, col_outer]
-            inner = [row_inner, col_inner]
         else:
             rn, vf = register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
             col_outer, col_inner = split_tile(sch, spatial[-1], vf, self.tunable)
-            outer, inner = [*spatial[:-1], col_outer], [col_inner]
+            if rows is not None:
+                row_outer, row_inner = split_tile(sch, spatial[-2], rn, self.tunable)
+                outer = [*spatial[:-2], row_outer, col_outer]
+                inner = [row_inner, col_inner]
+            else:
+                outer, inner = [*spatial[:-1], col_outer], [col_inner]
         if weights_first:
             # More weights than activations (late conv stages, dense layers): walk one weight panel over all
             # rows before the next, so each core keeps its panel in cache instead of streaming every panel per row.
