@@ -102,7 +102,7 @@ def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
 
 def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, timings: list[str] | None = None) -> tvm.IRModule:
     """The simplified graph STAGE as fused TIR kernels, ready to schedule (passes.kernel_passes)."""
-    return _run_passes(stage, passes.kernel_passes(preset.device), "kiln.kernels", preset, timings)
+    return _run_passes(stage, passes.kernel_passes(preset.device, preset.vector_lanes_fp32), "kiln.kernels", preset, timings)
 
 
 def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
@@ -348,7 +348,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         passes=passes.pass_names(passes.simplify_passes(layout, device=preset.device))
         + (["kiln.QuantizeInt8"] if plan and plan.chosen == "int8" else [])
         + (["kiln.ToBF16"] if bf16_counts else [])
-        + passes.pass_names(passes.kernel_passes(preset.device))
+        + passes.pass_names(passes.kernel_passes(preset.device, preset.vector_lanes_fp32))
         + ["kiln.ApplyTuningDatabase", "kiln.DefaultSchedules"]
         + passes.pass_names(passes.lowering_passes(tvm_target)),
         tuning={"database": str(db_dir) if db_dir and tuning.has_database(db_dir) else None,

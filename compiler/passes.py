@@ -12,6 +12,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .fake_quant import lower_qdq
 from .weight_packing import pack_weights
 from .relax_util import const_value, op_name, rewrite_relax_functions
+from .strip_fusion import fuse_row_strips
 
 
 @mutator
@@ -215,7 +216,7 @@ def convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def graph_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:
     """Graph-level passes, from the imported module to fused TIR kernels (the int8 passes, when asked for, run
     between the two halves: see driver.optimize_graph)."""
-    return simplify_passes(layout, lanes, device) + kernel_passes(device)
+    return simplify_passes(layout, lanes, device) + kernel_passes(device, lanes)
 
 
 def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:
@@ -241,9 +242,9 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
     ]
 
 
-def kernel_passes(device: str = "cpu") -> list[tvm.transform.Pass]:
-    """From the simplified graph to fused TIR kernels (weights packed into Kiln's CPU tile layout on CPU DEVICEs;
-    GPU schedules read them as they are)."""
+def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pass]:
+    """From the simplified graph to fused TIR kernels (weights packed into Kiln's CPU tile layout on CPU DEVICEs,
+    whose fp32 vectors have LANES lanes; GPU schedules read them as they are)."""
     return [
         *([pack_weights] if device == "cpu" else []),
         # Lower to TIR and fuse producers with their consumers (sort/scan/sampling ops first, through TVM's
@@ -258,6 +259,9 @@ def kernel_passes(device: str = "cpu") -> list[tvm.transform.Pass]:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        # A convolution and the depthwise one after it, as one kernel computed in strips of rows, where the
+        # activation between them would not stay in cache.
+        *([fuse_row_strips(lanes)] if device == "cpu" else []),
         relax.transform.DeadCodeElimination(["main"]),
     ]
 

@@ -11,11 +11,13 @@ from .amx import AMXContraction
 from .dot_product import DotProductContraction
 from .injective import Injective
 from .winograd import WinogradTransform
+from .row_strips import RowStrips
 
 
 def default_rules(lanes: int) -> list:
     """Rules tried in order on each unscheduled kernel; LANES is the target's fp32 vector width."""
-    return [WinogradTransform(lanes), AMXContraction(lanes), DotProductContraction(lanes), Contraction(lanes),
+    return [WinogradTransform(lanes), RowStrips(lanes), AMXContraction(lanes), DotProductContraction(lanes),
+            Contraction(lanes),
             Injective(lanes),
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
@@ -24,7 +26,7 @@ def tuning_space(lanes: int):
     """A MetaSchedule schedule function (for ms.space_generator.ScheduleFn): Kiln's default schedule of the kernel
     with its tile sizes as sampling instructions, so the tuner starts from the default and mutates the tiles.
     Returns no schedule for a kernel no Kiln rule fits (MetaSchedule's generic space still covers it)."""
-    rules = [WinogradTransform(lanes), AMXContraction(lanes), DotProductContraction(lanes),
+    rules = [WinogradTransform(lanes), RowStrips(lanes), AMXContraction(lanes), DotProductContraction(lanes),
              Contraction(lanes, tunable=True), Injective(lanes)]
 
     def space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:

@@ -33,7 +33,7 @@ STREAMING_BYTES = 1 << 20
 MAX_TILE_VECTORS = 12
 
 
-def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None = None) -> bool:
+def innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None = None) -> bool:
     """True when every buffer access either steps with VEC_VAR in its last index (contiguous: the index is
     VEC_VAR plus terms free of it, as in a depthwise conv's `c + rc`) or does not use it at all (broadcast).
     In a grouped convolution the input's `ff // GROUP * C + rc` counts as free of ff (see _uses)."""
@@ -45,7 +45,7 @@ def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None
             continue
         last = analyzer.simplify(region.region[-1].min)
         if uses(last, vec_var, group):
-            if _is_lane_of(last, vec_var, group):
+            if is_lane_of(last, vec_var, group):
                 continue
             if uses(analyzer.simplify(last - vec_var), vec_var, group):
                 return False
@@ -54,20 +54,20 @@ def _innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None
     return True
 
 
-def _is_lane_of(expr, var: tirx.Var, group: int | None) -> bool:
+def is_lane_of(expr, var: tirx.Var, group: int | None) -> bool:
     """True for VAR % GROUP: the lane of a weight packed as [cols // GROUP, ..., GROUP] (see kiln.PackWeights),
     contiguous for any vector width that divides GROUP."""
     return bool(group) and isinstance(expr, tirx.FloorMod) and isinstance(expr.a, tirx.Var) \
         and expr.a.same_as(var) and isinstance(expr.b, tirx.IntImm) and int(expr.b) == group
 
 
-def _group_size(expr, var: tirx.Var) -> int | None:
+def group_size(expr, var: tirx.Var) -> int | None:
     """K when EXPR contains VAR // K (a grouped convolution's `ff // K * C + rc`), else None."""
     if isinstance(expr, tirx.FloorDiv) and isinstance(expr.a, tirx.Var) and expr.a.same_as(var) \
             and isinstance(expr.b, tirx.IntImm):
         return int(expr.b)
     for child in (getattr(expr, "a", None), getattr(expr, "b", None)):
-        found = _group_size(child, var) if child is not None else None
+        found = group_size(child, var) if child is not None else None
         if found:
             return found
     return None
@@ -202,9 +202,9 @@ class Contraction(KilnRule):
         if n_spatial == 0 or any(k != tirx.IterVar.CommReduce for k in kinds[n_spatial:]):
             return None
         vec_var = sch.get(main).iter_vars[n_spatial - 1].var
-        group = next((k for r in sch.get(main).reads for rng in r.region if (k := _group_size(rng.min, vec_var))),
+        group = next((k for r in sch.get(main).reads for rng in r.region if (k := group_size(rng.min, vec_var))),
                      None)
-        if not _innermost_index_ok(sch.get(main), vec_var, group):
+        if not innermost_index_ok(sch.get(main), vec_var, group):
             return None
         loops = sch.get_loops(main)
         if len(loops) != len(kinds):
@@ -230,7 +230,7 @@ class Contraction(KilnRule):
         weights_first = cols > _output_rows(sch, spatial[:-1])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
         aliased = n_spatial >= 2 and _rows_alias(sch.get(main), sch.get(main).iter_vars[n_spatial - 2].var, vec_var)
-        packed = any(_is_lane_of(rng.min, vec_var, group) for r in sch.get(main).reads for rng in r.region[-1:])
+        packed = any(is_lane_of(rng.min, vec_var, group) for r in sch.get(main).reads for rng in r.region[-1:])
         streaming = None
         # Not for packed weights: SqueezeNet's first convolution (27 terms, 111x111x64) ran 0.51 ms with 3 x 64
         # tiles against 0.33 tuned, and MobileNetV2's 112x112 16 -> 96 one gained under 10%.
