@@ -114,13 +114,17 @@ def _arg_spec(ty) -> dict | None:
 
 def kernel_calls(mod: tvm.IRModule) -> list[dict]:
     """Each TIR kernel `main` calls, in order, with the shapes and dtypes of its arguments (inputs, then
-    outputs; symbolic dims by name): what `kiln run --profile` needs to time the kernels of an artifact."""
+    outputs, which an in-place call has none of; symbolic dims by name): what `kiln run --profile` needs to time
+    the kernels of an artifact."""
     calls = []
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+        name = expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+        if name in ("relax.call_tir", "relax.call_tir_inplace"):
             args = list(expr.args[1].fields) if isinstance(expr.args[1], relax.Tuple) else []
-            outs = expr.ty.fields if isinstance(expr.ty, relax.TupleType) else [expr.ty]
+            # an in-place kernel writes into some of its arguments and has no output parameters of its own
+            outs = [] if name == "relax.call_tir_inplace" else \
+                expr.ty.fields if isinstance(expr.ty, relax.TupleType) else [expr.ty]
             specs = [_arg_spec(a.ty) for a in args] + [_arg_spec(o) for o in outs]
             if all(specs):
                 calls.append({"kernel": expr.args[0].name_hint, "args": specs})

@@ -12,6 +12,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .fake_quant import lower_qdq
 from .weight_packing import pack_weights
 from .relax_util import const_value, op_name, rewrite_relax_functions
+from .concat_in_place import concat_in_place
 from .strip_fusion import fuse_row_strips
 
 
@@ -262,6 +263,8 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         # A convolution and the depthwise one after it, as one kernel computed in strips of rows, where the
         # activation between them would not stay in cache.
         *([fuse_row_strips(lanes)] if device == "cpu" else []),
+        # A channel concatenation of two kernels' outputs written by the kernels themselves, in place.
+        *([concat_in_place(lanes)] if device == "cpu" else []),
         relax.transform.DeadCodeElimination(["main"]),
     ]
 

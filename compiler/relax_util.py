@@ -24,3 +24,14 @@ def rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gvar, mutator.visit_expr(func))
     return mutator.builder_.get()
+
+
+def single_use_vars(mod: tvm.IRModule) -> set:
+    """The dataflow variables of MOD's Relax functions that exactly one binding of their block reads."""
+    found = set()
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            for block in func.body.blocks:
+                if isinstance(block, relax.DataflowBlock):
+                    found |= {var for var, users in relax.analysis.udchain(block).items() if len(users) == 1}
+    return found

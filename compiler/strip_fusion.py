@@ -9,7 +9,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import op_name, rewrite_relax_functions
+from .relax_util import op_name, rewrite_relax_functions, single_use_vars
 from .schedules.contraction import STREAMING_BYTES
 from .schedules.row_strips import RowStrips
 
@@ -23,26 +23,30 @@ def _bytes(buffer) -> int:
     return size
 
 
-def fuse_kernels(first: tirx.PrimFunc, second: tirx.PrimFunc) -> tirx.PrimFunc:
+def fuse_kernels(first: tirx.PrimFunc, second: tirx.PrimFunc, in_place: bool = False) -> tirx.PrimFunc:
     """One kernel computing SECOND(FIRST(a...), b...), with parameters a..., b..., output (TVM's FuseTIR on a
-    primitive function of the two calls)."""
+    primitive function of the two calls). IN_PLACE: SECOND has no output parameter of its own but writes into
+    its last one (call_tir_inplace), and so does the fused kernel."""
     def ty(param):
         return relax.TensorType([int(d) for d in param.shape], str(param.dtype))
 
     builder = relax.BlockBuilder()
     first_gv, second_gv = builder.add_func(first, "first"), builder.add_func(second, "second")
     inputs = len(first.params) - 1
+    rest = second.params[1:] if in_place else second.params[1:-1]
 
     def params():
         return [relax.Var(f"a{i}", ty(p)) for i, p in enumerate(first.params[:-1])] + \
-               [relax.Var(f"b{i}", ty(p)) for i, p in enumerate(second.params[1:-1])]
+               [relax.Var(f"b{i}", ty(p)) for i, p in enumerate(rest)]
 
     pair_params = params()
     with builder.function("pair", pair_params, {"Primitive": True}, private=True):
         with builder.dataflow():
             middle = builder.emit(relax.call_tir(first_gv, pair_params[:inputs], ty(first.params[-1])))
-            out = builder.emit_output(relax.call_tir(second_gv, [middle] + pair_params[inputs:],
-                                                     ty(second.params[-1])))
+            args, out_ty = [middle] + pair_params[inputs:], ty(second.params[-1])
+            call = relax.call_tir_inplace(second_gv, args, [len(args) - 1], out_ty) if in_place \
+                else relax.call_tir(second_gv, args, out_ty)
+            out = builder.emit_output(call)
         builder.emit_func_output(out)
     pair_gv = builder.get().get_global_var("pair")
     main_params = params()
@@ -64,13 +68,7 @@ class _StripFuser(PyExprMutator):
         self.kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
         self.rule = RowStrips(lanes)
         self.fused: dict[tuple[str, str], tvm.ir.GlobalVar | None] = {}
-        self.single_use = set()
-        for _gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                for block in func.body.blocks:
-                    if isinstance(block, relax.DataflowBlock):
-                        self.single_use |= {var for var, users in relax.analysis.udchain(block).items()
-                                            if len(users) == 1}
+        self.single_use = single_use_vars(mod)
 
     def visit_call_(self, call):
         middle = call.args[1].fields[0] if op_name(call) == "relax.call_tir" and len(call.args) == 2 \

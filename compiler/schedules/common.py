@@ -119,16 +119,22 @@ def schedule_injective(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.parallel(fused)
 
 
+def spatial_domain(sch: s_tir.Schedule, block) -> list[str]:
+    """The extents of BLOCK's spatial iterators, as text (symbolic ones by name)."""
+    return [str(iv.dom.extent) for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+
+
 def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None:
     """Fold the elementwise tail EPILOGUE into MAIN's write-back (the register tile's, in a contraction).
 
     Intermediate tail blocks are inlined forward first (one may feed several others, as in GELU), so only the
     last has to be inlined backwards into the write-back; what cannot be fused gets its own loop nest.
     """
-    out_shape = [str(d) for d in sch.get(main).writes[0].source.shape]
-    if any([str(d) for d in sch.get(b).writes[0].source.shape] != out_shape for b in epilogue):
-        # A tail that changes the shape (the slice after padded channels) would make the tile's write-back
-        # run past the output: it keeps loop nests of its own.
+    domain = spatial_domain(sch, main)
+    if any(spatial_domain(sch, b) != domain for b in epilogue):
+        # A tail over another domain (the slice after padded channels) would make the tile's write-back run
+        # past the output: it keeps loop nests of its own. One that writes the same domain into a wider buffer
+        # (a piece of a concatenation, compiler/concat_in_place.py) fuses like any other.
         for block in epilogue:
             schedule_injective(sch, block, lanes)
         return
