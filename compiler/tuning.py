@@ -31,6 +31,9 @@ _TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "arch")
 
 
 LOCK = ".kiln_tune.lock"
+# A complete set of new database files waiting to replace the current ones (see _replace_together); its
+# staging folders are named PENDING + ".*" until they are complete.
+PENDING = ".kiln_pending"
 
 
 @contextmanager
@@ -70,6 +73,7 @@ def repair(folder: Path) -> int:
     """Drop what a killed writer left half-written at the end of the database files (a line without its newline,
     or one that is not JSON); returns how many lines were dropped. Appends are single lines, so only the last
     line can be torn."""
+    _finish_replacing(folder)
     dropped = 0
     for name in (WORKLOADS, RECORDS):
         path = folder / name
@@ -232,16 +236,41 @@ def prune(folder: Path, keep: int) -> tuple[int, int]:
 def _drop_unused_workloads(folder: Path, record_lines: list[str]) -> None:
     """Drop the workloads no record of RECORD_LINES (FOLDER's records file) refers to (kernels whose records were
     all pruned, or that were never searched) and renumber the records: a workload line holds a whole kernel,
-    often over 100 KB. Each file is replaced atomically, one after the other, under the tune's writer lock."""
+    often over 100 KB. Both files are replaced together (_replace_together), under the tune's writer lock."""
     lines = [line for line in (folder / WORKLOADS).read_text().split("\n") if line.strip()]
     records = [json.loads(line) for line in record_lines]
     used = sorted({record[0] for record in records})
     if len(used) == len(lines):
         return
     renumber = {old: new for new, old in enumerate(used)}
-    atomic_write(folder / RECORDS, "".join(json.dumps([renumber[r[0]], r[1]], separators=(",", ":")) + "\n"
-                                            for r in records))
-    atomic_write(folder / WORKLOADS, "".join(lines[i] + "\n" for i in used))
+    _replace_together(folder, {
+        RECORDS: "".join(json.dumps([renumber[r[0]], r[1]], separators=(",", ":")) + "\n" for r in records),
+        WORKLOADS: "".join(lines[i] + "\n" for i in used)})
+
+
+def _replace_together(folder: Path, contents: dict[str, str]) -> None:
+    """Replace FOLDER's files named in CONTENTS with it so that a kill at any moment leaves either all the old
+    files or all the new ones (renumbered records must never meet the old workloads): the new files are written
+    into a staging folder, which one rename makes PENDING (the commit), and then moved over the old ones;
+    repair() finishes a move that a kill interrupted and discards a staging folder that never committed."""
+    staging = Path(tempfile.mkdtemp(prefix=PENDING + ".", dir=folder))
+    for name, text in contents.items():
+        (staging / name).write_text(text)
+    os.replace(staging, folder / PENDING)
+    _finish_replacing(folder)
+
+
+def _finish_replacing(folder: Path) -> None:
+    """Move a committed PENDING set of files over FOLDER's current ones; drop staging folders left uncommitted."""
+    pending = folder / PENDING
+    if pending.is_dir():
+        for path in sorted(pending.iterdir()):
+            os.replace(path, folder / path.name)
+        pending.rmdir()
+    for staging in folder.glob(PENDING + ".*"):
+        for path in staging.iterdir():
+            path.unlink()
+        staging.rmdir()
 
 
 def drop_records(folder: Path, workload_key: str, faster_than: float) -> int:

@@ -165,6 +165,47 @@ def test_repair_drops_a_torn_last_line(tuned, tmp_path):
     assert len(tuning.open_database(copy).get_all_tuning_records()) == len(whole)
 
 
+def test_a_prune_killed_between_its_two_files_is_finished_or_undone(tuned, tmp_path, monkeypatch):
+    """Pruning renumbers the records and drops workloads: the two files must change together. A kill after the
+    new pair is committed is finished by the next repair; one before it leaves the old pair."""
+    folder, _summary = tuned
+    old_records, old_workloads = records(folder), (folder / tuning.WORKLOADS).read_text()
+    one = json.loads(old_records[0])[0]
+    killed = copy_log(folder, tmp_path / "killed")
+    (killed / tuning.RECORDS).write_text("".join(line + "\n" for line in old_records
+                                                 if json.loads(line)[0] == one))
+    real_replace = tuning.os.replace
+
+    def replace_then_die(src, dst):
+        real_replace(src, dst)
+        if Path(src).parent.name == tuning.PENDING:  # committed, one file moved: the other is still the old one
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuning.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.prune(killed, keep=4)
+    monkeypatch.setattr(tuning.os, "replace", real_replace)
+    assert (killed / tuning.PENDING).is_dir()
+    tuning.repair(killed)
+    assert not (killed / tuning.PENDING).exists()
+    assert len(_lines(killed / tuning.WORKLOADS)) == 1
+    assert [json.loads(line)[0] for line in records(killed)] == [0] * len(records(killed))
+    assert len(tuning.open_database(killed).get_all_tuning_records()) == len(records(killed))
+
+    uncommitted = copy_log(folder, tmp_path / "uncommitted")
+    staging = uncommitted / (tuning.PENDING + ".half")
+    staging.mkdir()
+    (staging / tuning.RECORDS).write_text("[0,")
+    tuning.repair(uncommitted)
+    assert not staging.exists()
+    assert records(uncommitted) == old_records
+    assert (uncommitted / tuning.WORKLOADS).read_text() == old_workloads
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().split("\n") if line.strip()]
+
+
 def start_tune(model: Path, folder: Path) -> subprocess.Popen:
     """`kiln tune` with a large budget in a child process; returns once it has saved a searched batch."""
     cmd = [sys.executable, "-c", "from compiler.cli import main; main()", "tune", str(model), "--target",
