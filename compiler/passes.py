@@ -11,7 +11,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .fake_quant import lower_qdq
 from .weight_packing import pack_weights
-from .relax_util import const_value, op_name, rewrite_relax_functions
+from .relax_util import const_value, op_name, rewrite_relax_functions, single_use_vars
 from .concat_in_place import concat_in_place
 from .strip_fusion import fuse_row_strips
 
@@ -179,6 +179,38 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
     return _pass
 
 
+# Activations that commute with concatenation: f(concat(a, b)) == concat(f(a), f(b)) elementwise.
+_PIECEWISE_ACTIVATIONS = ("relax.nn.relu", "relax.sigmoid", "relax.tanh")
+
+
+@mutator
+class _ActivationSplitter(PyExprMutator):
+    """relu(concat(a, b, ...)) -> concat(relu(a), relu(b), ...) where the concatenation feeds only the activation:
+    each activation then fuses into the kernel that makes its piece, and the concatenation is a plain one that
+    kiln.ConcatInPlace can hand to those kernels (ShuffleNet's downsampling units)."""
+
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.single_use = single_use_vars(mod)
+
+    def visit_call_(self, call):
+        name = op_name(call)
+        candidate = name in _PIECEWISE_ACTIVATIONS and isinstance(call.args[0], relax.DataflowVar) \
+            and call.args[0] in self.single_use
+        call = self.visit_expr_post_order(call)
+        concat = self.lookup_binding(call.args[0]) if candidate else None
+        if op_name(concat) != "relax.concat" or not isinstance(concat.args[0], relax.Tuple):
+            return call
+        pieces = [self.builder_.emit(relax.Call(call.op, [piece], call.attrs)) for piece in concat.args[0].fields]
+        return relax.Call(concat.op, [relax.Tuple(pieces)], concat.attrs)
+
+
+@tvm.transform.module_pass(opt_level=0, name="kiln.SplitActivationsOverConcat")
+def split_activations_over_concat(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Move an activation after a concatenation onto each of its pieces (see _ActivationSplitter)."""
+    return rewrite_relax_functions(mod, _ActivationSplitter)
+
+
 @tvm.transform.module_pass(opt_level=0, name="kiln.FoldConstant")
 def fold_constants(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Relax's FoldConstant, kept only when its result is well formed: on a dynamic Slice it leaves a call to a
@@ -240,6 +272,8 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # Weights are transposed once here and folded; only the model's borders get a transpose.
         *([convert_conv_layout, fold_constants] if layout == "NHWC" else []),
         *([pad_channels(lanes), fold_constants] if device == "cpu" else []),
+        split_activations_over_concat,
+        relax.transform.DeadCodeElimination(["main"]),
     ]
 
 

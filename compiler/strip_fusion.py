@@ -10,17 +10,10 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .relax_util import op_name, rewrite_relax_functions, single_use_vars
-from .schedules.contraction import STREAMING_BYTES
+from .schedules.contraction import STREAMING_BYTES, buffer_bytes
 from .schedules.row_strips import RowStrips
 
 _LLVM = {"kind": "llvm"}
-
-
-def _bytes(buffer) -> int:
-    size = tvm.runtime.DataType(str(buffer.dtype)).bits // 8
-    for dim in buffer.shape:
-        size *= int(dim) if isinstance(dim, tirx.IntImm) else 0
-    return size
 
 
 def fuse_kernels(first: tirx.PrimFunc, second: tirx.PrimFunc, in_place: bool = False) -> tirx.PrimFunc:
@@ -94,7 +87,7 @@ class _StripFuser(PyExprMutator):
             self.fused[key] = None
             # a kernel fused here already (the first of a pair is not in the module's kernels) is left as it is
             funcs = self.kernels.get(first.name_hint), self.kernels.get(second.name_hint)
-            if all(funcs) and _bytes(funcs[0].params[-1]) > STREAMING_BYTES:
+            if all(funcs) and (buffer_bytes(funcs[0].params[-1]) or 0) > STREAMING_BYTES:
                 kernel = fuse_kernels(*funcs)
                 if self.rule.apply(kernel, tvm.target.Target(_LLVM), False) is not None:
                     name = first.name_hint + "_" + second.name_hint.removeprefix("fused_")

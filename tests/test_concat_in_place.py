@@ -64,6 +64,29 @@ def test_concatenations_it_cannot_take_over_stay_copies(case, tmp_path):
     assert_matches_onnxruntime(path, artifact.path)
 
 
+def test_an_activation_after_the_concatenation_moves_onto_its_pieces(tmp_path):
+    """ShuffleNet's downsampling unit: Concat(AvgPool(x), Conv(x)) -> ReLU. The ReLU goes into each piece's
+    kernel, so the concatenation is a plain one, written in place."""
+    inits = [numpy_helper.from_array(v, n) for n, v in {"w0": _w(24, 8, 1, 1), "w": _w(40, 24, 3, 3),
+                                                         "wn": _w(16, 64, 1, 1)}.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["x0"]),  # as in the network, the unit's input is already NHWC
+        helper.make_node("AveragePool", ["x0"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x0", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["p", "c"], ["cat"], axis=1),
+        helper.make_node("Relu", ["cat"], ["r"]),
+        helper.make_node("Conv", ["r", "wn"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "shuffle_down", [helper.make_tensor_value_info("x", F32, [1, 8, 28, 28])],
+                              [helper.make_value_info("y", helper.make_tensor_type_proto(F32, None))], inits)
+    path = save(finish(graph), tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "k.so")
+    kernels = _kernels(artifact)
+    assert not any("concatenate" in k for k in kernels), kernels
+    assert sum("relu" in k and "_into64" in k for k in kernels) == 2, kernels
+    assert_matches_onnxruntime(path, artifact.path)
+
+
 def test_concat_channels_recognises_only_a_two_piece_channel_concatenation():
     import tvm  # noqa: PLC0415
     from tvm import te, topi  # noqa: PLC0415

@@ -128,21 +128,37 @@ def streaming_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
     return max(d for d in range(1, max(1, MAX_ACCUMULATORS // vectors) + 1) if rows % d == 0), vectors
 
 
-def _element_bytes(buffer: tirx.Buffer) -> int:
+def element_bytes(buffer: tirx.Buffer) -> int:
+    """Bytes of one element of BUFFER."""
     return tvm.runtime.DataType(str(buffer.dtype)).bits // 8
+
+
+def buffer_bytes(buffer: tirx.Buffer) -> int | None:
+    """Bytes of all of BUFFER (None when a dimension is symbolic)."""
+    size = element_bytes(buffer)
+    for d in buffer.shape:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        size *= int(d)
+    return size
 
 
 def _largest_buffer_bytes(block: tirx.SBlock) -> int:
     """Bytes of the largest buffer BLOCK reads or writes (0 when a shape is symbolic)."""
-    largest = 0
-    for region in list(block.reads) + list(block.writes):
-        if not all(isinstance(d, tirx.IntImm) for d in region.source.shape):
-            return 0
-        size = _element_bytes(region.source)
-        for d in region.source.shape:
-            size *= int(d)
-        largest = max(largest, size)
-    return largest
+    sizes = [buffer_bytes(region.source) for region in list(block.reads) + list(block.writes)]
+    return 0 if None in sizes else max(sizes, default=0)
+
+
+def spatial_count(block: tirx.SBlock) -> int | None:
+    """How many spatial iterators BLOCK has, when they all come before its reduction ones; else None."""
+    kinds = [iv.iter_type for iv in block.iter_vars]
+    count = kinds.index(tirx.IterVar.CommReduce) if tirx.IterVar.CommReduce in kinds else len(kinds)
+    return None if any(k != tirx.IterVar.CommReduce for k in kinds[count:]) else count
+
+
+def channel_group(block: tirx.SBlock, vec_var: tirx.Var) -> int | None:
+    """The channels per group of a grouped convolution BLOCK whose output channel is VEC_VAR, else None."""
+    return next((k for r in block.reads for rng in r.region if (k := group_size(rng.min, vec_var))), None)
 
 
 def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> bool:
@@ -160,7 +176,7 @@ def _rows_alias(block: tirx.SBlock, row_var: tirx.Var, vec_var: tirx.Var) -> boo
                 inner = 1
                 for d in shape[dim + 1:]:
                     inner *= int(d)
-                stride = int(coeff[0]) * inner * _element_bytes(region.source)
+                stride = int(coeff[0]) * inner * element_bytes(region.source)
                 if stride and stride % 4096 == 0:
                     return True
     return False
@@ -197,17 +213,15 @@ class Contraction(KilnRule):
         if len(reductions) != 1 or any(not infos[i].is_injective() for i in range(len(infos)) if i != reductions[0]):
             return None
         main = blocks[reductions[0]]
-        kinds = [iv.iter_type for iv in sch.get(main).iter_vars]
-        n_spatial = kinds.index(tirx.IterVar.CommReduce) if tirx.IterVar.CommReduce in kinds else len(kinds)
-        if n_spatial == 0 or any(k != tirx.IterVar.CommReduce for k in kinds[n_spatial:]):
+        n_spatial = spatial_count(sch.get(main))
+        if not n_spatial:
             return None
         vec_var = sch.get(main).iter_vars[n_spatial - 1].var
-        group = next((k for r in sch.get(main).reads for rng in r.region if (k := group_size(rng.min, vec_var))),
-                     None)
+        group = channel_group(sch.get(main), vec_var)
         if not innermost_index_ok(sch.get(main), vec_var, group):
             return None
         loops = sch.get_loops(main)
-        if len(loops) != len(kinds):
+        if len(loops) != len(sch.get(main).iter_vars):
             return None
         spatial, reduce = loops[:n_spatial], loops[n_spatial:]
         cols = const_extent(sch, spatial[-1])

@@ -17,7 +17,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
 from .common import KilnRule, const_extent, fuse_epilogue, uses
-from .contraction import SMALL_REDUCTION, group_size, innermost_index_ok, is_lane_of, register_tile, streaming_tile
+from .contraction import (SMALL_REDUCTION, channel_group, element_bytes, innermost_index_ok, is_lane_of,
+                          register_tile, spatial_count, streaming_tile)
 
 STRIP_BYTES = 512 << 10  # the first convolution's rows of one strip: half a core's L2
 MIN_STRIPS = 8  # strips per image: enough parallel tasks for the cores to share evenly
@@ -49,15 +50,6 @@ def _shape(sch: s_tir.Schedule, block) -> list[str]:
     return [str(d) for d in sch.get(block).writes[0].source.shape]
 
 
-def _spatial_then_reduce(sch: s_tir.Schedule, block) -> int | None:
-    """Number of spatial iterators of BLOCK when they all come before its reduction ones; else None."""
-    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-    n_spatial = kinds.index(tirx.IterVar.CommReduce) if tirx.IterVar.CommReduce in kinds else len(kinds)
-    if any(k != tirx.IterVar.CommReduce for k in kinds[n_spatial:]):
-        return None
-    return n_spatial
-
-
 def _terms(sch: s_tir.Schedule, block) -> int | None:
     """Reduction terms per output of BLOCK (None when an extent is symbolic)."""
     total = 1
@@ -80,7 +72,7 @@ def split_pair(sch: s_tir.Schedule, blocks: list) -> _Pair | None:
     conv1, conv2 = blocks[first], blocks[second]
     for conv in (conv1, conv2):
         buffer = sch.get(conv).writes[0].source
-        if len(buffer.shape) != 4 or str(buffer.dtype) != "float32" or _spatial_then_reduce(sch, conv) != 4 \
+        if len(buffer.shape) != 4 or str(buffer.dtype) != "float32" or spatial_count(sch.get(conv)) != 4 \
                 or not all(isinstance(d, tirx.IntImm) for d in buffer.shape):
             return None
     between = blocks[first + 1: second]
@@ -136,7 +128,7 @@ class RowStrips(KilnRule):
         if step is None or tile is None:
             return None
         _, _, width1, channels1 = (int(d) for d in middle.shape)
-        strip = strip_rows(const_extent(sch, rows), *step, width1 * channels1 * 4)
+        strip = strip_rows(const_extent(sch, rows), *step, width1 * channels1 * element_bytes(middle))
         if strip is None:
             return None
         parallel = self._depthwise(sch, pair, strip, tile)
@@ -157,8 +149,7 @@ class RowStrips(KilnRule):
     def _vector_ok(self, sch: s_tir.Schedule, conv) -> bool:
         block = sch.get(conv)
         vec_var = block.iter_vars[3].var
-        group = next((k for r in block.reads for rng in r.region if (k := group_size(rng.min, vec_var))), None)
-        return innermost_index_ok(block, vec_var, group)
+        return innermost_index_ok(block, vec_var, channel_group(block, vec_var))
 
     def _depthwise(self, sch: s_tir.Schedule, pair: _Pair, strip: int, tile: tuple[int, int]):
         """Tile the second convolution into strips of STRIP rows (the parallel loop, returned) and the register
@@ -191,7 +182,7 @@ class RowStrips(KilnRule):
         batch, rows, cols, channels, *reduce = sch.get_loops(pair.conv1)[1:]
         block = sch.get(pair.conv1)
         vec_var = block.iter_vars[3].var
-        group = next((k for r in block.reads for rng in r.region if (k := group_size(rng.min, vec_var))), None)
+        group = channel_group(block, vec_var)
         packed = any(is_lane_of(rng.min, vec_var, group) for r in block.reads for rng in r.region[-1:])
         tile_rows, width = register_tile(const_extent(sch, cols), const_extent(sch, channels), self.lanes, group,
                                          wide=packed)
