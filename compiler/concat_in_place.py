@@ -13,7 +13,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
-from .relax_util import op_name, rewrite_relax_functions, single_use_vars
+from .relax_util import mutator_pass, op_name, single_use_vars
 from .schedules import tuning_space
 from .strip_fusion import fuse_kernels
 
@@ -121,9 +121,4 @@ class _ConcatPlacer(PyExprMutator):
 
 def concat_in_place(lanes: int) -> tvm.transform.Pass:
     """kiln.ConcatInPlace for a target of LANES fp32 lanes (see the module docstring)."""
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln.ConcatInPlace")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_relax_functions(mod, lambda m: _ConcatPlacer(m, lanes))
-
-    return _pass
+    return mutator_pass("kiln.ConcatInPlace", lambda mod: _ConcatPlacer(mod, lanes))

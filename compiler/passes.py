@@ -11,7 +11,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .fake_quant import lower_qdq
 from .weight_packing import pack_weights
-from .relax_util import const_value, op_name, rewrite_relax_functions, single_use_vars
+from .relax_util import const_value, mutator_pass, op_name, rewrite_relax_functions, single_use_vars
 from .concat_in_place import concat_in_place
 from .strip_fusion import fuse_row_strips
 
@@ -171,12 +171,7 @@ def pad_channels(lanes: int) -> tvm.transform.Pass:
     """Pad output channels of constant-weight convolutions and matmuls to a multiple of LANES (1000 -> 1008):
     the register tile then uses full vectors. Measured on SqueezeNet's 169x1000 classifier: half-width vectors
     ran 2x slower, and a guarded last vector 2.5-10x slower, than full ones."""
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln.PadChannels")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_relax_functions(mod, functools.partial(_ChannelPadder, lanes=lanes))
-
-    return _pass
+    return mutator_pass("kiln.PadChannels", functools.partial(_ChannelPadder, lanes=lanes))
 
 
 # Activations that commute with concatenation: f(concat(a, b)) == concat(f(a), f(b)) elementwise.

@@ -26,6 +26,16 @@ def rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
     return mutator.builder_.get()
 
 
+def mutator_pass(name: str, make_mutator) -> tvm.transform.Pass:
+    """A module pass called NAME that runs the PyExprMutator MAKE_MUTATOR(mod) builds over every Relax function."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return rewrite_relax_functions(mod, make_mutator)
+
+    return _pass
+
+
 def single_use_vars(mod: tvm.IRModule) -> set:
     """The dataflow variables of MOD's Relax functions that exactly one binding of their block reads."""
     found = set()

@@ -9,7 +9,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import op_name, rewrite_relax_functions, single_use_vars
+from .relax_util import mutator_pass, op_name, single_use_vars
 from .schedules.contraction import STREAMING_BYTES, buffer_bytes
 from .schedules.row_strips import RowStrips
 
@@ -97,9 +97,4 @@ class _StripFuser(PyExprMutator):
 
 def fuse_row_strips(lanes: int) -> tvm.transform.Pass:
     """kiln.FuseRowStrips for a target of LANES fp32 lanes (see the module docstring)."""
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln.FuseRowStrips")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_relax_functions(mod, lambda m: _StripFuser(m, lanes))
-
-    return _pass
+    return mutator_pass("kiln.FuseRowStrips", lambda mod: _StripFuser(mod, lanes))
