@@ -62,8 +62,9 @@ def _terms(sch: s_tir.Schedule, block) -> int | None:
 
 
 def split_pair(sch: s_tir.Schedule, blocks: list) -> _Pair | None:
-    """The blocks of BLOCKS as a fused pair of NHWC float32 convolutions (the second a depthwise one, reducing
-    over at most SMALL_REDUCTION terms; each reading its input through inlinable copies or padding), or None."""
+    """The blocks of BLOCKS as a fused pair of NHWC float32 convolutions (the second reading data and weights
+    and reducing over at most SMALL_REDUCTION terms: a depthwise one, or a grouped one with few channels per
+    group; each reading its input through inlinable copies or padding), or None."""
     infos = [get_sblock_info(sch, b) for b in blocks]
     reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
     if len(reductions) != 2 or any(not infos[i].is_injective() for i in range(len(blocks)) if i not in reductions):
