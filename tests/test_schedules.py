@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 from compiler.schedules.common import vector_factors
-from compiler.schedules.contraction import register_tile, streaming_tile
+from compiler.schedules.contraction import group_widths, register_tile, streaming_tile
 from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
 
 R = np.random.default_rng(7)
@@ -98,6 +98,13 @@ def test_register_tile_prefers_exact_divisors_within_the_register_budget():
     assert register_tile(128, 768, 16, group=64, wide=True) == (8, 32)
     rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
     assert rows * -(-vf // 8) <= 12
+
+
+def test_groups_of_awkward_width_get_a_vector_dividing_the_group():
+    assert group_widths(20, 16) == [10, 4]  # ShuffleNet's groups of 20: 10 lanes, not 4
+    assert group_widths(40, 16) == [8, 4]  # 8 lanes are half a vector already: powers of two only
+    assert group_widths(16, 16) == [16, 8, 4]
+    assert register_tile(28, 60, 16, group=20) == (14, 10)
 
 
 def test_streaming_tile_spans_the_channels_within_the_register_budget():
