@@ -13,7 +13,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
-from .relax_util import mutator_pass, op_name, single_use_vars
+from .relax_util import kernels_by_name, mutator_pass, only_block, op_name, single_use_vars
 from .schedules import tuning_space
 from .strip_fusion import fuse_kernels
 
@@ -46,11 +46,7 @@ def concat_channels(func) -> tuple[int, int] | None:
             or shapes[0][:3] != shapes[2][:3] or shapes[1][:3] != shapes[2][:3] \
             or shapes[0][3] + shapes[1][3] != shapes[2][3]:
         return None
-    root = func.body.block if hasattr(func.body, "block") else None
-    inner = root.body if root is not None else None
-    while isinstance(inner, tirx.For):
-        inner = inner.body
-    block = getattr(inner, "block", None)
+    block = only_block(func)
     if block is None or len(block.reads) != 2:
         return None
     last = block.iter_vars[3].var
@@ -73,7 +69,7 @@ class _ConcatPlacer(PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule, lanes: int):
         super().__init__(mod)
-        self.kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+        self.kernels = kernels_by_name(mod)
         self.space = tuning_space(lanes)
         self.single_use = single_use_vars(mod)
         self.placed: dict[tuple[str, int, int], tvm.ir.GlobalVar | None] = {}

@@ -102,7 +102,8 @@ def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
 
 def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, timings: list[str] | None = None) -> tvm.IRModule:
     """The simplified graph STAGE as fused TIR kernels, ready to schedule (passes.kernel_passes)."""
-    return _run_passes(stage, passes.kernel_passes(preset.device, preset.vector_lanes_fp32), "kiln.kernels", preset, timings)
+    return _run_passes(stage, passes.kernel_passes(preset.device, preset.vector_lanes_fp32), "kiln.kernels", preset,
+                       timings)
 
 
 def optimize_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",

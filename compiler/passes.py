@@ -11,7 +11,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .fake_quant import lower_qdq
 from .weight_packing import pack_weights
-from .relax_util import const_value, mutator_pass, op_name, rewrite_relax_functions, single_use_vars
+from .relax_util import (const_value, kernels_by_name, mutator_pass, only_block, op_name, rewrite_relax_functions,
+                         single_use_vars)
 from .concat_in_place import concat_in_place
 from .strip_fusion import fuse_row_strips
 
@@ -92,12 +93,7 @@ def _scalar_clamp(func) -> str | None:
     emits for Clip; None otherwise."""
     if not isinstance(func, tvm.tirx.PrimFunc) or len(func.params) != 3:
         return None
-    root = func.body.block if hasattr(func.body, "block") else None
-    inner = root.body if root is not None else None
-    while inner is not None and isinstance(inner, tvm.tirx.For):
-        inner = inner.body
-    block = getattr(inner, "block", None)
-    store = getattr(block, "body", None)
+    store = getattr(only_block(func), "body", None)
     value = getattr(store, "value", None)
     kind = _CLAMPS.get(type(value).__name__)
     if kind is None or not isinstance(store, tvm.tirx.BufferStore):
@@ -117,7 +113,7 @@ class _ClampRaiser(PyExprMutator):
 
     def __init__(self, mod):
         super().__init__(mod)
-        self.kernels = {gv.name_hint: f for gv, f in mod.functions_items()}
+        self.kernels = kernels_by_name(mod)
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)

@@ -26,6 +26,20 @@ def rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
     return mutator.builder_.get()
 
 
+def kernels_by_name(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
+    """MOD's TIR kernels by name (the name a call_tir's GlobalVar carries)."""
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def only_block(func: tvm.tirx.PrimFunc):
+    """The block under FUNC's root block and its loop nest, when FUNC holds just one; else None."""
+    root = func.body.block if hasattr(func.body, "block") else None
+    inner = root.body if root is not None else None
+    while isinstance(inner, tvm.tirx.For):
+        inner = inner.body
+    return getattr(inner, "block", None)
+
+
 def mutator_pass(name: str, make_mutator) -> tvm.transform.Pass:
     """A module pass called NAME that runs the PyExprMutator MAKE_MUTATOR(mod) builds over every Relax function."""
 

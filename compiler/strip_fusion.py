@@ -9,7 +9,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import mutator_pass, op_name, single_use_vars
+from .relax_util import kernels_by_name, mutator_pass, op_name, single_use_vars
 from .schedules.contraction import STREAMING_BYTES, buffer_bytes
 from .schedules.row_strips import RowStrips
 
@@ -58,7 +58,7 @@ class _StripFuser(PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule, lanes: int):
         super().__init__(mod)
-        self.kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+        self.kernels = kernels_by_name(mod)
         self.rule = RowStrips(lanes)
         self.fused: dict[tuple[str, str], tvm.ir.GlobalVar | None] = {}
         self.single_use = single_use_vars(mod)

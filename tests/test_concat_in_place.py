@@ -18,8 +18,9 @@ def _w(*shape):
 
 def _fire(size, squeeze, expand, extra_use=False, three=False, raw_input=False):
     """SqueezeNet's fire module: 1x1 squeeze -> ReLU -> (1x1 expand -> ReLU, 3x3 expand -> ReLU) -> Concat on
-    channels -> the next module's 1x1 squeeze. EXTRA_USE: the 1x1 branch is also an output; THREE: a third branch (the 1x1 one again) in the
-    Concat; RAW_INPUT: the Concat's first piece is the squeeze output itself, read by the expansions too."""
+    channels -> the next module's 1x1 squeeze. EXTRA_USE: the 1x1 branch is also an output; THREE: a third
+    branch (the 1x1 one again) in the Concat; RAW_INPUT: the Concat's first piece is the squeeze output itself,
+    read by the expansions too."""
     inits = [numpy_helper.from_array(v, n) for n, v in {
         "ws": _w(squeeze, 8, 1, 1), "bs": _w(squeeze), "w1": _w(expand, squeeze, 1, 1), "b1": _w(expand),
         "w3": _w(expand, squeeze, 3, 3), "b3": _w(expand),

@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, fuse_epilogue, uses
+from .common import KilnRule, const_extent, fuse_epilogue, spatial_domain, uses
 from .contraction import (SMALL_REDUCTION, channel_group, element_bytes, innermost_index_ok, is_lane_of,
                           register_tile, spatial_count, streaming_tile)
 
@@ -46,10 +46,6 @@ class _Pair:
     epilogue2: list
 
 
-def _shape(sch: s_tir.Schedule, block) -> list[str]:
-    return [str(d) for d in sch.get(block).writes[0].source.shape]
-
-
 def _terms(sch: s_tir.Schedule, block) -> int | None:
     """Reduction terms per output of BLOCK (None when an extent is symbolic)."""
     total = 1
@@ -77,7 +73,7 @@ def split_pair(sch: s_tir.Schedule, blocks: list) -> _Pair | None:
                 or not all(isinstance(d, tirx.IntImm) for d in buffer.shape):
             return None
     between = blocks[first + 1: second]
-    epilogue1 = [b for b in between if _shape(sch, b) == _shape(sch, conv1)]
+    epilogue1 = [b for b in between if spatial_domain(sch, b) == spatial_domain(sch, conv1)]
     if between[: len(epilogue1)] != epilogue1:
         return None
     if len({region.source for region in sch.get(conv2).reads}) != 2:
