@@ -56,7 +56,7 @@ def test_strip_rows_fit_half_the_l2_with_enough_strips():
 @pytest.mark.parametrize("batch, cin, size, expand, stride, first_kernel", [
     (1, 16, 112, 96, 2, 1),  # MobileNetV2's second block: a 4.8 MB expansion
     (2, 24, 56, 144, 1, 1),  # its third, at batch 2 (strips over images and rows)
-    (1, 3, 224, 32, 1, 3),  # its stem: a padded 3x3 stride-2 convolution feeds the depthwise one
+    (1, 3, 112, 96, 1, 3),  # a padded 3x3 stride-2 convolution feeds the depthwise one
 ])
 def test_wide_expansions_are_fused_into_the_depthwise_convolution(batch, cin, size, expand, stride, first_kernel,
                                                                    tmp_path):
@@ -67,10 +67,13 @@ def test_wide_expansions_are_fused_into_the_depthwise_convolution(batch, cin, si
     assert_matches_onnxruntime(path, artifact.path)
 
 
-@pytest.mark.parametrize("size, fan_out", [(28, False), (56, True)])
-def test_small_or_shared_expansions_stay_separate(size, fan_out, tmp_path):
-    """28x28x144 fits in L2 (nothing to gain); an expansion that a second branch also reads must be stored."""
-    path = save(_block(1, 24, size, 144, 1, fan_out=fan_out), tmp_path)
+@pytest.mark.parametrize("cin, size, expand, first_kernel, fan_out", [
+    (24, 28, 144, 1, False),  # 28x28x144 fits in L2: nothing to gain
+    (24, 56, 144, 1, True),  # a second branch also reads the expansion: it must be stored
+    (3, 224, 32, 3, False),  # MobileNetV2's stem: 32 channels, no streaming tile; faster apart, each tuned
+])
+def test_small_shared_or_narrow_expansions_stay_separate(cin, size, expand, first_kernel, fan_out, tmp_path):
+    path = save(_block(1, cin, size, expand, 1, first_kernel, fan_out=fan_out), tmp_path)
     artifact = compiler.compile(path, output=tmp_path / "k.so")
     assert _fused_calls(artifact.manifest) == []
     assert_matches_onnxruntime(path, artifact.path)
