@@ -180,3 +180,50 @@ def test_the_piecewise_schedule_splits_the_channel_loop_where_pieces_meet():
     assert Injective(16).schedule(sch, root_blocks(sch)) is not None
     script = sch.mod.script()
     assert "pragma_loop_partition_hint" in script and "T.vectorized(16)" in script
+
+
+def _shuffle_model(channels, groups, size=9):
+    """Conv -> channel shuffle (Reshape, Transpose, Reshape as in ShuffleNet) -> depthwise Conv."""
+    five = np.array([0, groups, channels // groups, size, size], np.int64)
+    four = np.array([0, channels, size, size], np.int64)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"]),
+             helper.make_node("Reshape", ["c", "five"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t", "four"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"], group=channels, pads=[1, 1, 1, 1])]
+    inits = {"w1": w(channels, 8, 1, 1), "w2": w(channels, 1, 3, 3), "five": five, "four": four}
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info("x", F32, [1, 8, size, size])],
+                              [helper.make_tensor_value_info("y", F32, [1, channels, size, size])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return finish(graph)
+
+
+@pytest.mark.parametrize("channels, groups", [(60, 3), (48, 2), (320, 2), (72, 8)])
+def test_channel_shuffles_match_onnxruntime(channels, groups, tmp_path):
+    """ShuffleNet's channel shuffles in NHWC: a permutation of the innermost axis, scheduled as vector reads of
+    its contiguous runs (runs of 20, 24, 160 and 9 channels)."""
+    kernels = _compile(_shuffle_model(channels, groups), tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+def test_a_channel_shuffle_reads_its_runs_as_vectors_and_other_gathers_keep_the_fused_schedule():
+    import tvm  # noqa: PLC0415
+    from tvm import s_tir, te  # noqa: PLC0415
+
+    from compiler.schedules.common import root_blocks  # noqa: PLC0415
+    from compiler.schedules.injective import Injective, shuffle_group  # noqa: PLC0415
+
+    def scheduled(index):
+        a = te.placeholder((1, 5, 5, 60), name="a")
+        func = te.create_prim_func([a, te.compute((1, 5, 5, 60), lambda n, h, x, c: a[n, h, x, index(c)])])
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        block = root_blocks(sch)[0]
+        group = shuffle_group(sch.get(block))
+        assert Injective(16).schedule(sch, root_blocks(sch)) is not None
+        return group, sch.mod.script()
+
+    group, script = scheduled(lambda c: c % 3 * 20 + c // 3)  # shuffle of 3 groups of 20
+    assert group == 3 and "T.unroll(3)" in script and "T.vectorized(20)" in script
+    for index in (lambda c: c, lambda c: 59 - c, lambda c: c * 7 % 60):  # a copy, a reversal, a stride of 7
+        group, script = scheduled(index)
+        assert group is None and "T.unroll(3)" not in script
