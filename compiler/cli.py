@@ -116,9 +116,12 @@ def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pa
 @click.option("--devices", type=int, default=1, show_default=True, help="Boards to measure on at once (with --rpc).")
 @click.option("--input-shape", multiple=True, metavar="NAME=DxD..", help="Fix an input's dynamic dims.")
 @click.option("--keep", type=int, help="Records kept per kernel afterwards (default: the preset's, 4).")
+@click.option("--recheck", is_flag=True,
+              help="Search nothing: re-time each tuned kernel's best record against Kiln's current default "
+                   "schedule and keep the faster (after upgrading Kiln).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary at the end.")
 def tune_cmd(model, target, trials, minutes, log_dir, workers, threads, rpc, key, devices, input_shape, keep,
-             as_json):
+             recheck, as_json):
     """Search faster schedules for MODEL's kernels on TARGET; records go to the target's tuning log, which
     `kiln compile` applies. Resumable: run it again to continue where it stopped (Ctrl-C is safe)."""
     from . import frontend, tune  # noqa: PLC0415
@@ -126,13 +129,16 @@ def tune_cmd(model, target, trials, minutes, log_dir, workers, threads, rpc, key
 
     display = TuneDisplay(sys.stderr, minutes)
     summary = tune.tune(model, target=target, trials=trials, minutes=minutes, log_dir=log_dir, workers=workers,
-                        threads=threads, rpc=rpc, key=key, devices=devices, keep=keep, report=display,
+                        threads=threads, rpc=rpc, key=key, devices=devices, keep=keep, recheck=recheck,
+                        report=display,
                         input_shapes=frontend.parse_shape_overrides(input_shape))
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=1))
     else:
         default, tuned = summary.model_ms("default_us"), summary.model_ms("best_us")
         timing = f"; searched kernels {default:.3f} ms by default, {tuned:.3f} ms tuned" if default and tuned else ""
+        if summary.stopped == "rechecked":
+            timing = timing.replace("searched kernels", "with the faster kept:")
         click.echo(f"{summary.stopped}: {summary.trials_run} trial(s) in {summary.seconds:.0f} s, "
                    f"{len(summary.searched)} of {len(summary.tasks)} kernel(s) searched{timing}; "
                    f"{summary.kept} record(s) kept in {summary.database}")

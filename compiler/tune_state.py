@@ -42,7 +42,7 @@ class TuneSummary:
     tasks: list[TaskState]
     trials_run: int = 0
     seconds: float = 0.0
-    stopped: str = "budget"  # budget | time | interrupted | nothing to do
+    stopped: str = "budget"  # budget | time | interrupted | nothing to do | rechecked
     records: int = 0
     kept: int = 0
     curve: list[tuple[float, int, float]] = field(default_factory=list)  # (seconds, trials, searched-kernels ms)

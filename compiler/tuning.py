@@ -273,20 +273,6 @@ def _finish_replacing(folder: Path) -> None:
         staging.rmdir()
 
 
-def drop_records(folder: Path, workload_key: str, faster_than: float) -> int:
-    """Drop the records of the workload whose key is WORKLOAD_KEY that claim a mean run time below FASTER_THAN
-    seconds (measurements a busy machine made look better than they are); returns how many."""
-    keys = [workload[0] for workload in _json_lines(folder / WORKLOADS)]
-    if workload_key not in keys:
-        return 0
-    index = keys.index(workload_key)
-    records = _records(folder)
-    kept = [line for line, workload, mean in records
-            if not (workload == index and mean is not None and mean < faster_than)]
-    _keep_records(folder, records, kept)
-    return len(records) - len(kept)
-
-
 def apply_database(mod: tvm.IRModule, database: ms.database.JSONDatabase | None) -> tvm.IRModule:
     """Replace every kernel that has a tuned record in DATABASE by its best schedule (call inside the target)."""
     if database is None:

@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 from compiler.schedules.common import vector_factors
-from compiler.schedules.contraction import group_widths, register_tile, streaming_tile
+from compiler.schedules.contraction import group_widths, register_tile, streaming_tile, tile_lanes
 from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
 
 R = np.random.default_rng(7)
@@ -27,6 +27,9 @@ CONV = {  # name: (input NCHW, weight OIHW, attributes)
     "depthwise_3x3": ([1, 48, 14, 14], (48, 1, 3, 3), {"group": 48, "pads": [1, 1, 1, 1]}),
     "depthwise_stride2": ([1, 32, 15, 15], (32, 1, 3, 3), {"group": 32, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     "single_pixel": ([1, 256, 1, 1], (10, 256, 1, 1), {}),
+    # no whole vector divides the channels: tiles of several narrower vectors (tile_lanes)
+    "1x1_to_24": ([1, 32, 28, 28], (24, 32, 1, 1), {}),
+    "3x3_to_40": ([1, 8, 14, 14], (40, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
     # more than a core's L2 of activations over few terms: streaming_tile's wide tiles, MobileNetV2's early blocks
     "depthwise_streaming_144": ([1, 144, 56, 56], (144, 1, 3, 3), {"group": 144, "pads": [1, 1, 1, 1]}),
     "depthwise_streaming_stride2": ([1, 96, 63, 63], (96, 1, 3, 3), {"group": 96, "strides": [2, 2],
@@ -98,6 +101,13 @@ def test_register_tile_prefers_exact_divisors_within_the_register_budget():
     assert register_tile(128, 768, 16, group=64, wide=True) == (8, 32)
     rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
     assert rows * -(-vf // 8) <= 12
+
+
+def test_channels_no_whole_vector_divides_get_tiles_of_several_narrower_vectors():
+    assert register_tile(56, 24, 16) == (8, 24) and tile_lanes(24, 16) == 8  # MobileNetV2: 3 vectors of 8
+    assert register_tile(56, 60, 16) == (8, 12) and tile_lanes(12, 16) == 4
+    assert tile_lanes(32, 16) == 32 and tile_lanes(10, 16) == 10  # powers of two and group widths stay whole
+    assert register_tile(56, 48, 16) == (14, 16)  # a whole vector divides 48: unchanged
 
 
 def test_groups_of_awkward_width_get_a_vector_dividing_the_group():

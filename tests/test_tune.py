@@ -106,6 +106,34 @@ def test_compile_applies_records_and_still_matches_onnxruntime(tuned, model, tmp
     assert untuned.manifest.tuning["tasks_tuned"] == 0
 
 
+def test_recheck_keeps_the_default_schedule_where_it_beats_the_best_record(tuned, model, tmp_path, monkeypatch):
+    """After an upgrade of Kiln's default schedules: --recheck times each tuned kernel's best record against the
+    current default (timings faked here: the default 1 us, every record 1 s) and keeps the faster, ranking it
+    by the records' own times (not this run's, which a busy machine inflates)."""
+    from compiler import measure  # noqa: PLC0415
+
+    folder, _summary = tuned
+    copy = copy_log(folder, tmp_path / "recheck", with_notes=True)
+
+    def fake_timings(_builder, _runner, mods, _target):
+        return [[1.0] if i % 2 == 0 else [1e-6] for i in range(len(mods))], []
+
+    monkeypatch.setattr(measure, "measure_schedules", fake_timings)
+    summary = tune.tune(model, target="x86-avx512", log_dir=copy, keep=100, recheck=True)
+    assert summary.stopped == "rechecked" and summary.trials_run == 0 and len(summary.searched) == 2
+    assert all(task.best_us == task.default_us == pytest.approx(1.0) for task in summary.searched)
+    by_kernel = {}
+    for record in tuning.open_database(copy).get_all_tuning_records():
+        by_kernel.setdefault(tuning.workload_key(record.workload.mod), []).append(record)
+    for task in summary.searched:
+        kept = sorted(sum(float(t) for t in r.run_secs) for r in by_kernel[task.key])
+        before = sorted(sum(float(t) for t in r.run_secs) for r in tuning.open_database(folder)
+                        .get_all_tuning_records() if tuning.workload_key(r.workload.mod) == task.key)
+        # the default, committed as the kernel's best record on the records' own time scale (the best claim
+        # times the paired ratio, 1e-6 here), none of the records dropped
+        assert kept == pytest.approx(sorted([before[0] * 1e-6, *before]))
+
+
 def test_a_log_for_another_target_is_refused(tuned, model, tmp_path):
     folder, _summary = tuned
     with pytest.raises(KilnError, match="written for target 'x86-avx512'"):

@@ -18,7 +18,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 
 from .common import KilnRule, const_extent, fuse_epilogue, spatial_domain, uses
 from .contraction import (SMALL_REDUCTION, channel_group, element_bytes, innermost_index_ok, is_lane_of,
-                          register_tile, spatial_count, streaming_tile)
+                          register_tile, spatial_count, streaming_tile, tile_lanes)
 
 STRIP_BYTES = 512 << 10  # the first convolution's rows of one strip: half a core's L2
 MIN_STRIPS = 8  # strips per image: enough parallel tasks for the cores to share evenly
@@ -179,16 +179,19 @@ class RowStrips(KilnRule):
         packed = any(is_lane_of(rng.min, vec_var, group) for r in block.reads for rng in r.region[-1:])
         tile_rows, width = register_tile(const_extent(sch, cols), const_extent(sch, channels), self.lanes, group,
                                          wide=packed)
+        vf = tile_lanes(width, self.lanes)
         col_outer, col_inner = sch.split(cols, [None, tile_rows])
-        chan_outer, chan_inner = sch.split(channels, [None, width])
-        sch.reorder(batch, rows, col_outer, chan_outer, *reduce, col_inner, chan_inner)
+        chan_outer, chan_vectors, chan_inner = sch.split(channels, [None, width // vf, vf])
+        sch.reorder(batch, rows, col_outer, chan_outer, *reduce, col_inner, chan_vectors, chan_inner)
         sch.reverse_compute_at(write_back, chan_outer, preserve_unit_loops=True)
         inner = sch.get_loops(write_back)[-1]
-        if width > self.lanes:
-            inner = sch.split(inner, [None, self.lanes])[-1]
+        step = vf if vf < width else self.lanes
+        if width > step:
+            inner = sch.split(inner, [None, step])[-1]
         if width > 1:
             sch.vectorize(inner)
             sch.vectorize(chan_inner)
         sch.unroll(col_inner)
+        sch.unroll(chan_vectors)
         if reduce:
             sch.decompose_reduction(pair.conv1, reduce[0])
