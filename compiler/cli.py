@@ -136,9 +136,8 @@ def tune_cmd(model, target, trials, minutes, log_dir, workers, threads, rpc, key
         click.echo(json.dumps(summary.to_json(), indent=1))
     else:
         default, tuned = summary.model_ms("default_us"), summary.model_ms("best_us")
-        timing = f"; searched kernels {default:.3f} ms by default, {tuned:.3f} ms tuned" if default and tuned else ""
-        if summary.stopped == "rechecked":
-            timing = timing.replace("searched kernels", "with the faster kept:")
+        label = "with the faster kept:" if summary.stopped == "rechecked" else "searched kernels"
+        timing = f"; {label} {default:.3f} ms by default, {tuned:.3f} ms tuned" if default and tuned else ""
         click.echo(f"{summary.stopped}: {summary.trials_run} trial(s) in {summary.seconds:.0f} s, "
                    f"{len(summary.searched)} of {len(summary.tasks)} kernel(s) searched{timing}; "
                    f"{summary.kept} record(s) kept in {summary.database}")
