@@ -14,7 +14,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from . import dot_product
 from .quantization import site_kind
-from .relax_util import const_value, rewrite_relax_functions
+from .relax_util import const_value, mutator_pass
 from .weight_packing import OUT_ELEMWISE_FUSABLE
 
 PRECISIONS = ("fp32", "bf16")
@@ -57,9 +57,4 @@ def lower_bf16(counts: dict | None = None) -> tvm.transform.Pass:
     """kiln.ToBF16: every site AMX suits as a bf16 kernel; COUNTS (if given) receives 'sites' and 'bf16_sites'."""
     tally = counts if counts is not None else {}
     tally.update(sites=0, bf16_sites=0)
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln.ToBF16")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_relax_functions(mod, functools.partial(_BF16Lowerer, counts=tally))
-
-    return _pass
+    return mutator_pass("kiln.ToBF16", functools.partial(_BF16Lowerer, counts=tally))

@@ -22,7 +22,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from . import dot_product, fake_quant
 from .fake_quant import QuantParams
-from .relax_util import const_value, op_name, rewrite_relax_functions
+from .relax_util import const_value, mutator_pass, op_name
 from .weight_packing import OUT_ELEMWISE_FUSABLE
 
 WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
@@ -159,12 +159,7 @@ def lower_int8(params: dict[int, QuantParams], skip: frozenset[int] = frozenset(
                amx: bool = False) -> tvm.transform.Pass:
     """kiln.QuantizeInt8: the sites with PARAMS (and those the model quantizes itself) as int8 kernels, except
     the indices in SKIP, which stay float32 (the accuracy fallback); AMX: the target has AMX tiles."""
-
-    @tvm.transform.module_pass(opt_level=0, name="kiln.QuantizeInt8")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_relax_functions(mod, functools.partial(_Int8Lowerer, params=params, skip=skip, amx=amx))
-
-    return _pass
+    return mutator_pass("kiln.QuantizeInt8", functools.partial(_Int8Lowerer, params=params, skip=skip, amx=amx))
 
 
 def with_site_inputs(mod: tvm.IRModule, indices: list[int]) -> tvm.IRModule:
