@@ -10,11 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 import runtime
+from compiler import tuning
 from runtime.bench import outputs_match, random_inputs
 from runtime.references import onnxruntime_session
 
 OPSET = 17
 F32 = TensorProto.FLOAT
+TUNE_TRIALS = 8  # trials of the tests' short tunes
 
 
 def single_op_model(op_type: str, input_shapes: dict[str, list], output_shape: list | None = None,
@@ -80,3 +82,25 @@ def compile_and_check(model: onnx.ModelProto, folder: Path, inputs: dict | None 
     artifact = compiler.compile(path, output=Path(folder) / "model.so", **compile_args)
     assert_matches_onnxruntime(path, artifact.path, inputs)
     return artifact.path
+
+
+def two_conv_model(channels: int = 16, size: int = 14):
+    """conv3x3 + bias + relu twice: two kernels heavy enough to be searched."""
+    rng = np.random.default_rng(11)
+    weights = [helper.make_tensor(name, F32, arr.shape, arr.flatten())
+               for name, arr in (("w1", rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1),
+                                 ("b1", rng.standard_normal(channels).astype(np.float32)),
+                                 ("w2", rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["y"])]
+    graph = helper.make_graph(nodes, "two_conv",
+                              [helper.make_tensor_value_info("x", F32, [1, channels, size, size])],
+                              [helper.make_tensor_value_info("y", F32, None)], weights)
+    return finish(graph)
+
+
+def log_records(folder: Path) -> list[str]:
+    """The record lines of the tuning log in FOLDER."""
+    return [line for line in (folder / tuning.RECORDS).read_text().splitlines() if line.strip()]

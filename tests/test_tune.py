@@ -1,50 +1,21 @@
-"""`kiln tune`: a short tune writes a valid database, resumes without redoing finished kernels, survives a kill,
-measures through a TVM RPC tracker, and `kiln compile` applies its records (and still matches ONNX Runtime)."""
+"""`kiln tune`: a short tune writes a valid database, resumes without redoing finished kernels, rechecks, prunes and
+repairs its log, and `kiln compile` applies its records (and still matches ONNX Runtime). Tunes stopped from
+outside and tunes through an RPC tracker: tests/test_tune_runs.py."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
 
 import compiler
 from compiler import tune, tune_state, tuning
 from compiler.cli import main
 from compiler.targets import get_target
 from runtime.errors import KilnError
-from tests.models import assert_matches_onnxruntime, finish, save
-
-ROOT = Path(__file__).resolve().parent.parent
-TRIALS = 8
-
-
-def two_conv_model(channels: int = 16, size: int = 14):
-    """conv3x3 + bias + relu twice: two kernels heavy enough to be searched."""
-    rng = np.random.default_rng(11)
-    weights = [helper.make_tensor(name, TensorProto.FLOAT, arr.shape, arr.flatten())
-               for name, arr in (("w1", rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1),
-                                 ("b1", rng.standard_normal(channels).astype(np.float32)),
-                                 ("w2", rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1))]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
-             helper.make_node("Relu", ["c2"], ["y"])]
-    graph = helper.make_graph(nodes, "two_conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
-    return finish(graph)
-
-
-def records(folder: Path) -> list[str]:
-    return [line for line in (folder / tuning.RECORDS).read_text().splitlines() if line.strip()]
-
+from tests.models import TUNE_TRIALS as TRIALS
+from tests.models import assert_matches_onnxruntime, log_records, save, two_conv_model
 
 def copy_log(folder: Path, copy: Path, with_notes: bool = False) -> Path:
     """A copy of the database in FOLDER (and Kiln's notes, WITH_NOTES) that a test may change."""
@@ -75,7 +46,7 @@ def test_short_tune_writes_a_valid_database(tuned):
     for task in searched:
         assert task.trials >= task.budget > 0
         assert task.default_us and task.best_us and task.best_us <= task.default_us
-    lines = records(folder)
+    lines = log_records(folder)
     assert len(lines) == summary.kept and len(lines) >= 2  # at least the two default schedules
     for line in lines:
         workload, (_trace, run_secs, _target, _args) = json.loads(line)
@@ -89,10 +60,10 @@ def test_short_tune_writes_a_valid_database(tuned):
 
 def test_second_run_resumes_and_skips_finished_kernels(tuned, model):
     folder, first = tuned
-    before = records(folder)
+    before = log_records(folder)
     again = tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder, keep=100)
     assert again.stopped == "nothing to do" and again.trials_run == 0
-    assert records(folder) == before
+    assert log_records(folder) == before
     assert [t.trials for t in again.searched] == [t.trials for t in first.searched]
 
 
@@ -100,7 +71,7 @@ def test_compile_applies_records_and_still_matches_onnxruntime(tuned, model, tmp
     folder, _summary = tuned
     artifact = compiler.compile(model, target="x86-avx512", output=tmp_path / "tuned.so", tuning_log=folder)
     assert artifact.manifest.tuning["tasks_tuned"] == 2
-    assert artifact.manifest.tuning["records"] == len(records(folder))
+    assert artifact.manifest.tuning["records"] == len(log_records(folder))
     assert_matches_onnxruntime(model, artifact.path)
     untuned = compiler.compile(model, target="x86-avx512", output=tmp_path / "plain.so", tuning_log="none")
     assert untuned.manifest.tuning["tasks_tuned"] == 0
@@ -156,13 +127,13 @@ def test_prune_keeps_the_fastest_record_of_each_workload(tuned, tmp_path):
     folder, _summary = tuned
     copy = copy_log(folder, tmp_path / "prune")
     best: dict[int, float] = {}
-    for line in records(copy):
+    for line in log_records(copy):
         workload, (_trace, run_secs, *_rest) = json.loads(line)
         if all(t < 1e9 for t in run_secs):
             best[workload] = min(best.get(workload, 1e9), sum(run_secs) / len(run_secs))
     before, after = tuning.prune(copy, keep=1)
     assert after == len(best) <= before
-    kept = {json.loads(line)[0]: json.loads(line)[1][1] for line in records(copy)}
+    kept = {json.loads(line)[0]: json.loads(line)[1][1] for line in log_records(copy)}
     assert {w: sum(t) / len(t) for w, t in kept.items()} == best
 
 
@@ -171,12 +142,12 @@ def test_prune_drops_workloads_without_records_and_renumbers_the_rest(tuned, mod
     copy = copy_log(folder, tmp_path / "unused", with_notes=True)
     workloads = (copy / tuning.WORKLOADS).read_text().splitlines()
     first_key = json.loads(workloads[0])[0]
-    others = [line for line in records(copy) if json.loads(line)[0] != 0]
+    others = [line for line in log_records(copy) if json.loads(line)[0] != 0]
     (copy / tuning.RECORDS).write_text("".join(line + "\n" for line in others))
     tuning.prune(copy, keep=4)
     left = (copy / tuning.WORKLOADS).read_text().splitlines()
     assert len(left) == len(workloads) - 1 and first_key not in {json.loads(line)[0] for line in left}
-    assert {json.loads(line)[0] for line in records(copy)} == set(range(len(left)))
+    assert {json.loads(line)[0] for line in log_records(copy)} == set(range(len(left)))
     artifact = compiler.compile(model, target="x86-avx512", output=tmp_path / "pruned.so", tuning_log=copy)
     assert artifact.manifest.tuning["tasks_tuned"] == 1  # of the 2 the full log tunes
     assert_matches_onnxruntime(model, artifact.path)
@@ -185,11 +156,11 @@ def test_prune_drops_workloads_without_records_and_renumbers_the_rest(tuned, mod
 def test_repair_drops_a_torn_last_line(tuned, tmp_path):
     folder, _summary = tuned
     copy = copy_log(folder, tmp_path / "torn")
-    whole = records(copy)
+    whole = log_records(copy)
     with open(copy / tuning.RECORDS, "a") as f:
         f.write(whole[0][: len(whole[0]) // 2])  # what a kill in the middle of an append leaves
     assert tuning.repair(copy) == 1
-    assert records(copy) == whole
+    assert log_records(copy) == whole
     assert len(tuning.open_database(copy).get_all_tuning_records()) == len(whole)
 
 
@@ -197,7 +168,7 @@ def test_a_prune_killed_between_its_two_files_is_finished_or_undone(tuned, tmp_p
     """Pruning renumbers the records and drops workloads: the two files must change together. A kill after the
     new pair is committed is finished by the next repair; one before it leaves the old pair."""
     folder, _summary = tuned
-    old_records, old_workloads = records(folder), (folder / tuning.WORKLOADS).read_text()
+    old_records, old_workloads = log_records(folder), (folder / tuning.WORKLOADS).read_text()
     one = json.loads(old_records[0])[0]
     killed = copy_log(folder, tmp_path / "killed")
     (killed / tuning.RECORDS).write_text("".join(line + "\n" for line in old_records
@@ -217,8 +188,8 @@ def test_a_prune_killed_between_its_two_files_is_finished_or_undone(tuned, tmp_p
     tuning.repair(killed)
     assert not (killed / tuning.PENDING).exists()
     assert len(_lines(killed / tuning.WORKLOADS)) == 1
-    assert [json.loads(line)[0] for line in records(killed)] == [0] * len(records(killed))
-    assert len(tuning.open_database(killed).get_all_tuning_records()) == len(records(killed))
+    assert [json.loads(line)[0] for line in log_records(killed)] == [0] * len(log_records(killed))
+    assert len(tuning.open_database(killed).get_all_tuning_records()) == len(log_records(killed))
 
     uncommitted = copy_log(folder, tmp_path / "uncommitted")
     staging = uncommitted / (tuning.PENDING + ".half")
@@ -226,101 +197,12 @@ def test_a_prune_killed_between_its_two_files_is_finished_or_undone(tuned, tmp_p
     (staging / tuning.RECORDS).write_text("[0,")
     tuning.repair(uncommitted)
     assert not staging.exists()
-    assert records(uncommitted) == old_records
+    assert log_records(uncommitted) == old_records
     assert (uncommitted / tuning.WORKLOADS).read_text() == old_workloads
 
 
 def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().split("\n") if line.strip()]
-
-
-def start_tune(model: Path, folder: Path) -> subprocess.Popen:
-    """`kiln tune` with a large budget in a child process; returns once it has saved a searched batch."""
-    cmd = [sys.executable, "-c", "from compiler.cli import main; main()", "tune", str(model), "--target",
-           "x86-avx512", "--trials", "400", "--log", str(folder), "--json"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        notes = tuning.read_notes(folder) if (folder / tuning.NOTES).is_file() else {}
-        if sum(t.get("trials", 0) for t in notes.get("tasks", {}).values()) > 0:
-            return proc
-        if proc.poll() is not None:
-            pytest.fail(f"kiln tune ended early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("the tune saved no batch within 4 minutes")
-
-
-def trials_done(folder: Path) -> int:
-    return sum(t["trials"] for t in tuning.read_notes(folder)["tasks"].values())
-
-
-@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
-def test_killed_tune_resumes_and_the_database_grows(model, tmp_path):
-    folder = tmp_path / "killed"
-    proc = start_tune(model, folder)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = len(tuning.open_database(folder).get_all_tuning_records())
-    done = trials_done(folder)
-    assert killed_at >= 2 and done > 0
-    resumed = tune.tune(model, target="x86-avx512", trials=done + TRIALS, log_dir=folder, keep=1000)
-    assert resumed.stopped == "budget" and 0 < resumed.trials_run
-    assert sum(t.trials for t in resumed.searched) >= done + TRIALS
-    assert len(tuning.open_database(folder).get_all_tuning_records()) > killed_at
-
-
-@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
-def test_ctrl_c_stops_after_the_batch_in_flight_and_keeps_it(model, tmp_path):
-    folder = tmp_path / "interrupted"
-    proc = start_tune(model, folder)
-    proc.send_signal(signal.SIGINT)
-    try:
-        # The batch in flight finishes first. Alone this test takes about a minute, but in one fresh-clone run on
-        # this shared machine (the whole suite 25% slower than usual) the tune did not stop within 3 minutes.
-        out, err = proc.communicate(timeout=420)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("kiln tune did not stop within 7 minutes of Ctrl-C")
-    assert proc.returncode == 130, err.decode()[-2000:]
-    summary = json.loads(out)
-    assert summary["stopped"] == "interrupted" and summary["trials_run"] == trials_done(folder) > 0
-    assert len(tuning.open_database(folder).get_all_tuning_records()) >= 2
-
-
-@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
-def test_minutes_budget_ends_the_search(model, tmp_path):
-    result = CliRunner().invoke(main, ["tune", str(model), "--target", "x86-avx512", "--minutes", "0.1",
-                                       "--log", str(tmp_path / "log"), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
-    assert summary["stopped"] == "time" and summary["trials_run"] > 0
-    assert summary["curve"] and summary["curve"][-1]["trials"] == summary["trials_run"]
-
-
-@pytest.mark.slow  # a real tune of a minute or more (make test runs it; make test-fast skips it)
-def test_tune_through_a_local_rpc_tracker(model, tmp_path):
-    from tvm import rpc
-    from tvm.rpc.tracker import Tracker
-
-    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
-    # A board's server runs as many threads as TVM_NUM_THREADS says; the tuner refuses any other count.
-    os.environ["TVM_NUM_THREADS"] = "2"
-    try:
-        server = rpc.Server("127.0.0.1", port=9300, port_end=9400, key="kiln-test",
-                            tracker_addr=("127.0.0.1", tracker.port), silent=True)
-    finally:
-        del os.environ["TVM_NUM_THREADS"]
-    try:
-        folder = tmp_path / "rpc"
-        summary = tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=folder, threads=2,
-                            rpc=f"127.0.0.1:{tracker.port}", key="kiln-test", keep=100)
-        assert summary.stopped == "budget" and summary.trials_run >= TRIALS
-        assert all(t.default_us and t.best_us for t in summary.searched)
-        assert len(records(folder)) > 2
-    finally:
-        server.terminate()
-        tracker.terminate()
 
 
 def test_allocation_follows_weight_times_flops():
