@@ -141,14 +141,16 @@ def lowering_context(instruments: list | None = None) -> tvm.transform.PassConte
 
 
 def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
-                     instruments: list | None = None) -> relax.VMExecutable:
-    """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing)."""
-    pipeline = tvm.transform.Sequential(lowering_passes(target), name="kiln.lower")
+                     instruments: list | None = None) -> tuple[relax.VMExecutable, int]:
+    """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing). Returns the
+    executable and the alignment in bytes its main needs of its inputs' data (manifest `input_alignment`)."""
+    report = {"input_alignment": 64}
+    pipeline = tvm.transform.Sequential(lowering_passes(target, report), name="kiln.lower")
     if target.kind.name == "cuda":
         cuda.prepare()
     # The CUDA device compiler reads the architecture from the current target.
     with lowering_context(instruments), target:
-        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report["input_alignment"]
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:

@@ -127,6 +127,7 @@ class _StageBuild:
     kernels: build.KernelReport
     executable: relax.VMExecutable
     records: int
+    input_alignment: int  # bytes main needs of its inputs' data (64 unless kiln.ReadInputsInPlace relaxed it)
 
 
 def _build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path | None, say: Progress | None = None,
@@ -147,8 +148,8 @@ def _build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path |
         f"{len(report.tuned) + len(report.default_rule) + len(report.unscheduled)} kernels "
         f"({len(report.tuned)} tuned); building for {preset.name}")
     with _stage("kiln.lower"):
-        executable = build.build_executable(scheduled, target, instruments)
-    return _StageBuild(fused, scheduled, report, executable, applied)
+        executable, input_alignment = build.build_executable(scheduled, target, instruments)
+    return _StageBuild(fused, scheduled, report, executable, applied, input_alignment)
 
 
 def race(vms: list[relax.VirtualMachine], inputs, sample: dict) -> list[float]:
@@ -362,6 +363,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
         tvm_version=tvm.__version__,
         kiln_version=runtime.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        input_alignment=built.input_alignment,
     )
     with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
         library = build.export(executable, preset, Path(tmp) / "lib.so")

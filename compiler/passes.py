@@ -14,6 +14,7 @@ from .weight_packing import pack_weights
 from .relax_util import (const_value, kernels_by_name, mutator_pass, only_block, op_name, rewrite_relax_functions,
                          single_use_vars)
 from .concat_in_place import concat_in_place
+from .input_alignment import read_inputs_in_place
 from .strip_fusion import fuse_row_strips
 
 
@@ -294,15 +295,20 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
     ]
 
 
-def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+def lowering_passes(target: tvm.target.Target, report: dict | None = None) -> list[tvm.transform.Pass]:
     """TVM's own passes from scheduled kernels to VM code (dataflow lowering, memory planning, shape lowering),
-    for the CPU or for CUDA (which adds CUDA-graph capture of static regions)."""
+    for the CPU or for CUDA (which adds CUDA-graph capture of static regions). On the CPU, Kiln's
+    ReadInputsInPlace runs once reshape kernels are views; it puts the input alignment it needs in REPORT."""
     # not re-exported by their package
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
     from tvm.relax.backend.cuda import pipeline as cuda  # noqa: PLC0415
 
-    backend = cuda if target.kind.name == "cuda" else cpu
-    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+    if target.kind.name == "cuda":
+        return cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
+    dataflow = cpu.dataflow_lower_passes(target)
+    views_made = pass_names(dataflow).index("RewriteDataflowReshape") + 1
+    in_place = read_inputs_in_place(report if report is not None else {})
+    return dataflow[:views_made] + [in_place] + dataflow[views_made:] + cpu.finalize_passes(target)
 
 
 def pass_names(passes: list[tvm.transform.Pass]) -> list[str]:

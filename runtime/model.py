@@ -11,7 +11,7 @@ import numpy as np
 
 from .artifact import Manifest, TensorSpec, verify
 from .errors import KilnError
-from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime
+from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime, wrap_array
 
 _pool_threads = threading.local()  # the TVM pool size this thread configured (TVM's pool is per calling thread)
 _KDL_CPU = 1
@@ -63,9 +63,20 @@ class Model:
         _size_pool(self.threads)
         checked = check_inputs(self.inputs, arrays)
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
-            result = self._main(*[self._staged(i, a) for i, a in enumerate(checked)])
+            result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)])
             values = [result] if hasattr(result, "numpy") else list(result)
             return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+
+    def _device_input(self, index: int, array: np.ndarray):
+        """ARRAY as the VM takes input INDEX: the array itself (zero copy) on the CPU when its address has the
+        alignment the kernels were compiled for (manifest `input_alignment`), else a copy (see _staged)."""
+        alignment = self.manifest.input_alignment
+        if self.device.dlpack_device_type() == _KDL_CPU and array.ctypes.data % alignment == 0:
+            try:
+                return wrap_array(array, alignment)
+            except BufferError:  # a read-only array: DLPack cannot flag it as such
+                pass
+        return self._staged(index, array)
 
     def _staged(self, index: int, array: np.ndarray):
         """ARRAY copied into input INDEX's device tensor, which is kept from call to call while the shape stays

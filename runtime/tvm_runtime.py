@@ -41,6 +41,15 @@ def tvm_runtime():
     return _tvm
 
 
+def wrap_array(array, alignment: int):
+    """A TVM tensor over the numpy ARRAY's own memory (no copy). TVM's own from_dlpack insists on 64-byte
+    alignment; the FFI's takes the ALIGNMENT the model's kernels were compiled for."""
+    tvm_runtime()
+    import tvm_ffi  # noqa: PLC0415 - already loaded by tvm_runtime(); named here for its alignment argument
+
+    return tvm_ffi.from_dlpack(array, require_alignment=alignment, require_contiguous=True)
+
+
 def load_cuda_runtime() -> None:
     """Load TVM's CUDA runtime library (it registers the CUDA device and the loader of CUDA kernels); TVM's
     runtime-only import leaves it out. Raises KilnError when the NVIDIA driver or CUDA runtime it links is missing."""

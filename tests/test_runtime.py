@@ -52,12 +52,15 @@ def test_run_and_call_agree(artifact):
     assert [s.name for s in model.inputs] == ["x"] and [s.name for s in model.outputs] == ["y"]
 
 
-def test_inputs_are_staged_in_one_reused_tensor_per_input_and_results_stay_right(artifact):
-    """The runtime copies each input into a device tensor it keeps while the shape stays (a fresh one per call
-    cost 5% on MobileNetV2); new values and a new batch size must still give each call its own result."""
+def test_copied_inputs_go_through_one_reused_tensor_per_input_and_results_stay_right(artifact):
+    """An input the kernels cannot read in place (here: read-only, which DLPack cannot flag) is copied into a device
+    tensor kept while the shape stays (a fresh one per call cost 5% on MobileNetV2); new values and a new batch
+    size must still give each call its own result."""
     model = runtime.load(artifact, threads=1)
     rng = np.random.default_rng(5)
     inputs = [rng.standard_normal((b, 3, 8, 8)).astype(np.float32) for b in (2, 2, 3, 2)]
+    for x in inputs:
+        x.flags.writeable = False
     outputs = [model(x) for x in inputs]
     staged = model._staging[0]
     model(inputs[0])
@@ -66,6 +69,60 @@ def test_inputs_are_staged_in_one_reused_tensor_per_input_and_results_stay_right
     fresh = runtime.load(artifact, threads=1)
     for x, y in zip(inputs, outputs):
         np.testing.assert_array_equal(fresh(x), y)  # each call computed on its own input, not a stale copy
+    np.testing.assert_array_equal(fresh(inputs[0].copy()), outputs[0])  # and read in place, the same result
+
+
+def _at_offset(x: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of X whose data starts OFFSET bytes past a 64-byte boundary."""
+    raw = np.empty(x.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset
+    view = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    view[...] = x
+    return view
+
+
+def _square_plus_model(tmp_path, extra_output: bool = False) -> Path:
+    """y = relu(x * x + c) on a 4x1024 x (LLVM keeps x in a register: an aligned load unless told otherwise);
+    EXTRA_OUTPUT adds z = reshape(x), an output that is a view of the input."""
+    c = helper.make_tensor("c", F32, [1024], np.linspace(-1, 1, 1024, dtype=np.float32))
+    nodes = [helper.make_node("Mul", ["x", "x"], ["s"]), helper.make_node("Add", ["s", "c"], ["t"]),
+             helper.make_node("Relu", ["t"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", F32, [4, 1024])]
+    inits = [c]
+    if extra_output:
+        shape = helper.make_tensor("shape", helper.TensorProto.INT64, [2], [8, 512])
+        nodes.append(helper.make_node("Reshape", ["x", "shape"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", F32, [8, 512]))
+        inits.append(shape)
+    graph = helper.make_graph(nodes, "square_plus", [helper.make_tensor_value_info("x", F32, [4, 1024])], outputs,
+                              inits)
+    return save(finish(graph), tmp_path)
+
+
+def test_inputs_are_read_where_the_caller_keeps_them(tmp_path):
+    """kiln.ReadInputsInPlace declares the buffers through which kernels read a model input aligned to their
+    element size, so the runtime hands the kernels the caller's array, even 4 bytes past a 64-byte boundary.
+    (Without the pass LLVM loads x with vmovaps, which faults on such an address.)"""
+    path = _square_plus_model(tmp_path)
+    built = compiler.compile(path, output=tmp_path / "sq.so")
+    assert built.manifest.input_alignment == 4 and "kiln.ReadInputsInPlace" in built.manifest.passes
+    model = runtime.load(built.path)
+    x = _at_offset(np.random.default_rng(6).standard_normal((4, 1024)).astype(np.float32), 4)
+    assert x.ctypes.data % 64 == 4
+    assert_matches_onnxruntime(path, model, {"x": x})
+    assert not model._staging  # nothing was copied
+
+
+def test_an_input_that_is_also_an_output_is_copied(tmp_path):
+    """A view of the input returned as an output would hand the caller's memory back: the pass leaves the
+    kernels 64-byte aligned and the runtime copies the input."""
+    path = _square_plus_model(tmp_path, extra_output=True)
+    built = compiler.compile(path, output=tmp_path / "sqz.so")
+    assert built.manifest.input_alignment == 64
+    model = runtime.load(built.path)
+    x = _at_offset(np.random.default_rng(7).standard_normal((4, 1024)).astype(np.float32), 4)
+    out = assert_matches_onnxruntime(path, model, {"x": x})
+    assert model._staging and not np.shares_memory(out["z"], x)
 
 
 @pytest.mark.parametrize("feeds, expected", [
