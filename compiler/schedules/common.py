@@ -124,6 +124,17 @@ def spatial_domain(sch: s_tir.Schedule, block) -> list[str]:
     return [str(iv.dom.extent) for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar]
 
 
+def _inline_forward(sch: s_tir.Schedule, blocks: list) -> list:
+    """Inline each of BLOCKS into its consumers; return those that could not be."""
+    leftover = []
+    for block in blocks:
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            leftover.append(block)
+    return leftover
+
+
 def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None:
     """Fold the elementwise tail EPILOGUE into MAIN's write-back (the register tile's, in a contraction).
 
@@ -133,17 +144,13 @@ def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None
     domain = spatial_domain(sch, main)
     if any(spatial_domain(sch, b) != domain for b in epilogue):
         # A tail over another domain (the slice after padded channels) would make the tile's write-back run
-        # past the output: it keeps loop nests of its own. One that writes the same domain into a wider buffer
-        # (a piece of a concatenation, compiler/concat_in_place.py) fuses like any other.
-        for block in epilogue:
+        # past the output: it keeps a loop nest of its own, one for the whole tail where its blocks inline
+        # into each other (a classifier's slice and bias: 2 parallel loops -> 1). One that writes the same
+        # domain into a wider buffer (a piece of a concatenation, compiler/concat_in_place.py) fuses like any other.
+        for block in _inline_forward(sch, epilogue[:-1]) + epilogue[-1:]:
             schedule_injective(sch, block, lanes)
         return
-    leftover = []
-    for block in epilogue[:-1]:
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:
-            leftover.append(block)
+    leftover = _inline_forward(sch, epilogue[:-1])
     if epilogue and not leftover:
         try:
             sch.reverse_compute_inline(epilogue[-1])
