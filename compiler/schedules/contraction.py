@@ -164,6 +164,17 @@ def streaming_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
     return max(d for d in range(1, max(1, MAX_ACCUMULATORS // vectors) + 1) if rows % d == 0), vectors
 
 
+def few_terms_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
+    """(rows, width) of the register tile of a kernel with few terms per output (a depthwise convolution) that
+    does not stream (see streaming_tile): two vectors of channels, so each pixel read is two adjacent lines, over
+    at most 7 rows. MobileNetV2's 3x3 depthwise convolutions, alone (2 threads): 28x28x192 ran 45 us with 7 x 32
+    against 57 with 14 x 16; 112x112x32 150-183 us against 208-249 with 16 x 16 (and 203-211 with 8 x 32);
+    14x14x384, 14x14x576 and 7x7x960 the same either way. None when COLS is not a multiple of two vectors."""
+    if cols % (2 * lanes):
+        return None
+    return max(d for d in range(1, 8) if rows % d == 0), 2 * lanes
+
+
 def element_bytes(buffer: tirx.Buffer) -> int:
     """Bytes of one element of BUFFER."""
     return tvm.runtime.DataType(str(buffer.dtype)).bits // 8
@@ -284,8 +295,8 @@ class Contraction(KilnRule):
         streaming = None
         # Not for packed weights: SqueezeNet's first convolution (27 terms, 111x111x64) ran 0.51 ms with 3 x 64
         # tiles against 0.33 tuned, and MobileNetV2's 112x112 16 -> 96 one gained under 10%.
-        if rows is not None and terms <= SMALL_REDUCTION and not packed and group is None \
-                and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
+        few_terms = rows is not None and terms <= SMALL_REDUCTION and not packed and group is None
+        if few_terms and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
             streaming = streaming_tile(rows, cols, self.lanes)
         if streaming:
             (rn, vectors), vf = streaming, self.lanes
@@ -294,7 +305,8 @@ class Contraction(KilnRule):
             outer = [*spatial[:-2], row_outer, col_outer]
             inner = [row_inner, col_vectors, col_inner]
         else:
-            rn, width = register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
+            rn, width = (few_terms and few_terms_tile(rows, cols, self.lanes)) \
+                or register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
             vf = tile_lanes(width, self.lanes)
             col_outer, col_inner = split_tile(sch, spatial[-1], width, self.tunable)
             col_inner = sch.split(col_inner, [None, vf]) if vf < width else [col_inner]
