@@ -177,10 +177,10 @@ class RowStrips(KilnRule):
         best = (rows * width, rows, width)
         for panels in range(2, MAX_TILE_VECTORS + 1):
             wide = panels * group
-            if channels % wide or wide // self.lanes > MAX_ACCUMULATORS:
+            vectors = -(-wide // self.lanes)
+            if channels % wide or vectors > MAX_ACCUMULATORS:
                 continue
-            limit = max(1, MAX_ACCUMULATORS // (wide // self.lanes))
-            fit = max(d for d in range(1, min(cols, limit) + 1) if cols % d == 0)
+            fit = max(d for d in range(1, min(cols, MAX_ACCUMULATORS // vectors) + 1) if cols % d == 0)
             best = max(best, (fit * wide, fit, wide))
         return best[1], best[2]
 
