@@ -71,7 +71,8 @@ class Model:
         """ARRAY as the VM takes input INDEX: the array itself (zero copy) on the CPU when its address has the
         alignment the kernels were compiled for (manifest `input_alignment`), else a copy (see _staged)."""
         alignment = self.manifest.input_alignment
-        if self.device.dlpack_device_type() == _KDL_CPU and array.ctypes.data % alignment == 0:
+        if self.device.dlpack_device_type() == _KDL_CPU and array.ctypes.data % alignment == 0 \
+                and array.strides == _compact_strides(array):
             try:
                 return wrap_array(array, alignment)
             except BufferError:  # a read-only array: DLPack cannot flag it as such
@@ -87,6 +88,16 @@ class Model:
             tensor = self._staging[index] = tvm_runtime().runtime.empty(array.shape, str(array.dtype), self.device)
         tensor.copyfrom(array)
         return tensor
+
+
+def _compact_strides(array: np.ndarray) -> tuple[int, ...]:
+    """The strides TVM's kernels check an argument against. numpy calls arrays C-contiguous whatever the strides
+    of their size-1 axes (a transposed column: (4, 4) for shape 1x3), and gives an empty array zero strides."""
+    strides, step = [], array.itemsize
+    for size in reversed(array.shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def describe(specs: list[TensorSpec]) -> str:

@@ -113,6 +113,17 @@ def test_inputs_are_read_where_the_caller_keeps_them(tmp_path):
     assert not model._staging  # nothing was copied
 
 
+def test_inputs_with_strides_the_kernels_refuse_are_copied(artifact):
+    """numpy calls a transposed column C-contiguous (strides (4, 4) for shape 1x3) and gives an empty array zero
+    strides; TVM's kernels check an argument's strides against the compact ones, so such inputs are copied."""
+    model = runtime.load(artifact, threads=1)
+    x = np.random.default_rng(8).standard_normal((3 * 8 * 8, 1)).astype(np.float32).T.reshape(1, 3, 8, 8)
+    odd = np.lib.stride_tricks.as_strided(x, strides=(4,) + x.strides[1:])
+    assert odd.flags.c_contiguous and odd.strides != x.strides
+    np.testing.assert_array_equal(model(odd), model(x.copy()))
+    assert model(np.zeros((0, 3, 8, 8), np.float32)).shape == (0, 4, 8, 8)
+
+
 def test_an_input_that_is_also_an_output_is_copied(tmp_path):
     """A view of the input returned as an output would hand the caller's memory back: the pass leaves the
     kernels 64-byte aligned and the runtime copies the input."""
