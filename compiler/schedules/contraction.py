@@ -100,7 +100,7 @@ def group_widths(group: int, lanes: int) -> list[int]:
 
 
 def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = None,
-                  aliased_rows: bool = False, wide: bool = False) -> tuple[int, int]:
+                  aliased_rows: bool = False, wide: bool = False, panels: bool = False) -> tuple[int, int]:
     """(row tile, vector width) of the register tile: the pair with the most accumulators that fits the vector
     registers, more rows on a tie; exact divisors of ROWS first, a guarded tile (last one partly empty) only when
     no divisor of 4 or more fits. Measured: SqueezeNet's 169x1000 classifier ran 13 x 8 in 0.98 ms, 8 x 8 guarded
@@ -110,12 +110,16 @@ def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = N
     grouped convolution's channels per group) the vector width divides it, so a vector never spans two groups.
     WIDE (weights packed in panels, kiln.PackWeights) breaks ties towards wider vectors: a 3x3 256-channel
     convolution at 14x14 ran 7 x 32 in 0.76 ms and 14 x 16 in 0.89; a 128x768x768 matmul 8 x 32 in 0.56 ms and
-    16 x 16 in 0.60."""
+    16 x 16 in 0.60. PANELS: GROUP is a weight panel (kiln.PackWeights), not a channel group, and the tile may
+    span several panels (the first convolution of a row strip, see RowStrips)."""
     budget = MAX_ACCUMULATORS if lanes >= 16 else 12
     widths = group_widths(group, lanes) if group else vector_factors(cols, lanes)
     if rows == 1:
         return 1, single_row_width(cols, widths[0])
-    if not group and cols % lanes:  # no whole vector divides the axis: also several narrower ones (tile_lanes)
+    if group and panels:  # several panels, while the accumulators still allow 4 rows
+        widths = [k * group for k in range(MAX_TILE_VECTORS, 1, -1)
+                  if cols % (k * group) == 0 and 4 * k * group <= budget * lanes] + widths
+    elif not group and cols % lanes:  # no whole vector divides the axis: also several narrower ones (tile_lanes)
         widths = [k * widths[0] for k in range(MAX_TILE_VECTORS, 1, -1) if cols % (k * widths[0]) == 0] + widths
     best = (0.0, 0, 1, widths[0])  # (accumulated outputs, tie-break, rows, vector width)
     for vf in widths:

@@ -17,8 +17,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
 from .common import KilnRule, const_extent, fuse_epilogue, spatial_domain, uses
-from .contraction import (MAX_ACCUMULATORS, MAX_TILE_VECTORS, SMALL_REDUCTION, channel_group, element_bytes,
-                          innermost_index_ok, is_lane_of, register_tile, spatial_count, streaming_tile, tile_lanes)
+from .contraction import (SMALL_REDUCTION, channel_group, element_bytes, innermost_index_ok, is_lane_of,
+                          register_tile, spatial_count, streaming_tile, tile_lanes)
 
 STRIP_BYTES = 512 << 10  # the first convolution's rows of one strip: half a core's L2
 MIN_STRIPS = 8  # strips per image: enough parallel tasks for the cores to share evenly
@@ -165,25 +165,6 @@ class RowStrips(KilnRule):
         sch.decompose_reduction(pair.conv2, reduce[0])
         return parallel
 
-    def _first_tile(self, cols: int, channels: int, group: int | None, packed: bool) -> tuple[int, int]:
-        """(rows, width) of the first convolution's register tile: Contraction's, except that with weights packed
-        in panels (kiln.PackWeights; GROUP is then the panel) the tile may span several panels, as many
-        accumulators as fit, more rows on a tie. The first convolution of a strip reduces over few input channels,
-        so each tile's set-up and write-back weigh more: MobileNetV2's 112x112 16 -> 96 pair ran 371-373 us with
-        8 x 32 tiles, 359 with 14 x 32, 351 with 8 x 48, 342-346 with 4 x 96 (in the model, 2 threads, p10)."""
-        rows, width = register_tile(cols, channels, self.lanes, group, wide=packed)
-        if not packed or not group:
-            return rows, width
-        best = (rows * width, rows, width)
-        for panels in range(2, MAX_TILE_VECTORS + 1):
-            wide = panels * group
-            vectors = -(-wide // self.lanes)
-            if channels % wide or vectors > MAX_ACCUMULATORS:
-                continue
-            fit = max(d for d in range(1, min(cols, MAX_ACCUMULATORS // vectors) + 1) if cols % d == 0)
-            best = max(best, (fit * wide, fit, wide))
-        return best[1], best[2]
-
     def _first(self, sch: s_tir.Schedule, pair: _Pair, parallel) -> None:
         """Compute the first convolution (and its epilogue) inside each strip, over the rows the strip reads,
         with Contraction's register tile."""
@@ -196,7 +177,12 @@ class RowStrips(KilnRule):
         vec_var = block.iter_vars[3].var
         group = channel_group(block, vec_var)
         packed = any(is_lane_of(rng.min, vec_var, group) for r in block.reads for rng in r.region[-1:])
-        tile_rows, width = self._first_tile(const_extent(sch, cols), const_extent(sch, channels), group, packed)
+        # With packed weights the tile may span several panels: the first convolution of a strip reduces over
+        # few input channels, so each tile's set-up and write-back weigh more. MobileNetV2's 112x112 16 -> 96 pair
+        # ran 371-373 us with 8 x 32 tiles, 359 with 14 x 32, 351 with 8 x 48, 342-346 with 4 x 96 (in the model,
+        # 2 threads, p10).
+        tile_rows, width = register_tile(const_extent(sch, cols), const_extent(sch, channels), self.lanes, group,
+                                         wide=packed, panels=packed)
         vf = tile_lanes(width, self.lanes)
         col_outer, col_inner = sch.split(cols, [None, tile_rows])
         chan_outer, chan_vectors, chan_inner = sch.split(channels, [None, width // vf, vf])
