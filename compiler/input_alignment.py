@@ -23,8 +23,7 @@ def _input_reads(main: relax.Function) -> list[tuple[tvm.ir.GlobalVar, int]] | N
     for block in main.body.blocks:
         for binding in block.bindings:
             value = binding.value
-            used = [v for v in relax.analysis.free_vars(value) if v in derived]
-            if not used:
+            if not any(v in derived for v in relax.analysis.free_vars(value)):
                 continue
             if isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR):
                 if not isinstance(value.args[1], relax.Tuple):
