@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve tune-zoo clean
+.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve tune-zoo docs clean
 
 all: setup
 
@@ -75,6 +75,10 @@ bench-serve: setup
 tune-zoo: setup
 	$(BIN)/python -m benchmarks.tune_zoo --target x86-avx512 --minutes 8
 	$(BIN)/python -m benchmarks.tune_zoo resnet18 --target host --minutes 6
+
+# docs/cli.md from every command's --help (a test fails when it is out of date).
+docs: setup
+	$(BIN)/python -m compiler.cli.reference > docs/cli.md
 
 clean:
 	rm -rf $(VENV) $(MODELS) .pytest_cache

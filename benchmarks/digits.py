@@ -165,7 +165,7 @@ def evaluate(out: Path, target: str = "x86-avx512") -> dict:
     """Train, export, compile float32 and int8 with Kiln, and measure test accuracy of each (and ONNX Runtime)."""
     import compiler  # noqa: PLC0415 - the benchmark drives the whole tool
     import runtime  # noqa: PLC0415
-    from runtime.references import onnxruntime_session  # noqa: PLC0415
+    from compiler.references import onnxruntime_session  # noqa: PLC0415
 
     train_x, train_y, test_x, test_y = load_digits_split()
     net = DigitsCNN()

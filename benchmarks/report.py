@@ -168,7 +168,7 @@ def minilm_section(minilm: dict | None) -> list[str]:
 def _paired_ms(run: dict) -> tuple[float, float] | None:
     """(default, tuned) searched-kernel ms of a tune summary RUN from the confirmed per-kernel times that
     tuning_logs/TARGET/kiln_tuning.json holds; None when a kernel has no confirmed pair."""
-    from compiler.tuning import database_dir, read_notes  # noqa: PLC0415
+    from compiler.tuning.database import database_dir, read_notes  # noqa: PLC0415
 
     notes = read_notes(database_dir(run["target"])).get("tasks", {})
     searched = [t for t in run.get("tasks", []) if t.get("budget")]

@@ -27,11 +27,11 @@ import onnx
 
 import compiler
 import runtime
+from compiler.kernels.dot_product import BF16, VNNI
+from compiler.references import PREPARED, REFERENCES, missing_package, open_reference
+from compiler.targets import all_targets
 from runtime.atomic import atomic_write
 from runtime.bench import Engine, compare_engines, random_inputs
-from compiler.dot_product import BF16, VNNI
-from compiler.targets import all_targets
-from runtime.references import PREPARED, REFERENCES, missing_package, open_reference
 
 from . import machine
 from .flops import model_flops

@@ -27,7 +27,7 @@ import onnx
 import compiler
 import runtime
 from runtime.atomic import atomic_write
-from runtime.bench import _TICK, _busy_cpu_seconds, _own_cpu_seconds, measure
+from runtime.bench import CLOCK_TICK, busy_cpu_seconds, measure, own_cpu_seconds
 
 from . import machine, report
 from .zoo import ZOO, batch_one_shapes
@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 
 def _process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
 
 
 class LoadMeter:
@@ -47,11 +47,11 @@ class LoadMeter:
         self.pid = server_pid
 
     def __enter__(self):
-        self.start = (_busy_cpu_seconds(), _own_cpu_seconds(), _process_cpu_seconds(self.pid), time.perf_counter())
+        self.start = (busy_cpu_seconds(), own_cpu_seconds(), _process_cpu_seconds(self.pid), time.perf_counter())
         return self
 
     def __exit__(self, *_exc):
-        busy, own, server, wall = (_busy_cpu_seconds(), _own_cpu_seconds(), _process_cpu_seconds(self.pid),
+        busy, own, server, wall = (busy_cpu_seconds(), own_cpu_seconds(), _process_cpu_seconds(self.pid),
                                    time.perf_counter())
         outside = (busy - self.start[0]) - (own - self.start[1]) - (server - self.start[2])
         self.outside_cores = round(max(0.0, outside) / (wall - self.start[3]), 3)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import onnx
 
-from compiler import tune
-from compiler.tune_progress import TuneDisplay
+from compiler.tuning import tune
+from compiler.tuning.progress import TuneDisplay
 from runtime.atomic import atomic_write
 
 from .zoo import ZOO, batch_one_shapes

@@ -1,4 +1,17 @@
-"""Kiln's compiler: ONNX model -> graph passes -> scheduled kernels -> one shared library per target."""
+"""Kiln's compiler: ONNX model -> graph passes -> scheduled kernels -> one shared library per target.
+
+The folders, in the order a model goes through them:
+    frontend/    ONNX file -> Relax module
+    passes/      graph passes, one file each (pipeline.py lists them, stage by stage)
+    quantize/    int8 / bf16 versions of the graph, and the choice between them and float32
+    kernels/     Kiln's kernel computes (packed weights, Winograd, dot products)
+    schedules/   Kiln's default CPU schedules of those kernels (and of TVM's)
+    tuning/      `kiln tune`: searched schedules in tuning_logs/
+    build/       schedule, lower, export; the manifest; `kiln bundle`
+    cli/         the `kiln` command line
+driver.py (compile), options.py, pipeline.py and targets.py tie them together; bench.py + references.py are
+`kiln bench`, describe.py is `kiln inspect`.
+"""
 
 from runtime.errors import KilnError
 

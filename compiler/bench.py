@@ -7,10 +7,11 @@ import tempfile
 from pathlib import Path
 
 import runtime
-from runtime.bench import compare
+from runtime.bench import Comparison, Engine, compare_engines, computes_in, random_inputs
 from runtime.errors import KilnError
 
-from .report import is_artifact
+from .describe import is_artifact
+from .references import check_engines, open_reference
 
 
 def _onnx_for(artifact: Path, manifest, given: str | None) -> str:
@@ -27,11 +28,25 @@ def _onnx_for(artifact: Path, manifest, given: str | None) -> str:
 
 def parse_against(text: str) -> tuple[str, ...]:
     """The engines of `--against` ('onnxruntime,openvino'; 'none' for Kiln alone), checked against the known ones."""
-    from runtime.references import check_engines  # noqa: PLC0415
-
     names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
     check_engines(names)
     return names
+
+
+def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup: int = 3,
+            dims: dict[str, int] | None = None, batch: int = 1, against: tuple[str, ...] = ("onnxruntime",)) \
+        -> Comparison:
+    """Time the loaded Kiln MODEL beside the reference engines AGAINST (opened on ONNX_PATH with THREADS
+    threads) on the same seeded inputs; ratios are to ONNX Runtime when it is among them, else to the first."""
+    feeds = random_inputs(model.inputs, dims)
+    engines = [Engine("kiln", model.run, computes_in(model.manifest))]
+    if onnx_path is not None:
+        shapes = {name: array.shape for name, array in feeds.items()}
+        outputs = [o.name for o in model.outputs]
+        engines += [open_reference(name, onnx_path, threads, shapes, outputs) for name in against]
+    names = [e.name for e in engines[1:]]
+    reference = "onnxruntime" if "onnxruntime" in names else (names[0] if names else None)
+    return compare_engines(engines, feeds, reference, repeat, warmup, batch)
 
 
 def bench(path: str, onnx_model: str | None = None, against: str = "onnxruntime", target: str = "auto",

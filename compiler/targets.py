@@ -41,6 +41,18 @@ class TargetPreset:
         return (self.device == "cpu" and self.arch == platform.machine()
                 and set(self.cpu_features) <= host_cpu_features())
 
+    def has(self, feature: str) -> bool:
+        """Whether code built for this preset may use the CPU FEATURE (a /proc/cpuinfo flag such as amx_int8)."""
+        return feature in self.cpu_features
+
+    def require(self, feature: str, what: str) -> None:
+        """A clear error when this preset lacks FEATURE (the instruction WHAT names), listing the presets that
+        have it."""
+        if not self.has(feature):
+            with_it = [name for name, t in all_targets().items() if t.has(feature)]
+            raise KilnError(f"target {self.name} has no {what} ({feature})",
+                            f"use a target that has it: {', '.join(with_it) or 'none known'}")
+
     @property
     def compiler(self) -> str:
         """The (cross) compiler command that links this preset's libraries."""

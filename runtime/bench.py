@@ -1,4 +1,4 @@
-"""Latency measurement that notices a noisy machine, plus the ONNX Runtime side of a comparison.
+"""Latency measurement that notices a noisy machine, and engines compared on the same inputs in one process.
 
 Each timing block records how much CPU time *other* processes used meanwhile (from /proc/stat); a block whose
 outside load is above a threshold is taken again, so a shared machine cannot quietly skew a ratio.
@@ -20,10 +20,10 @@ from .artifact import TensorSpec
 _SETTLE_S = 0.2
 # Alternating blocks per engine: a slow spell of the shared machine then hits both engines, not one.
 _BLOCKS = 4
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _busy_cpu_seconds() -> float:
+def busy_cpu_seconds() -> float:
     """CPU seconds all processes have spent busy since boot (user, nice, system, irq, softirq, steal)."""
     try:
         with open("/proc/stat") as f:
@@ -31,10 +31,11 @@ def _busy_cpu_seconds() -> float:
     except OSError:
         return 0.0
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / _TICK
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICK
 
 
-def _own_cpu_seconds() -> float:
+def own_cpu_seconds() -> float:
+    """CPU seconds this process has spent (user and system)."""
     t = os.times()
     return t.user + t.system
 
@@ -65,14 +66,14 @@ class Timing:
 
 def time_block(fn: Callable[[], object], repeat: int) -> Timing:
     """Call FN REPEAT times; return the latencies and the CPU load other processes put on the machine."""
-    busy0, own0, wall0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    busy0, own0, wall0 = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     latencies = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         latencies.append((time.perf_counter() - start) * 1e3)
     wall = time.perf_counter() - wall0
-    outside = max(0.0, (_busy_cpu_seconds() - busy0) - (_own_cpu_seconds() - own0))
+    outside = max(0.0, (busy_cpu_seconds() - busy0) - (own_cpu_seconds() - own0))
     return Timing(latencies, outside / wall if wall > 0 else 0.0)
 
 
@@ -197,24 +198,6 @@ def computes_in(manifest) -> str:
     """The precision an artifact computes in: 'int8' / 'bf16' when it was quantized, else 'f32'."""
     mode = (manifest.quantization or {}).get("mode")
     return mode if mode in ("int8", "bf16") else "f32"
-
-
-def compare(model, onnx_path: str | None, threads: int, repeat: int = 20, warmup: int = 3,
-            dims: dict[str, int] | None = None, batch: int = 1, against: tuple[str, ...] = ("onnxruntime",)) \
-        -> Comparison:
-    """Time the loaded Kiln MODEL beside the reference engines AGAINST (opened on ONNX_PATH with THREADS
-    threads) on the same seeded inputs; ratios are to ONNX Runtime when it is among them, else to the first."""
-    from .references import open_reference  # noqa: PLC0415 - the references are optional packages
-
-    feeds = random_inputs(model.inputs, dims)
-    engines = [Engine("kiln", model.run, computes_in(model.manifest))]
-    if onnx_path is not None:
-        shapes = {name: array.shape for name, array in feeds.items()}
-        outputs = [o.name for o in model.outputs]
-        engines += [open_reference(name, onnx_path, threads, shapes, outputs) for name in against]
-    names = [e.name for e in engines[1:]]
-    reference = "onnxruntime" if "onnxruntime" in names else (names[0] if names else None)
-    return compare_engines(engines, feeds, reference, repeat, warmup, batch)
 
 
 def _merge(timings: list[Timing]) -> Timing:

@@ -10,10 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 import runtime
-from compiler import tuning
+from compiler.references import onnxruntime_session
+from compiler.tuning import database as tuning
 from runtime.bench import outputs_match, random_inputs
-from runtime.references import onnxruntime_session
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository: where subprocesses of the tests run
 OPSET = 17
 F32 = TensorProto.FLOAT
 TUNE_TRIALS = 8  # trials of the tests' short tunes

@@ -1,4 +1,11 @@
-"""Kiln's default CPU schedules: what a kernel gets when no tuned record exists for it."""
+"""Kiln's default CPU schedules: what a kernel gets when no tuned record exists for it.
+
+In: one fused TIR kernel (compiler/build/schedule.py hands them over one by one). Out: the kernel scheduled by the
+first rule of default_rules that takes it (dlight's CPU rules last), or its tuning space (tuning_space) for
+`kiln tune`. contraction.py + tiles.py: convolutions, matmuls, pooling; dot_product.py and amx.py: the int8 /
+bf16 kernels; winograd.py: the Winograd transforms; row_strips.py: fused conv + depthwise strips; injective.py:
+elementwise, transposes, copies; common.py what they share. docs/schedules.md has the measurements behind them.
+"""
 
 from __future__ import annotations
 

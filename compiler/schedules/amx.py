@@ -1,5 +1,5 @@
 """Intel AMX for the dot-product kernels: tile registers of up to 16 rows x 64 bytes, one instruction multiplying
-a 16 x 64-byte tile of activations with a 16 x 64-byte tile of weights in the layout compiler/dot_product.py packs
+a 16 x 64-byte tile of activations with a 16 x 64-byte tile of weights in the layout compiler/kernels/dot_product.py packs
 them in (16 rows of K / GROUP, each 16 columns x GROUP), into a 16 x 16 tile of 32-bit sums.
 
 The tensor intrinsic covers one block of the output: MT x NT tiles (rows x 16-column panels) over the whole
@@ -18,7 +18,7 @@ from tvm.tirx import IndexMap
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from ..dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
+from ..kernels.dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
 from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 from .dot_product import _dot_of
@@ -140,7 +140,7 @@ def block_tiles(rows: int, panels: int, acc_bytes: int = 4) -> tuple[int, int, i
 
 
 class AMXContraction(Contraction):
-    """The amx_matmul kernels of compiler/dot_product.py: output rows flattened, blocks of tiles tensorized
+    """The amx_matmul kernels of compiler/kernels/dot_product.py: output rows flattened, blocks of tiles tensorized
     with AMX over the whole reduction, the epilogue (dequantize, bias, activation, next quantize) fused into the
     block's write-back."""
 

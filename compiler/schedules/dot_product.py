@@ -1,4 +1,4 @@
-"""Schedule for the dot-product kernels of compiler/dot_product.py (int8 VNNI, bf16): the register tile of
+"""Schedule for the dot-product kernels of compiler/kernels/dot_product.py (int8 VNNI, bf16): the register tile of
 Contraction, with the innermost 16 columns x GROUP reduction steps replaced by one dot-product instruction.
 
 Loop nest:
@@ -17,7 +17,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.script import tirx as T
 
-from ..dot_product import DOT_PRODUCTS, LANES, DotProduct
+from ..kernels.dot_product import DOT_PRODUCTS, LANES, DotProduct
 from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 

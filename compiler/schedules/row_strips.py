@@ -17,8 +17,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
 from .common import KilnRule, const_extent, fuse_epilogue, spatial_domain, uses
-from .contraction import (SMALL_REDUCTION, channel_group, element_bytes, innermost_index_ok, is_lane_of,
-                          register_tile, spatial_count, streaming_tile, tile_lanes)
+from .contraction import SMALL_REDUCTION, channel_group, element_bytes, innermost_index_ok, is_lane_of, spatial_count
+from .tiles import register_tile, streaming_tile, tile_lanes
 
 STRIP_BYTES = 512 << 10  # the first convolution's rows of one strip: half a core's L2
 MIN_STRIPS = 8  # strips per image: enough parallel tasks for the cores to share evenly

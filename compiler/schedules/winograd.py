@@ -1,4 +1,4 @@
-"""Schedule of the Winograd transforms (compiler/winograd.py): one tile and channel vector per parallel step; the
+"""Schedule of the Winograd transforms (compiler/kernels/winograd.py): one tile and channel vector per parallel step; the
 tile positions unrolled, so each position's select chain folds to its own few terms; the first separable step
 computed per row (input) or column (output) of the tile, right where the second step reads it."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from ..winograd import ALPHA, COLUMNS_BLOCK, INPUT_BLOCK, OUTPUT_BLOCK, ROWS_BLOCK, TILE
+from ..kernels.winograd import ALPHA, COLUMNS_BLOCK, INPUT_BLOCK, OUTPUT_BLOCK, ROWS_BLOCK, TILE
 from .common import KilnRule, const_extent, fuse_epilogue, schedule_injective, vector_factor
 
 

@@ -1,0 +1,59 @@
+"""The lower and export stages: a scheduled module -> VM executable -> shared library on disk (and back into a
+VM, to run a build as it will ship).
+
+In: the scheduled module (compiler/build/schedule.py) and the target. Out: a relax.VMExecutable, the library
+linked with the preset's (cross) compiler, or a VirtualMachine loaded from it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.support import cc
+
+from runtime.tvm_runtime import enable_amx
+
+from ..pipeline import lowering_passes, uses_amx
+from ..targets import TargetPreset
+from . import cuda
+
+
+def lowering_context(instruments: list | None = None) -> tvm.transform.PassContext:
+    """PassContext for TIR lowering: loops whose tile does not divide their extent are split into a main part
+    without guards and a tail, so the register tile of the main part stays branch-free."""
+    return tvm.transform.PassContext(opt_level=3, config={"s_tir.LoopPartition": {"partition_const_loop": True}},
+                                     instruments=instruments)
+
+
+def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
+                     instruments: list | None = None) -> tuple[relax.VMExecutable, int]:
+    """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing). Returns the
+    executable and the alignment in bytes its main needs of its inputs' data (manifest `input_alignment`)."""
+    report = {"input_alignment": 64}
+    pipeline = tvm.transform.Sequential(lowering_passes(target, report), name="kiln.lower")
+    if target.kind.name == "cuda":
+        cuda.prepare()
+    # The CUDA device compiler reads the architecture from the current target.
+    with lowering_context(instruments), target:
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report["input_alignment"]
+
+
+def export(executable, preset: TargetPreset, path: Path) -> Path:
+    """Link EXECUTABLE into a shared library at PATH with the preset's (cross) compiler (compile() checks it is
+    installed before any work)."""
+    fcompile = cc.cross_compiler(preset.export.get("cc", "g++"), options=list(preset.export.get("options", [])))
+    executable.export_library(str(path), fcompile=fcompile)
+    return path
+
+
+def load_vm(executable: relax.VMExecutable, preset: TargetPreset) -> relax.VirtualMachine:
+    """A VM over EXECUTABLE as it will ship: exported and loaded back. (A VM made on the in-memory executable
+    records memory scopes into it, which every later load of the artifact then logs as a warning.)"""
+    if uses_amx(preset):
+        enable_amx()
+    with tempfile.TemporaryDirectory(prefix="kiln-vm-") as tmp:
+        library = tvm.runtime.load_module(str(export(executable, preset, Path(tmp) / "lib.so")))
+    return relax.VirtualMachine(library, tvm.cpu())

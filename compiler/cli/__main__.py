@@ -1,0 +1,5 @@
+"""`python -m compiler.cli ...`: the same as `kiln ...`."""
+
+from . import main
+
+main()

@@ -1,0 +1,75 @@
+"""The `kiln` group: global flags (--debug, -v, --version) and the one place a failure becomes one line.
+
+Each command lives in a module of its own beside this one (compile.py, tune.py, run.py, inspect.py, serve.py,
+bundle.py, bench.py): it turns flags into one call of the API and the result into text.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import sys
+
+import click
+
+from runtime import __version__
+from runtime.errors import KilnError
+
+
+class KilnGroup(click.Group):
+    """Prints a KilnError (or any failure) as one line and exits non-zero; --debug shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:  # the reader (`| head`) has gone: stop quietly, as the Python docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            if isinstance(err, KilnError):
+                click.echo(f"error: {err}", err=True)
+                sys.exit(1)
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            click.echo(f"error: internal error: {type(err).__name__}: {first} (rerun with --debug for the trace)",
+                       err=True)
+            sys.exit(2)
+
+
+def versions() -> str:
+    """Kiln's version and the TVM it compiles with (read from the installed packages: TVM is not imported)."""
+    try:
+        tvm_version = importlib.metadata.version("apache-tvm")
+    except importlib.metadata.PackageNotFoundError:
+        tvm_version = "not installed"
+    return f"kiln {__version__} (apache-tvm {tvm_version}, Python {platform.python_version()})"
+
+
+def _print_version(ctx, _param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(versions())
+        ctx.exit()
+
+
+# show_default: every command's --help shows each option's default (child contexts inherit it)
+@click.group(cls=KilnGroup, context_settings={"show_default": True})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show Kiln's version, the TVM it compiles with, and exit.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show progress logs.")
+@click.pass_context
+def main(ctx, debug, verbose):
+    """Kiln: compile ONNX models into fast shared libraries, and run them."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def progress_line(message: str) -> None:
+    """Print a progress line of a long command on stderr (stdout stays the result)."""
+    click.echo(f"  {message}", err=True)

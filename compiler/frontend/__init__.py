@@ -1,0 +1,13 @@
+"""The frontend stage: ONNX file -> checked, shape-inferred ModelProto -> Relax IRModule.
+
+In: an ONNX file (external data too) and the input shapes the user fixed. Out: a LoadedModel (the checked
+proto, its input specs, opset, sha256) and, from it, the Relax module the pipeline starts from. Unsupported
+operators are one error naming every one of them. Before TVM's importer sees the graph, op_rewrites.py
+replaces operators TVM cannot build and qoperator.py turns QOperator-format int8 models into QDQ form.
+"""
+
+from .importer import (LoadedModel, check_supported, error_line, import_relax, load_model, parse_shape_overrides,
+                       supported_op_types, tensor_spec, unsupported_ops)
+
+__all__ = ["LoadedModel", "check_supported", "error_line", "import_relax", "load_model", "parse_shape_overrides",
+           "supported_op_types", "tensor_spec", "unsupported_ops"]

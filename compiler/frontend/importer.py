@@ -1,0 +1,227 @@
+"""Load an ONNX file, check it, fix the shapes asked for, and import it into Relax, with errors a user can act on
+(the frontend stage: its package docstring says what comes in and out)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from runtime.artifact import TensorSpec
+from runtime.errors import KilnError
+
+from .op_rewrites import rewrite_model
+from .qoperator import to_qdq
+
+log = logging.getLogger(__name__)
+
+# TVM's importer is written against these opsets; models outside are converted with onnx's version converter.
+MIN_OPSET, MAX_OPSET = 11, 23
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class LoadedModel:
+    """A checked, shape-inferred ONNX model with its interface."""
+
+    proto: onnx.ModelProto
+    path: Path
+    sha256: str
+    inputs: list[TensorSpec]
+    opset: int
+
+
+def parse_shape_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
+    """Parse `name=1x3x224x224` strings into {name: [1, 3, 224, 224]}."""
+    shapes = {}
+    for text in texts:
+        name, _, dims = text.rpartition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            name = ""
+        if not name or any(d <= 0 for d in shapes.get(name, [0])):
+            raise KilnError(f"bad --input-shape '{text}'", "write it as NAME=DxDxD, e.g. data=1x3x224x224")
+    return shapes
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise KilnError(f"model file not found: {path}", "check the path")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as err:
+        raise KilnError(f"{path} is not a valid ONNX file ({type(err).__name__})",
+                        "the file may be truncated or not ONNX; re-export the model") from None
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
+        raise KilnError(f"{path} is not a valid ONNX file (no graph)",
+                        "the file may be truncated or not ONNX; re-export the model")
+    helper = onnx.external_data_helper
+    locations = {helper.ExternalDataInfo(t).location for t in helper._get_all_tensors(model)
+                 if helper.uses_external_data(t)}
+    missing = sorted(loc for loc in locations if not (path.parent / loc).is_file())
+    if missing:
+        raise KilnError(f"{path}: external data file(s) missing: {', '.join(missing)}",
+                        "keep the model's data file(s) in the same folder as the .onnx file")
+    try:
+        helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, onnx.checker.ValidationError) as err:
+        raise KilnError(f"{path}: cannot read external data ({str(err).splitlines()[0]})",
+                        "re-export the model with its data file(s)") from None
+    return model
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+
+
+def _normalise_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    opset = _opset(model)
+    if MIN_OPSET <= opset <= MAX_OPSET:
+        return model
+    goal = min(max(opset, MIN_OPSET), MAX_OPSET)
+    log.info("converting %s from opset %d to %d", path.name, opset, goal)
+    try:
+        return onnx.version_converter.convert_version(model, goal)
+    except Exception as err:  # the converter raises bare RuntimeErrors from C++
+        if opset > MAX_OPSET:
+            # Newer than TVM's importer was written for, and not convertible (the converter refuses types the
+            # older opset lacks): import as it is; the importer takes each op's newest converter it has.
+            log.info("keeping %s at opset %d (%s)", path.name, opset, str(err).splitlines()[0])
+            return model
+        raise KilnError(f"{path}: cannot convert opset {opset} to {goal} ({str(err).splitlines()[0]})",
+                        f"re-export the model with an opset between {MIN_OPSET} and {MAX_OPSET}") from None
+
+
+def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
+    """Older exporters list weights as graph inputs too; they are weights, not inputs."""
+    weights = {init.name for init in graph.initializer}
+    real = [i for i in graph.input if i.name not in weights]
+    if len(real) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(real)
+
+
+def _apply_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> None:
+    names = [i.name for i in graph.input]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise KilnError(f"--input-shape names unknown input(s) {', '.join(unknown)}",
+                        f"the model's inputs are {', '.join(names)}")
+    for value in graph.input:
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        wanted = shapes[value.name]
+        if dims and len(dims) != len(wanted):
+            raise KilnError(f"--input-shape {value.name} has {len(wanted)} dims, the model's input has {len(dims)}",
+                            f"give {len(dims)} dims")
+        for dim, size in zip(dims, wanted):
+            if dim.HasField("dim_value") and dim.dim_value != size:
+                raise KilnError(f"--input-shape {value.name}: dim {dim.dim_value} is fixed in the model, got {size}",
+                                "only symbolic dims can be set")
+        del dims[:]
+        for size in wanted:
+            dims.add().dim_value = size
+
+
+def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    """TensorSpec of an ONNX graph input; unnamed unknown dims get a name of their own."""
+    ttype = value.type.tensor_type
+    shape: list[int | str] = []
+    for i, dim in enumerate(ttype.shape.dim):
+        if dim.HasField("dim_value"):
+            shape.append(dim.dim_value)
+        else:
+            shape.append(dim.dim_param or f"{value.name}_dim{i}")
+    return TensorSpec(value.name, str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)), shape)
+
+
+def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> LoadedModel:
+    """Read, check, opset-convert and shape-infer the ONNX model at PATH."""
+    path = Path(path)
+    try:
+        model = to_qdq(_read(path))  # ONNX Runtime's QLinear operators as QDQ: see qoperator.py
+    except ValueError as err:
+        raise KilnError(f"{path}: {err}", "quantize the model in QDQ format (quant_format=QuantFormat.QDQ)") from None
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:  # ValidationError, InferenceError, and for damaged fields ValueError / UnicodeError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise KilnError(f"{path} fails the ONNX checker: {first}", "fix or re-export the model") from None
+    model = _normalise_opset(model, path)
+    rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
+    _drop_initializer_inputs(model.graph)
+    _apply_shapes(model.graph, input_shapes or {})
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as err:  # inference raises C++ errors of several kinds
+        raise KilnError(f"{path}: ONNX shape inference failed ({str(err).splitlines()[0]})",
+                        "fix the model, or give static shapes with --input-shape") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return LoadedModel(model, path, digest, [tensor_spec(v) for v in model.graph.input], _opset(model))
+
+
+def supported_op_types() -> set[str]:
+    """ONNX op types (default domain) that TVM's Relax importer converts."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map  # noqa: PLC0415 - heavy import
+
+    return set(_get_convert_map()) | {"Constant", "If"}
+
+
+def unsupported_ops(model: onnx.ModelProto) -> dict[str, tuple[int, str]]:
+    """{op type: (count, first node name)} for every node, subgraphs included, that Kiln cannot import."""
+    supported = supported_op_types()
+    found: dict[str, tuple[int, str]] = {}
+    counts: Counter = Counter()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for index, node in enumerate(graph.node):
+            key = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+            if node.domain not in _DEFAULT_DOMAINS or node.op_type not in supported:
+                counts[key] += 1
+                found.setdefault(key, (0, node.name or f"#{index} ({node.op_type})"))
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+
+    visit(model.graph)
+    return {op: (counts[op], first) for op, (_, first) in found.items()}
+
+
+def check_supported(loaded: LoadedModel) -> None:
+    """Raise one KilnError that lists every unsupported op type with its count and first node."""
+    missing = unsupported_ops(loaded.proto)
+    if missing:
+        listed = "; ".join(f"{op} x{count} (first: {node})" for op, (count, node) in sorted(missing.items()))
+        raise KilnError(f"{loaded.path.name} uses {len(missing)} unsupported operator type(s): {listed}",
+                        "replace them in the exporter, or file an issue naming these ops")
+
+
+def import_relax(loaded: LoadedModel):
+    """Convert LOADED into a Relax IRModule whose `main` takes the model's inputs in order."""
+    from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415 - heavy import
+
+    check_supported(loaded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the importer warns about renames and the checker; both are handled
+        try:
+            return from_onnx(loaded.proto, keep_params_in_input=False)
+        except KilnError:
+            raise
+        except Exception as err:  # the importer raises many error types; one line names the failing op
+            raise KilnError(f"{loaded.path.name}: import into TVM failed: {error_line(err)}",
+                            "run with --debug for the full trace") from err
+
+
+def error_line(err: Exception) -> str:
+    """The line of a TVM error that says what went wrong (its messages end with IR dumps)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in lines if "Error" in line or "error" in line), lines[0] if lines else "")
+    return (said or type(err).__name__)[:300]

@@ -1,0 +1,98 @@
+"""Small helpers shared by Kiln's Relax graph passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: epilogues (bias, GELU) fuse into the kernel
+
+
+def const_value(expr) -> np.ndarray | None:
+    """The array of a Relax constant, or None when EXPR is not one."""
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy") else None
+
+
+def op_name(expr) -> str:
+    """The operator name of a Relax call ('relax.matmul'), or '' for anything else."""
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+
+
+def rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
+    """Run the PyExprMutator that MAKE_MUTATOR(mod) builds over every Relax function of MOD; return the result."""
+    mutator = make_mutator(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
+def kernels_by_name(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
+    """MOD's TIR kernels by name (the name a call_tir's GlobalVar carries)."""
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def only_block(func: tvm.tirx.PrimFunc):
+    """The block under FUNC's root block and its loop nest, when FUNC holds just one; else None."""
+    root = func.body.block if hasattr(func.body, "block") else None
+    inner = root.body if root is not None else None
+    while isinstance(inner, tvm.tirx.For):
+        inner = inner.body
+    return getattr(inner, "block", None)
+
+
+def mutator_pass(name: str, make_mutator) -> tvm.transform.Pass:
+    """A module pass called NAME that runs the PyExprMutator MAKE_MUTATOR(mod) builds over every Relax function."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return rewrite_relax_functions(mod, make_mutator)
+
+    return _pass
+
+
+def single_use_vars(mod: tvm.IRModule) -> set:
+    """The dataflow variables of MOD's Relax functions that exactly one binding of their block reads."""
+    found = set()
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            for block in func.body.blocks:
+                if isinstance(block, relax.DataflowBlock):
+                    found |= {var for var, users in relax.analysis.udchain(block).items() if len(users) == 1}
+    return found
+
+
+def fuse_pair(first: tirx.PrimFunc, second: tirx.PrimFunc, in_place: bool = False) -> tirx.PrimFunc:
+    """One kernel computing SECOND(FIRST(a...), b...), with parameters a..., b..., output (TVM's FuseTIR on a
+    primitive function of the two calls). IN_PLACE: SECOND has no output parameter of its own but writes into
+    its last one (call_tir_inplace), and so does the fused kernel."""
+    def ty(param):
+        return relax.TensorType([int(d) for d in param.shape], str(param.dtype))
+
+    builder = relax.BlockBuilder()
+    first_gv, second_gv = builder.add_func(first, "first"), builder.add_func(second, "second")
+    inputs = len(first.params) - 1
+    rest = second.params[1:] if in_place else second.params[1:-1]
+
+    def params():
+        return [relax.Var(f"a{i}", ty(p)) for i, p in enumerate(first.params[:-1])] + \
+               [relax.Var(f"b{i}", ty(p)) for i, p in enumerate(rest)]
+
+    pair_params = params()
+    with builder.function("pair", pair_params, {"Primitive": True}, private=True):
+        with builder.dataflow():
+            middle = builder.emit(relax.call_tir(first_gv, pair_params[:inputs], ty(first.params[-1])))
+            args, out_ty = [middle] + pair_params[inputs:], ty(second.params[-1])
+            call = relax.call_tir_inplace(second_gv, args, [len(args) - 1], out_ty) if in_place \
+                else relax.call_tir(second_gv, args, out_ty)
+            out = builder.emit_output(call)
+        builder.emit_func_output(out)
+    pair_gv = builder.get().get_global_var("pair")
+    main_params = params()
+    with builder.function("main", main_params):
+        with builder.dataflow():
+            out = builder.emit_output(relax.Call(pair_gv, main_params))
+        builder.emit_func_output(out)
+    fused = relax.transform.FuseTIR()(builder.get())
+    return next(f for _gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc))

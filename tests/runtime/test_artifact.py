@@ -1,0 +1,99 @@
+"""Artifacts and their manifests: the fields, and every artifact runtime.load refuses (tampered, truncated,
+another architecture, missing CPU features, a newer format, a manifest that does not match), and a rebuilt one."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import compiler
+import runtime
+from runtime.artifact import split_artifact, write_artifact
+from runtime.errors import KilnError
+from tests.models import save
+
+
+def test_manifest_fields(artifact):
+    m = runtime.read_manifest(artifact)
+    assert m.inputs[0].name == "x" and m.inputs[0].shape == ["batch", 3, 8, 8] and m.inputs[0].dtype == "float32"
+    assert m.outputs[0].name == "y" and m.outputs[0].shape == ["batch", 4, 8, 8]
+    assert m.source_model == "model.onnx" and len(m.source_sha256) == 64 and len(m.library_sha256) == 64
+    assert m.target and m.tvm_target["kind"] == "llvm" and m.arch == "x86_64"
+    assert "kiln.FoldBatchNorm" in m.passes and m.tvm_version.startswith("0.27")
+    assert set(m.tuning) == {"database", "records", "tasks_tuned", "tasks_default"}
+    assert m.format_version == 1 and m.quantization is None
+
+
+def _rewrite(artifact, tmp_path, edit_library=None, edit_manifest=None) -> Path:
+    library, manifest = split_artifact(artifact)
+    library = bytearray(library)
+    if edit_library:
+        edit_library(library)
+    if edit_manifest:
+        edit_manifest(manifest)
+    (tmp_path / "lib.so").write_bytes(bytes(library))
+    return write_artifact(tmp_path / "lib.so", manifest, tmp_path / "edited.so")
+
+
+def test_tampered_library_is_refused(artifact, tmp_path):
+    blob = bytearray(artifact.read_bytes())
+    blob[len(blob) // 3] ^= 0xFF
+    bad = tmp_path / "tampered.so"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(KilnError, match="does not match the sha256"):
+        runtime.load(bad)
+
+
+def test_other_architecture_is_refused(artifact, tmp_path):
+    other = _rewrite(artifact, tmp_path, edit_library=lambda lib: struct.pack_into("<H", lib, 18, 0xB7))
+    with pytest.raises(KilnError, match=r"built for aarch64 \(target .*\), this host is x86_64"):
+        runtime.load(other)
+
+
+def test_missing_cpu_features_are_refused(artifact, tmp_path):
+    other = _rewrite(artifact, tmp_path, edit_manifest=lambda m: m.cpu_features.append("avx_from_the_future"))
+    with pytest.raises(KilnError, match="needs CPU features this machine lacks: avx_from_the_future"):
+        runtime.load(other)
+
+
+def test_not_an_artifact(tmp_path):
+    plain = tmp_path / "plain.so"
+    plain.write_bytes(b"\x7fELF" + b"\0" * 100)
+    with pytest.raises(KilnError, match="is not a Kiln artifact"):
+        runtime.load(plain)
+
+
+def test_truncated_artifact_is_refused(artifact, tmp_path):
+    cut = tmp_path / "cut.so"
+    cut.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+    with pytest.raises(KilnError, match="is not a Kiln artifact"):
+        runtime.load(cut)
+
+
+def test_newer_format_version_is_refused(artifact, tmp_path):
+    newer = _rewrite(artifact, tmp_path, edit_manifest=lambda m: setattr(m, "format_version", 99))
+    with pytest.raises(KilnError, match="has artifact format 99; this Kiln runtime reads format 1 and older"):
+        runtime.load(newer)
+
+
+def test_manifest_that_does_not_match_the_library_is_refused(artifact, tmp_path):
+    def add_input(manifest):
+        manifest.inputs.append(runtime.artifact.TensorSpec("extra", "float32", [1]))
+
+    edited = _rewrite(artifact, tmp_path, edit_manifest=add_input)
+    with pytest.raises(KilnError, match=r"the manifest lists 2 input\(s\) but the library's main takes 1"):
+        runtime.load(edited)
+
+
+def test_a_model_rebuilt_in_place_loads_its_new_code(tmp_path):
+    """dlopen() returns the library it already has for a path: reloading a rebuilt artifact must not."""
+    from tests.models import single_op_model
+
+    out = tmp_path / "same.so"
+    for scale in (2.0, 3.0):
+        weights = {"s": np.array([scale], np.float32)}
+        path = save(single_op_model("Mul", {"x": [4]}, [4], weights), tmp_path, f"mul{scale}")
+        compiler.compile(path, output=out, tuning_log="none")
+        result = runtime.load(out).run({"x": np.ones(4, np.float32)})
+        np.testing.assert_allclose(next(iter(result.values())), np.full(4, scale))

@@ -1,0 +1,136 @@
+"""runtime.Model: run and __call__, inputs read in place or copied, bad inputs named, several outputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import compiler
+import runtime
+from runtime.errors import KilnError
+from tests.models import F32, assert_matches_onnxruntime, finish, save
+
+
+def test_run_and_call_agree(artifact):
+    model = runtime.load(artifact, threads=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    by_name = model.run({"x": x})["y"]
+    assert by_name.shape == (2, 4, 8, 8)
+    np.testing.assert_array_equal(model(x), by_name)
+    assert [s.name for s in model.inputs] == ["x"] and [s.name for s in model.outputs] == ["y"]
+
+
+def test_copied_inputs_go_through_one_reused_tensor_per_input_and_results_stay_right(artifact):
+    """An input the kernels cannot read in place (here: read-only, which DLPack cannot flag) is copied into a device
+    tensor kept while the shape stays (a fresh one per call cost 5% on MobileNetV2); new values and a new batch
+    size must still give each call its own result."""
+    model = runtime.load(artifact, threads=1)
+    rng = np.random.default_rng(5)
+    inputs = [rng.standard_normal((b, 3, 8, 8)).astype(np.float32) for b in (2, 2, 3, 2)]
+    for x in inputs:
+        x.flags.writeable = False
+    outputs = [model(x) for x in inputs]
+    staged = model._staging[0]
+    model(inputs[0])
+    assert model._staging[0] is staged  # same shape: the same tensor again
+    assert not np.array_equal(outputs[0], outputs[1])
+    fresh = runtime.load(artifact, threads=1)
+    for x, y in zip(inputs, outputs):
+        np.testing.assert_array_equal(fresh(x), y)  # each call computed on its own input, not a stale copy
+    np.testing.assert_array_equal(fresh(inputs[0].copy()), outputs[0])  # and read in place, the same result
+
+
+def _at_offset(x: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of X whose data starts OFFSET bytes past a 64-byte boundary."""
+    raw = np.empty(x.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset
+    view = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    view[...] = x
+    return view
+
+
+def _square_plus_model(tmp_path, extra_output: bool = False) -> Path:
+    """y = relu(x * x + c) on a 4x1024 x (LLVM keeps x in a register: an aligned load unless told otherwise);
+    EXTRA_OUTPUT adds z = reshape(x), an output that is a view of the input."""
+    c = helper.make_tensor("c", F32, [1024], np.linspace(-1, 1, 1024, dtype=np.float32))
+    nodes = [helper.make_node("Mul", ["x", "x"], ["s"]), helper.make_node("Add", ["s", "c"], ["t"]),
+             helper.make_node("Relu", ["t"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", F32, [4, 1024])]
+    inits = [c]
+    if extra_output:
+        shape = helper.make_tensor("shape", helper.TensorProto.INT64, [2], [8, 512])
+        nodes.append(helper.make_node("Reshape", ["x", "shape"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", F32, [8, 512]))
+        inits.append(shape)
+    graph = helper.make_graph(nodes, "square_plus", [helper.make_tensor_value_info("x", F32, [4, 1024])], outputs,
+                              inits)
+    return save(finish(graph), tmp_path)
+
+
+def test_inputs_are_read_where_the_caller_keeps_them(tmp_path):
+    """kiln.ReadInputsInPlace declares the buffers through which kernels read a model input aligned to their
+    element size, so the runtime hands the kernels the caller's array, even 4 bytes past a 64-byte boundary.
+    (Without the pass LLVM loads x with vmovaps, which faults on such an address.)"""
+    path = _square_plus_model(tmp_path)
+    built = compiler.compile(path, output=tmp_path / "sq.so")
+    assert built.manifest.input_alignment == 4 and "kiln.ReadInputsInPlace" in built.manifest.passes
+    model = runtime.load(built.path)
+    x = _at_offset(np.random.default_rng(6).standard_normal((4, 1024)).astype(np.float32), 4)
+    assert x.ctypes.data % 64 == 4
+    assert_matches_onnxruntime(path, model, {"x": x})
+    assert not model._staging  # nothing was copied
+
+
+def test_inputs_with_strides_the_kernels_refuse_are_copied(artifact):
+    """numpy calls a transposed column C-contiguous (strides (4, 4) for shape 1x3) and gives an empty array zero
+    strides; TVM's kernels check an argument's strides against the compact ones, so such inputs are copied."""
+    model = runtime.load(artifact, threads=1)
+    x = np.random.default_rng(8).standard_normal((3 * 8 * 8, 1)).astype(np.float32).T.reshape(1, 3, 8, 8)
+    odd = np.lib.stride_tricks.as_strided(x, strides=(4,) + x.strides[1:])
+    assert odd.flags.c_contiguous and odd.strides != x.strides
+    np.testing.assert_array_equal(model(odd), model(x.copy()))
+    assert model(np.zeros((0, 3, 8, 8), np.float32)).shape == (0, 4, 8, 8)
+
+
+def test_an_input_that_is_also_an_output_is_copied(tmp_path):
+    """A view of the input returned as an output would hand the caller's memory back: the pass leaves the
+    kernels 64-byte aligned and the runtime copies the input."""
+    path = _square_plus_model(tmp_path, extra_output=True)
+    built = compiler.compile(path, output=tmp_path / "sqz.so")
+    assert built.manifest.input_alignment == 64
+    model = runtime.load(built.path)
+    x = _at_offset(np.random.default_rng(7).standard_normal((4, 1024)).astype(np.float32), 4)
+    out = assert_matches_onnxruntime(path, model, {"x": x})
+    assert model._staging and not np.shares_memory(out["z"], x)
+
+
+@pytest.mark.parametrize("feeds, expected", [
+    ({"x": np.zeros((1, 3, 8, 9), np.float32)}, "input 'x' has shape 1x3x8x9, expected batchx3x8x8"),
+    ({"x": np.zeros((1, 3, 8, 8), np.float64)}, "input 'x' has dtype float64, expected float32"),
+    ({"z": np.zeros((1, 3, 8, 8), np.float32)}, "missing ['x'], unknown ['z']"),
+])
+def test_bad_inputs_name_what_is_expected(artifact, feeds, expected):
+    model = runtime.load(artifact)
+    with pytest.raises(KilnError) as info:
+        model.run(feeds)
+    assert expected in str(info.value)
+    assert "x: float32[batchx3x8x8]" in str(info.value) or "expected" in str(info.value)
+
+
+def test_wrong_number_of_positional_inputs(artifact):
+    with pytest.raises(KilnError, match="takes 1 input"):
+        runtime.load(artifact)()
+
+
+def test_multiple_outputs(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["b"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", F32, [2, 5])],
+                              [helper.make_tensor_value_info("a", F32, [2, 5]),
+                               helper.make_tensor_value_info("b", F32, [2, 5])])
+    path = save(finish(graph), tmp_path)
+    model = runtime.load(compiler.compile(path, output=tmp_path / "two.so").path)
+    out = assert_matches_onnxruntime(path, model)
+    assert list(out) == ["a", "b"]
+    a, b = model(np.ones((2, 5), np.float32))
+    assert a.shape == b.shape == (2, 5)

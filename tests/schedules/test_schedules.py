@@ -1,0 +1,239 @@
+"""Kiln's default CPU schedules on awkward shapes: numerically equal to ONNX Runtime, and actually applied."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import compiler
+from compiler.schedules.common import vector_factors
+from compiler.schedules.tiles import group_widths, register_tile, streaming_tile, tile_lanes
+from tests.models import F32, assert_matches_onnxruntime, finish, save, single_op_model
+
+R = np.random.default_rng(7)
+
+
+def w(*shape):
+    return (R.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+CONV = {  # name: (input NCHW, weight OIHW, attributes)
+    "odd_13x13_to_1000": ([1, 64, 13, 13], (1000, 64, 1, 1), {}),
+    "odd_channels_17": ([1, 5, 11, 9], (17, 5, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "stride2_even": ([1, 16, 28, 28], (32, 16, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "stride2_odd_input": ([1, 8, 15, 15], (16, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "asymmetric_pad": ([1, 8, 10, 12], (16, 8, 3, 3), {"pads": [0, 1, 2, 1]}),
+    "5x5_no_pad": ([1, 4, 12, 12], (8, 4, 5, 5), {}),
+    "1x1_stride2": ([1, 32, 14, 14], (64, 32, 1, 1), {"strides": [2, 2]}),
+    "depthwise_3x3": ([1, 48, 14, 14], (48, 1, 3, 3), {"group": 48, "pads": [1, 1, 1, 1]}),
+    "depthwise_stride2": ([1, 32, 15, 15], (32, 1, 3, 3), {"group": 32, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "single_pixel": ([1, 256, 1, 1], (10, 256, 1, 1), {}),
+    # no whole vector divides the channels: tiles of several narrower vectors (tile_lanes)
+    "1x1_to_24": ([1, 32, 28, 28], (24, 32, 1, 1), {}),
+    "3x3_to_40": ([1, 8, 14, 14], (40, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    # more than a core's L2 of activations over few terms: streaming_tile's wide tiles, MobileNetV2's early blocks
+    "depthwise_streaming_144": ([1, 144, 56, 56], (144, 1, 3, 3), {"group": 144, "pads": [1, 1, 1, 1]}),
+    "depthwise_streaming_stride2": ([1, 96, 63, 63], (96, 1, 3, 3), {"group": 96, "strides": [2, 2],
+                                                                        "pads": [1, 1, 1, 1]}),
+    "1x1_4.8MB_output": ([1, 16, 112, 112], (96, 16, 1, 1), {}),  # packed weights: the usual tile
+    # 1.2 MB of weights, more rows than columns: weight panels walk chunks of rows (_panels_inside_row_chunks)
+    "batch4_weights_spill": ([4, 128, 10, 10], (256, 128, 3, 3), {"pads": [1, 1, 1, 1]}),
+}
+
+MATMUL = {  # name: (a shape, b shape)
+    "gemv_1000": ([1, 512], [512, 1000]),
+    "odd_169x37": ([169, 40], [40, 37]),
+    "tall": ([256, 64], [64, 48]),
+    "batched_attention": ([2, 4, 32, 16], [2, 4, 16, 32]),
+    "weights_spill_in_row_chunks": ([8, 128, 512], [512, 640]),  # 1.3 MB of packed weights, 1024 rows
+}
+
+
+def _compile(model, tmp_path):
+    path = save(model, tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "k.so")
+    assert_matches_onnxruntime(path, artifact.path)
+    return artifact.manifest.kernels
+
+
+@pytest.mark.parametrize("case", sorted(CONV))
+def test_conv_shapes(case, tmp_path):
+    shape, weight, attrs = CONV[case]
+    kernels = _compile(single_op_model("Conv", {"x": shape}, weights={"w": w(*weight), "b": w(weight[0])}, **attrs),
+                       tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+@pytest.mark.parametrize("case", sorted(MATMUL))
+def test_matmul_shapes(case, tmp_path):
+    a, b = MATMUL[case]
+    kernels = _compile(single_op_model("MatMul", {"a": a}, weights={"b": w(*b)}), tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "count_include_pad": 0}),
+])
+def test_pooling_after_conv(op, attrs, tmp_path):
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])
+    pool = helper.make_node(op, ["c"], ["y"], **attrs)
+    graph = helper.make_graph([conv, pool], "pool", [helper.make_tensor_value_info("x", F32, [1, 3, 13, 13])],
+                              [helper.make_value_info("y", helper.make_tensor_type_proto(TensorProto.FLOAT, None))],
+                              [numpy_helper.from_array(w(16, 3, 3, 3), "w")])
+    kernels = _compile(finish(graph), tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+def test_vector_widths_are_powers_of_two_dividing_the_axis():
+    assert vector_factors(1000, 16) == [8, 4]
+    assert vector_factors(512, 16) == [32, 16, 8, 4]
+    assert vector_factors(10, 16) == [10]
+
+
+def test_register_tile_prefers_exact_divisors_within_the_register_budget():
+    assert register_tile(169, 1000, 16) == (13, 8)  # SqueezeNet's classifier: 13 rows x one half vector
+    assert register_tile(56, 64, 16) == (8, 32)
+    assert register_tile(128, 256, 16) == (16, 16)  # more rows on a tie...
+    assert register_tile(128, 256, 16, aliased_rows=True) == (8, 32)  # ...unless they share cache sets
+    assert register_tile(7, 512, 16) == (7, 32)
+    assert register_tile(14, 256, 16, group=32, wide=True) == (7, 32)  # packed weights: wider vectors on a tie
+    assert register_tile(128, 768, 16, group=64, wide=True) == (8, 32)
+    rows, vf = register_tile(56, 64, 8)  # AVX2: 16 registers, a smaller tile
+    assert rows * -(-vf // 8) <= 12
+
+
+def test_channels_no_whole_vector_divides_get_tiles_of_several_narrower_vectors():
+    assert register_tile(56, 24, 16) == (8, 24) and tile_lanes(24, 16) == 8  # MobileNetV2: 3 vectors of 8
+    assert register_tile(56, 60, 16) == (8, 12) and tile_lanes(12, 16) == 4
+    assert tile_lanes(32, 16) == 32 and tile_lanes(10, 16) == 10  # powers of two and group widths stay whole
+    assert register_tile(56, 48, 16) == (14, 16)  # a whole vector divides 48: unchanged
+
+
+def test_groups_of_awkward_width_get_a_vector_dividing_the_group():
+    assert group_widths(20, 16) == [10, 4]  # ShuffleNet's groups of 20: 10 lanes, not 4
+    assert group_widths(40, 16) == [8, 4]  # 8 lanes are half a vector already: powers of two only
+    assert group_widths(16, 16) == [16, 8, 4]
+    assert register_tile(28, 60, 16, group=20) == (14, 10)
+
+
+def test_streaming_tile_spans_the_channels_within_the_register_budget():
+    assert streaming_tile(56, 144, 16) == (2, 9)  # 9 vectors of channels, 2 pixels: 18 accumulators
+    assert streaming_tile(56, 96, 16) == (4, 6)
+    assert streaming_tile(56, 768, 16) == (2, 12)
+    assert streaming_tile(56, 32, 16) is None  # the usual tile is as wide already
+    assert streaming_tile(56, 100, 16) is None
+
+
+def _depthwise_kernel(size: int, channels: int):
+    import tvm  # noqa: PLC0415
+    from tvm import te  # noqa: PLC0415
+
+    x, weight = te.placeholder((1, size + 2, size + 2, channels), name="x"), te.placeholder((3, 3, channels), name="w")
+    ry, rx = te.reduce_axis((0, 3), "ry"), te.reduce_axis((0, 3), "rx")
+    y = te.compute((1, size, size, channels),
+                   lambda n, h, x_, c: te.sum(x[n, h + ry, x_ + rx, c] * weight[ry, rx, c], axis=[ry, rx]))
+    return tvm.IRModule({"main": te.create_prim_func([x, weight, y])})
+
+
+def test_streaming_kernels_are_fixed_and_never_taken_from_a_database():
+    """A memory-bound kernel's schedule samples nothing: the tuner leaves it alone and compile schedules it before
+    applying tuning records, so a record from an older schedule cannot replace it. A small one stays tunable."""
+    from compiler.build.schedule import _SCHEDULED, _schedule_fixed  # noqa: PLC0415
+    from compiler.schedules import fixed_schedule  # noqa: PLC0415
+
+    big, small = _depthwise_kernel(56, 144), _depthwise_kernel(14, 144)
+    found = fixed_schedule(big, 16)
+    assert found is not None and "T.unroll(9)" in found.mod.script()
+    assert fixed_schedule(small, 16) is None
+    assert int(_schedule_fixed(big, 16)["main"].attrs[_SCHEDULED]) == 1
+    untouched = _schedule_fixed(small, 16)["main"]
+    assert untouched.attrs is None or _SCHEDULED not in untouched.attrs
+
+
+@pytest.mark.parametrize("groups, cin, cout", [(3, 24, 48), (4, 32, 32), (8, 64, 128)])
+def test_grouped_conv_is_split_per_group(groups, cin, cout, tmp_path):
+    model = single_op_model("Conv", {"x": [1, cin, 14, 14]}, weights={"w": w(cout, cin // groups, 3, 3)},
+                            group=groups, pads=[1, 1, 1, 1])
+    kernels = _compile(model, tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+@pytest.mark.parametrize("widths", [(64, 64), (48, 80), (24, 40, 16)])
+def test_channel_concatenation_is_copied_piece_by_piece(widths, tmp_path):
+    """SqueezeNet's fire module: convolutions concatenated along the channels (the last axis in NHWC), then a
+    ReLU. The piecewise schedule must give ONNX Runtime's result for pieces of unequal widths."""
+    nodes, weights, names = [], {}, []
+    for i, width in enumerate(widths):
+        weights[f"w{i}"] = w(width, 16, 1, 1)
+        nodes.append(helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"]))
+        names.append(f"c{i}")
+    nodes += [helper.make_node("Concat", names, ["cat"], axis=1), helper.make_node("Relu", ["cat"], ["y"])]
+    graph = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("x", F32, [1, 16, 9, 11])],
+                              [helper.make_tensor_value_info("y", F32, [1, sum(widths), 9, 11])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    path = save(finish(graph), tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "m.so", tuning_log="none")
+    assert_matches_onnxruntime(path, artifact.path)
+
+
+def test_the_piecewise_schedule_splits_the_channel_loop_where_pieces_meet():
+    import tvm  # noqa: PLC0415
+    from tvm import s_tir, te, topi  # noqa: PLC0415
+
+    from compiler.schedules.common import root_blocks  # noqa: PLC0415
+    from compiler.schedules.injective import Injective  # noqa: PLC0415
+
+    a, b = te.placeholder((1, 5, 5, 48), name="a"), te.placeholder((1, 5, 5, 80), name="b")
+    func = te.create_prim_func([a, b, topi.concatenate([a, b], axis=3)])
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    assert Injective(16).schedule(sch, root_blocks(sch)) is not None
+    script = sch.mod.script()
+    assert "pragma_loop_partition_hint" in script and "T.vectorized(16)" in script
+
+
+def _shuffle_model(channels, groups, size=9):
+    """Conv -> channel shuffle (Reshape, Transpose, Reshape as in ShuffleNet) -> depthwise Conv."""
+    five = np.array([0, groups, channels // groups, size, size], np.int64)
+    four = np.array([0, channels, size, size], np.int64)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"]),
+             helper.make_node("Reshape", ["c", "five"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t", "four"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"], group=channels, pads=[1, 1, 1, 1])]
+    inits = {"w1": w(channels, 8, 1, 1), "w2": w(channels, 1, 3, 3), "five": five, "four": four}
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info("x", F32, [1, 8, size, size])],
+                              [helper.make_tensor_value_info("y", F32, [1, channels, size, size])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return finish(graph)
+
+
+@pytest.mark.parametrize("channels, groups", [(60, 3), (48, 2), (320, 2), (72, 8)])
+def test_channel_shuffles_match_onnxruntime(channels, groups, tmp_path):
+    """ShuffleNet's channel shuffles in NHWC: a permutation of the innermost axis, scheduled as vector reads of
+    its contiguous runs (runs of 20, 24, 160 and 9 channels)."""
+    kernels = _compile(_shuffle_model(channels, groups), tmp_path)
+    assert kernels["unscheduled"] == 0, kernels
+
+
+def test_a_channel_shuffle_reads_its_runs_as_vectors_and_other_gathers_keep_the_fused_schedule():
+    import tvm  # noqa: PLC0415
+    from tvm import s_tir, te  # noqa: PLC0415
+
+    from compiler.schedules.common import root_blocks  # noqa: PLC0415
+    from compiler.schedules.injective import Injective, shuffle_group  # noqa: PLC0415
+
+    def scheduled(index):
+        a = te.placeholder((1, 5, 5, 60), name="a")
+        func = te.create_prim_func([a, te.compute((1, 5, 5, 60), lambda n, h, x, c: a[n, h, x, index(c)])])
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        block = root_blocks(sch)[0]
+        group = shuffle_group(sch.get(block))
+        assert Injective(16).schedule(sch, root_blocks(sch)) is not None
+        return group, sch.mod.script()
+
+    group, script = scheduled(lambda c: c % 3 * 20 + c // 3)  # shuffle of 3 groups of 20
+    assert group == 3 and "T.unroll(3)" in script and "T.vectorized(20)" in script
+    for index in (lambda c: c, lambda c: 59 - c, lambda c: c * 7 % 60):  # a copy, a reversal, a stride of 7
+        group, script = scheduled(index)
+        assert group is None and "T.unroll(3)" not in script
