@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve tune-zoo docs clean
+.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve tune-zoo docs corpus clean
 
 all: setup
 
@@ -60,6 +60,11 @@ bench-quick: setup
 # known_failures.json (about 10 minutes).
 conformance: setup
 	$(BIN)/python -m tests.conformance.run
+
+# Every real model of tests/corpus/ (fetched once into models/) compiled and checked against ONNX Runtime:
+# tests/corpus/STATUS.md (about a minute).
+corpus: setup
+	$(BIN)/python -m tests.corpus.run
 
 # kiln compile on 5,000 mutated models (tests/fuzz/): prints every crash, hang or internal error with its case
 # number (about 2 minutes; CI runs 300).

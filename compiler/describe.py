@@ -26,8 +26,12 @@ def describe_model(path: str | Path) -> dict:
                      for n in _all_nodes(loaded.proto.graph))
     unsupported = frontend.unsupported_ops(loaded.proto)
     dynamic = sorted({d for spec in loaded.inputs for d in spec.shape if isinstance(d, str)})
-    suggested = [f"{s.name}={'x'.join(str(d if isinstance(d, int) else 1) for d in s.shape)}"
-                 for s in loaded.inputs if any(isinstance(d, str) for d in s.shape)]
+    suggested, guessed = [], set()
+    for spec in loaded.inputs:
+        if any(isinstance(d, str) for d in spec.shape):
+            dims, why = suggest_shape(spec)
+            suggested.append(f"{spec.name}={'x'.join(map(str, dims))}")
+            guessed |= why
     outputs = [frontend.tensor_spec(v) for v in loaded.proto.graph.output]
     return {
         "kind": "model",
@@ -40,8 +44,36 @@ def describe_model(path: str | Path) -> dict:
         "unsupported": sorted(unsupported),
         "dynamic_dims": dynamic,
         "suggested_input_shape": suggested,
+        "suggestion_basis": sorted(guessed),
         "parameters": int(sum(_numel(t.dims) for t in loaded.proto.graph.initializer)),
     }
+
+
+IMAGE_SIDE = 224  # the usual input side of image classifiers, suggested where the model leaves H and W open
+SEQUENCE = 128  # a usual sequence length, suggested for token inputs
+
+
+def suggest_shape(spec) -> tuple[list[int], set[str]]:
+    """A concrete shape for the input SPEC's dynamic dims, and what the guess rests on: 1 for a leading (batch)
+    dim, 224 for the height and width of an NCHW image (rank 4 with 1, 3 or 4 channels), 128 for the sequence of
+    an integer (token) input, else 1."""
+    dims, why = [], set()
+    image = len(spec.shape) == 4 and spec.shape[1] in (1, 3, 4) and spec.dtype.startswith("float")
+    for i, d in enumerate(spec.shape):
+        if isinstance(d, int):
+            dims.append(d)
+        elif i == 0:
+            dims.append(1)
+            why.add("batch 1")
+        elif image and i in (2, 3):
+            dims.append(IMAGE_SIDE)
+            why.add(f"{IMAGE_SIDE}x{IMAGE_SIDE}: a common image size, not read from the model")
+        elif spec.dtype.startswith("int") and i == 1:
+            dims.append(SEQUENCE)
+            why.add(f"{SEQUENCE} tokens: a common sequence length, not read from the model")
+        else:
+            dims.append(1)
+    return dims, why
 
 
 def _numel(dims) -> int:
@@ -112,6 +144,8 @@ def to_text(report: dict) -> str:
     if report["dynamic_dims"]:
         lines.append(f"dynamic    {', '.join(report['dynamic_dims'])} (kept symbolic; to fix them: "
                      f"{' '.join('--input-shape ' + s for s in report['suggested_input_shape'])})")
+        if report["suggestion_basis"]:
+            lines.append(f"           suggested: {'; '.join(report['suggestion_basis'])}")
     lines.append("operators")
     for op in report["operators"]:
         lines.append(f"  {op['op']:<24} {op['count']:>5}  {'ok' if op['supported'] else 'UNSUPPORTED'}")

@@ -30,6 +30,7 @@ from .passes.concat_in_place import concat_in_place
 from .passes.convert_layout import convert_conv_layout
 from .passes.fold_batch_norm import fold_batch_norm
 from .passes.fold_constants import fold_constants
+from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
 from .passes.pad_channels import pad_channels
 from .passes.raise_clamps import raise_clamps
@@ -60,6 +61,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # A QDQ model's quantize -> dequantize pairs as fake-quant chains of plain ops (layout conversion
         # understands those); its quantized weights were folded back to float by FoldConstant.
         lower_qdq,
+        inference_ops,
         raise_clamps,
         fold_batch_norm,
         relax.transform.DecomposeOpsForInference(),

@@ -17,7 +17,8 @@ from .main import main, progress_line
               help="Engines to compare with, comma-separated: onnxruntime, openvino (its default precision), "
                    "openvino-f32; or none.")
 @click.option("--target", "-t", default="auto", show_default=True, help="Target when PATH is an ONNX model.")
-@click.option("--threads", type=int, default=2, show_default=True, help="Threads of every engine (Kiln and the others).")
+@click.option("--threads", type=int, default=2, show_default=True,
+              help="Threads of every engine (Kiln and the others).")
 @click.option("--repeat", type=int, default=20, show_default=True, help="Timed runs per engine.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Value of dynamic dims (batch).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
+from .fold_shapes import fold_shape_computations
 from .op_rewrites import rewrite_model
 from .qoperator import to_qdq
 
@@ -108,6 +109,22 @@ def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
         graph.input.extend(real)
 
 
+def _name_unknown_dims(graph: onnx.GraphProto) -> None:
+    """Dims an exporter wrote as -1 or '?' (PaddlePaddle) or left unnamed are dynamic, as ONNX Runtime treats
+    them: each gets a name of its own (INPUT_dimI), so --input-shape can set it and TVM keeps it symbolic.
+    Inferred shapes that carry a -1 are dropped (shape inference redoes them)."""
+    for value in [*graph.input, *graph.output]:
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if (dim.HasField("dim_value") and dim.dim_value < 0) or \
+                    (not dim.HasField("dim_value") and dim.dim_param in ("", "?")):
+                dim.Clear()
+                dim.dim_param = f"{value.name}_dim{i}"
+    known = [v for v in graph.value_info if all(d.dim_value >= 0 for d in v.type.tensor_type.shape.dim)]
+    if len(known) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(known)
+
+
 def _apply_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> None:
     names = [i.name for i in graph.input]
     unknown = sorted(set(shapes) - set(names))
@@ -158,9 +175,11 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
     model = _normalise_opset(model, path)
     rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     _drop_initializer_inputs(model.graph)
+    _name_unknown_dims(model.graph)
     _apply_shapes(model.graph, input_shapes or {})
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
     except Exception as err:  # inference raises C++ errors of several kinds
         raise KilnError(f"{path}: ONNX shape inference failed ({str(err).splitlines()[0]})",
                         "fix the model, or give static shapes with --input-shape") from None

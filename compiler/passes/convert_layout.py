@@ -1,15 +1,25 @@
 """kiln.ConvertLayout: convolutions to NHWC activations with HWIO weights, on modules that have a convolution.
 
 In: the simplified graph in the model's layout (NCHW / OIHW). Out: NHWC / HWIO convolutions with transposes at
-the model's borders only (the weights' transposes are folded by the kiln.FoldConstant after it).
+the model's borders only (the weights' transposes are folded by the kiln.FoldConstant after it). Where TVM's
+layout rules fail on the graph, it stays in its own layout, with a warning: a valid model must still compile.
 """
 
 from __future__ import annotations
+
+import logging
 
 import tvm
 from tvm import relax
 
 from .relax_util import op_name
+
+log = logging.getLogger(__name__)
+
+# Convolutions to NHWC / HWIO; transposed convolutions kept in the one layout TVM can lower (TOPI's
+# conv2d_transpose is NCHW / IOHW only: left to layout propagation, PP-OCR's detector got an NHWC one that
+# LegalizeOps leaves as it is and the VM cannot run).
+DESIRED_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 
 
 def _has_conv2d(mod: tvm.IRModule) -> bool:
@@ -32,5 +42,13 @@ def convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     even when there is nothing to convert."""
     if not _has_conv2d(mod):
         return mod
-    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    try:
+        return relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
+    except Exception as err:  # noqa: BLE001 - TVM's layout inference raises its own error types
+        # A graph TVM's layout rules cannot take is still a valid graph: it compiles in its own layout (slower
+        # convolutions) rather than not at all.
+        first = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        log.warning("layout conversion failed (%s); the convolutions keep the model's layout (NCHW), which Kiln's "
+                    "schedules run slower: please report the model", first)
+        return mod
 

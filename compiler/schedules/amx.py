@@ -1,6 +1,7 @@
 """Intel AMX for the dot-product kernels: tile registers of up to 16 rows x 64 bytes, one instruction multiplying
-a 16 x 64-byte tile of activations with a 16 x 64-byte tile of weights in the layout compiler/kernels/dot_product.py packs
-them in (16 rows of K / GROUP, each 16 columns x GROUP), into a 16 x 16 tile of 32-bit sums.
+a 16 x 64-byte tile of activations with a 16 x 64-byte tile of weights in the layout
+compiler/kernels/dot_product.py packs them in (16 rows of K / GROUP, each 16 columns x GROUP), into a 16 x 16
+tile of 32-bit sums.
 
 The tensor intrinsic covers one block of the output: MT x NT tiles (rows x 16-column panels) over the whole
 reduction. It loads the block's sums from the accumulator buffer, runs the reduction 64 bytes at a time, and

@@ -146,7 +146,8 @@ def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None
         # A tail over another domain (the slice after padded channels) would make the tile's write-back run
         # past the output: it keeps a loop nest of its own, one for the whole tail where its blocks inline
         # into each other (a classifier's slice and bias: 2 parallel loops -> 1). One that writes the same
-        # domain into a wider buffer (a piece of a concatenation, compiler/passes/concat_in_place.py) fuses like any other.
+        # domain into a wider buffer (a piece of a concatenation, compiler/passes/concat_in_place.py) fuses
+        # like any other.
         for block in _inline_forward(sch, epilogue[:-1]) + epilogue[-1:]:
             schedule_injective(sch, block, lanes)
         return

@@ -1,6 +1,6 @@
-"""Schedule of the Winograd transforms (compiler/kernels/winograd.py): one tile and channel vector per parallel step; the
-tile positions unrolled, so each position's select chain folds to its own few terms; the first separable step
-computed per row (input) or column (output) of the tile, right where the second step reads it."""
+"""Schedule of the Winograd transforms (compiler/kernels/winograd.py): one tile and channel vector per parallel
+step; the tile positions unrolled, so each position's select chain folds to its own few terms; the first
+separable step computed per row (input) or column (output) of the tile, right where the second step reads it."""
 
 from __future__ import annotations
 
