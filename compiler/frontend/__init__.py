@@ -3,8 +3,9 @@
 In: an ONNX file (external data too) and the input shapes the user fixed. Out: a LoadedModel (the checked
 proto, its input specs, opset, sha256) and, from it, the Relax module the pipeline starts from. Unsupported
 operators are one error naming every one of them. Before TVM's importer sees the graph, op_rewrites.py
-replaces operators TVM cannot build, qoperator.py turns QOperator-format int8 models into QDQ form, and
-fold_shapes.py folds the shape arithmetic exporters write where the input shapes are fixed.
+replaces operators TVM cannot build or lacks (recurrent.py unrolls LSTM / GRU / RNN), qoperator.py turns
+QOperator-format int8 models into QDQ form, and fold_shapes.py folds the shape arithmetic exporters write where
+the input shapes are fixed.
 """
 
 from .importer import (LoadedModel, check_supported, error_line, import_relax, load_model, parse_shape_overrides,

@@ -173,10 +173,10 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise KilnError(f"{path} fails the ONNX checker: {first}", "fix or re-export the model") from None
     model = _normalise_opset(model, path)
-    rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     _drop_initializer_inputs(model.graph)
     _name_unknown_dims(model.graph)
     _apply_shapes(model.graph, input_shapes or {})
+    rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known

@@ -7,6 +7,8 @@ graph is untouched.
   x's dtype, so the rewrite works at every opset.
 - LayerNormalization's optional Mean and InvStdDev outputs: TVM's importer returns placeholders for them. When a
   model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y.
+- LSTM, GRU, RNN (no converter in TVM's importer): unrolled over their time steps where the sequence length is
+  static (recurrent.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import functools
 import itertools
 
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+
+from . import recurrent
 
 
 def _hyperbolic(node: onnx.NodeProto, fresh, _context) -> list[onnx.NodeProto]:
@@ -107,8 +111,26 @@ class _Context:
         found = self.types.get(name)
         return found.elem_type if found is not None else onnx.TensorProto.FLOAT
 
+    def shape(self, name: str) -> list[int | str] | None:
+        """NAME's dims (ints where static, else their names), or None where its rank is unknown."""
+        found = self.types.get(name)
+        if found is None or not found.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in found.shape.dim]
 
-REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics}
+    def constant(self, name: str):
+        """NAME's value where it is an initializer or a Constant node's output, else None."""
+        for tensor in self.model.graph.initializer:
+            if tensor.name == name:
+                return numpy_helper.to_array(tensor)
+        for node in self.model.graph.node:
+            if node.op_type == "Constant" and node.output[0] == name and node.attribute[0].name == "value":
+                return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+
+REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics,
+            "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
