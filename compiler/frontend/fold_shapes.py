@@ -107,8 +107,7 @@ def _fold_round(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded.items() if name in used)
-    dropped = {name for name in folded}
-    kept_info = [v for v in graph.value_info if v.name not in dropped]
+    kept_info = [v for v in graph.value_info if v.name not in folded]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
     return len(folded)
