@@ -122,6 +122,9 @@ def _unroll(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
         return outs
 
     zeros = np.zeros((batch, hidden), dtype)
+    # constants every step reads, emitted once
+    one = b.const(np.array(1, dtype)) if kind == "GRU" or attrs.get("input_forget", 0) else None
+    pad = b.const(zeros, "pad") if mask is not None else None
     ys, last_h, last_c = [], [], []
     for d, backwards in enumerate(dirs):
         f_act = [acts[d * per_dir + i] for i in range(per_dir)]
@@ -161,7 +164,6 @@ def _unroll(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
                     reset_h = b.op("MatMul", [b.op("Mul", [rr, h]), r_parts[2]])
                     candidate = b.op("Add", [xh, b.op("Add", [reset_h, rb_parts[2]]) if rb_parts else reset_h])
                 ht = act(1, _clip(b, candidate, clip, dtype))
-                one = b.const(np.array(1, dtype))
                 new_h = b.op("Add", [b.op("Mul", [b.op("Sub", [one, z]), ht]), b.op("Mul", [z, h])])
                 new_c = None
             else:
@@ -175,7 +177,7 @@ def _unroll(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
                         gi = b.op("Add", [gi, b.op("Mul", [peeps[0], c])])
                         gf = b.op("Add", [gf, b.op("Mul", [peeps[2], c])])
                     i = act(0, _clip(b, gi, clip, dtype))
-                    f = b.op("Sub", [b.const(np.array(1, dtype)), i]) if attrs.get("input_forget", 0) \
+                    f = b.op("Sub", [one, i]) if attrs.get("input_forget", 0) \
                         else act(0, _clip(b, gf, clip, dtype))
                     candidate = act(1, _clip(b, gc, clip, dtype))
                     new_c = b.op("Add", [b.op("Mul", [f, c]), b.op("Mul", [i, candidate])])
@@ -185,7 +187,7 @@ def _unroll(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
                     new_h = b.op("Mul", [o, act(2, new_c)])
             if mask is not None:
                 running = b.op("Less", [b.const(np.array([[t]], np.int64)), mask])  # [batch, 1]
-                out = b.op("Where", [running, new_h, b.const(zeros, "pad")])
+                out = b.op("Where", [running, new_h, pad])
                 new_h = b.op("Where", [running, new_h, h])
                 if new_c is not None:
                     new_c = b.op("Where", [running, new_c, c])
