@@ -62,10 +62,12 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     max_accuracy_drop: float | None = None,
     precision: str = "fp32",
     winograd: bool = True,
+    input_values: dict[str, list[float]] | None = None,
 ) -> Artifact:
     """Compile the ONNX MODEL for the preset TARGET ('auto': the best for this machine) and return the artifact.
 
-    input_shapes fixes symbolic input dims ({name: [dims]}); tuning_log is a tuning database folder, 'none' for
+    input_shapes fixes symbolic input dims ({name: [dims]}); input_values fixes inputs to values ({name: [values]},
+    for inputs that decide shapes or axes, e.g. a Reduce's axes): they leave the artifact's inputs; tuning_log is a tuning database folder, 'none' for
     default schedules only, or None for tuning_logs/TARGET; layout 'NHWC' (the default, which Kiln's CPU
     schedules are written for) converts convolutions to NHWC with HWIO weights once at compile time, 'NCHW'
     keeps the model's layout.
@@ -83,7 +85,7 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     """
     options = CompileOptions(model, target, output, input_shapes, tuning_log, layout, dump_dir, dump_kinds,
                              pass_times, quantize, calibration, calibration_method, max_accuracy_drop, precision,
-                             winograd)
+                             winograd, input_values)
     return compile_with(options, progress)
 
 
@@ -94,7 +96,7 @@ def compile_with(options: CompileOptions, progress: Progress | None = None) -> A
     preset = options.check().preset()
     log.debug("compiling with %s", options)
     out = options.artifact_path(preset)
-    loaded = frontend.load_model(options.model, options.input_shapes)
+    loaded = frontend.load_model(options.model, options.input_shapes, options.input_values)
     say(f"importing {options.model.name} (opset {loaded.opset})")
     graph = pipeline.graph_passes(options.layout, preset.vector_lanes_fp32, preset.device)
     dumper = Dumper(options.dump_dir, options.dump_kinds)

@@ -37,6 +37,7 @@ class CompileOptions:
     max_accuracy_drop: float | None = None
     precision: str = "fp32"
     winograd: bool = True
+    input_values: dict[str, list[float]] | None = None
     notes: list[str] = field(default_factory=list, repr=False)  # warnings check() has to pass on
 
     def __post_init__(self):

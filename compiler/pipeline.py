@@ -176,9 +176,22 @@ def run_stage(mod: tvm.IRModule, pass_list: list, name: str, preset: TargetPrese
 
 def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: str = "NHWC",
                    timings: list[str] | None = None) -> tvm.IRModule:
-    """Import LOADED into Relax and run the simplify stage: the float graph that quantization works on."""
-    return run_stage(frontend.import_relax(loaded), simplify_passes(layout, preset.vector_lanes_fp32, preset.device),
-                     "kiln.simplify", preset, timings)
+    """Import LOADED into Relax and run the simplify stage: the float graph that quantization works on. When TVM's
+    importer or a pass fails on it, the model is tried once more with every op that has an ONNX function body
+    expanded into it (a converter of TVM's that cannot take these attributes, a pass that cannot take its
+    output); the first error stands if that fails too."""
+    passes = simplify_passes(layout, preset.vector_lanes_fp32, preset.device)
+    try:
+        return run_stage(frontend.import_relax(loaded), passes, "kiln.simplify", preset, timings)
+    except KilnError as first:
+        second = frontend.expanded(loaded)
+        if second is None:
+            raise
+        log.warning("%s; retrying with ONNX function bodies in place of TVM's converters", first.message)
+        try:
+            return run_stage(frontend.import_relax(second), passes, "kiln.simplify", preset, timings)
+        except KilnError:
+            raise first from None
 
 
 def fuse_kernels(stage: tvm.IRModule, preset: TargetPreset, timings: list[str] | None = None) -> tvm.IRModule:

@@ -59,6 +59,7 @@ class Manifest:
     compile_seconds: float = 0.0
     device: str = "cpu"  # where the kernels run: "cpu" or "cuda" (arch is then the host CPU's)
     input_alignment: int = 64  # bytes the kernels need of each input's address; the runtime copies one that is not
+    bound_inputs: dict = field(default_factory=dict)  # model inputs fixed at compile time: {name: dtype, shape, value}
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -46,7 +46,7 @@ class Model:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on FEEDS (every input by name) and return every output by name."""
-        return self._execute(ordered_feeds(self.inputs, feeds))
+        return self._execute(ordered_feeds(self.inputs, feeds, self.manifest.bound_inputs))
 
     def __call__(self, *arrays: np.ndarray):
         """Run on positional inputs in manifest order; one output comes back as an array, several as a tuple."""
@@ -105,14 +105,29 @@ def describe(specs: list[TensorSpec]) -> str:
     return ", ".join(f"{s.name}: {s.dtype}[{s.shape_text()}]" for s in specs)
 
 
-def ordered_feeds(specs: list[TensorSpec], feeds: dict) -> list:
-    """FEEDS (by name) in the order of SPECS; a KilnError naming the missing and unknown names otherwise."""
+def ordered_feeds(specs: list[TensorSpec], feeds: dict, bound: dict | None = None) -> list:
+    """FEEDS (by name) in the order of SPECS; a KilnError naming the missing and unknown names otherwise. A feed
+    for an input fixed at compile time (BOUND: the manifest's bound_inputs) is accepted when it holds that value
+    and left out; any other value is an error."""
+    feeds = _without_bound(feeds, bound or {})
     unknown = sorted(set(feeds) - {s.name for s in specs})
     missing = [s.name for s in specs if s.name not in feeds]
     if unknown or missing:
         raise KilnError(f"wrong inputs: missing {missing or 'none'}, unknown {unknown or 'none'}",
                         f"the model takes {describe(specs)}")
     return [feeds[s.name] for s in specs]
+
+
+def _without_bound(feeds: dict, bound: dict) -> dict:
+    fixed = set(feeds) & set(bound)
+    for name in sorted(fixed):
+        want = bound[name]
+        given = np.asarray(feeds[name])
+        if given.shape != tuple(want["shape"]) or not np.array_equal(given, np.array(want["value"], want["dtype"])):
+            raise KilnError(f"input '{name}' was fixed to {want['value']} when the model was compiled "
+                            f"(--input-value), got {given.tolist()}",
+                            f"leave it out, or recompile with --input-value {name}=<the value you need>")
+    return {k: v for k, v in feeds.items() if k not in fixed} if fixed else feeds
 
 
 def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:

@@ -13,6 +13,9 @@ from .main import main, progress_line
               help="Name from `kiln targets`; 'auto' picks the best preset for this machine.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Artifact path (default: MODEL.TARGET.so).")
 @click.option("--input-shape", multiple=True, metavar="NAME=DxD..", help="Fix an input's dynamic dims.")
+@click.option("--input-value", multiple=True, metavar="NAME=V,V..",
+              help="Fix an input to a value (one that decides shapes or axes, e.g. a Reduce's axes); it leaves the "
+                   "artifact's inputs.")
 @click.option("--tuning-log", metavar="DIR|none", help="Tuning database folder (default tuning_logs/TARGET).")
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NHWC", show_default=True,
               help="Convolution layout: NHWC suits Kiln's CPU schedules; NCHW keeps the model's.")
@@ -34,7 +37,7 @@ from .main import main, progress_line
 @click.option("--winograd/--no-winograd", default=True, show_default=True,
               help="3x3 stride-1 convolutions as Winograd F(4x4,3x3) where it pays: fewer multiplies, outputs within "
                    "a few 1e-5 (relative) of a direct convolution's; --no-winograd keeps them all direct.")
-def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pass_times, quantize, calibration,
+def compile_cmd(model, target, output, input_shape, input_value, tuning_log, layout, dump, pass_times, quantize, calibration,
                 calibration_method, max_accuracy_drop, precision, winograd):
     """Compile MODEL (ONNX) for TARGET into one shared library with its manifest."""
     from .. import driver, frontend  # noqa: PLC0415 - `kiln targets` and `kiln run` stay light
@@ -43,6 +46,7 @@ def compile_cmd(model, target, output, input_shape, tuning_log, layout, dump, pa
     kinds, dump_dir = (parse_kinds(dump[0]), dump[1]) if dump else ((), None)
     artifact = driver.compile(model, target=target, output=output,
                               input_shapes=frontend.parse_shape_overrides(input_shape),
+                              input_values=frontend.parse_input_values(input_value),
                               tuning_log=tuning_log, layout=layout, progress=progress_line,
                               dump_dir=dump_dir, dump_kinds=kinds, pass_times=pass_times,
                               quantize=None if quantize == "none" else quantize, calibration=calibration,

@@ -5,11 +5,14 @@ proto, its input specs, opset, sha256) and, from it, the Relax module the pipeli
 operators are one error naming every one of them. Before TVM's importer sees the graph, op_rewrites.py
 replaces operators TVM cannot build or lacks (recurrent.py unrolls LSTM / GRU / RNN), qoperator.py turns
 QOperator-format int8 models into QDQ form, and fold_shapes.py folds the shape arithmetic exporters write where
-the input shapes are fixed.
+the input shapes are fixed. functions.py expands ops TVM has no converter for into their ONNX function bodies
+(and every op that has one, as the second try when a converter or pass fails: `expanded`).
 """
 
-from .importer import (LoadedModel, check_supported, error_line, import_relax, load_model, parse_shape_overrides,
+from .importer import (LoadedModel, check_supported, error_line, expanded, import_relax, load_model, parse_input_values,
+                       parse_shape_overrides,
                        supported_op_types, tensor_spec, unsupported_ops)
 
-__all__ = ["LoadedModel", "check_supported", "error_line", "import_relax", "load_model", "parse_shape_overrides",
+__all__ = ["LoadedModel", "check_supported", "error_line", "expanded", "import_relax", "load_model", "parse_input_values",
+           "parse_shape_overrides",
            "supported_op_types", "tensor_spec", "unsupported_ops"]

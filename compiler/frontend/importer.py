@@ -7,9 +7,10 @@ import hashlib
 import logging
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -17,8 +18,10 @@ from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
 from .fold_shapes import fold_shape_computations
+from .functions import expand_functions
 from .op_rewrites import rewrite_model
 from .qoperator import to_qdq
+from .shape_inputs import bind_hint
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class LoadedModel:
     sha256: str
     inputs: list[TensorSpec]
     opset: int
+    bound: dict[str, dict] = field(default_factory=dict)  # inputs fixed to a value (--input-value), by name
 
 
 def parse_shape_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
@@ -50,6 +54,48 @@ def parse_shape_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, list[
         if not name or any(d <= 0 for d in shapes.get(name, [0])):
             raise KilnError(f"bad --input-shape '{text}'", "write it as NAME=DxDxD, e.g. data=1x3x224x224")
     return shapes
+
+
+def parse_input_values(texts: list[str] | tuple[str, ...]) -> dict[str, list[float]]:
+    """Parse `name=0,2` strings into {name: [0.0, 2.0]}."""
+    values = {}
+    for text in texts:
+        name, _, listed = text.partition("=")
+        try:
+            values[name] = [float(v) for v in listed.split(",")]
+        except ValueError:
+            name = ""
+        if not name:
+            raise KilnError(f"bad --input-value '{text}'", "write it as NAME=V,V,..., e.g. axes=1,2")
+    return values
+
+
+def _bind_inputs(graph: onnx.GraphProto, values: dict[str, list[float]]) -> dict[str, dict]:
+    """Make each input named in VALUES a weight holding that value (reshaped to the input's shape), so the
+    shapes, axes or sizes it decides are known at compile time; returns what the manifest records of each."""
+    names = [i.name for i in graph.input]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise KilnError(f"--input-value names unknown input(s) {', '.join(unknown)}",
+                        f"the model's inputs are {', '.join(names)}")
+    bound, kept = {}, []
+    for value in graph.input:
+        if value.name not in values:
+            kept.append(value)
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        given = np.array(values[value.name], dtype=dtype)
+        shape = dims if None not in dims else [given.size] if len(dims) == 1 else None
+        if shape is None or int(np.prod(shape)) != given.size:
+            raise KilnError(f"--input-value {value.name}: {given.size} value(s) do not fill its shape "
+                            f"{'x'.join(str(d or '?') for d in dims) or 'scalar'}", "give one value per element")
+        array = given.reshape(shape)
+        graph.initializer.append(onnx.numpy_helper.from_array(array, value.name))
+        bound[value.name] = {"dtype": str(array.dtype), "shape": list(array.shape), "value": array.tolist()}
+    del graph.input[:]
+    graph.input.extend(kept)
+    return bound
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -160,8 +206,10 @@ def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)), shape)
 
 
-def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> LoadedModel:
-    """Read, check, opset-convert and shape-infer the ONNX model at PATH."""
+def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None,
+               input_values: dict[str, list[float]] | None = None) -> LoadedModel:
+    """Read, check, opset-convert and shape-infer the ONNX model at PATH, with INPUT_SHAPES' dims fixed and the
+    inputs named in INPUT_VALUES fixed to those values."""
     path = Path(path)
     try:
         model = to_qdq(_read(path))  # ONNX Runtime's QLinear operators as QDQ: see qoperator.py
@@ -176,15 +224,36 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
     _drop_initializer_inputs(model.graph)
     _name_unknown_dims(model.graph)
     _apply_shapes(model.graph, input_shapes or {})
+    bound = _bind_inputs(model.graph, input_values or {})
+    model = _prepare(model, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return LoadedModel(model, path, digest, [tensor_spec(v) for v in model.graph.input], _opset(model), bound)
+
+
+def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False) -> onnx.ModelProto:
+    """MODEL rewritten for TVM's importer: function ops expanded (all of them with EXPAND_EVERYTHING), Kiln's
+    rewrites applied, shapes inferred and shape computations folded."""
+    # ops TVM lacks that ONNX defines by a function body: functions.py
+    model = expand_functions(model, supported_op_types(), everything=expand_everything)
     rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
+        return fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
     except Exception as err:  # inference raises C++ errors of several kinds
         raise KilnError(f"{path}: ONNX shape inference failed ({str(err).splitlines()[0]})",
                         "fix the model, or give static shapes with --input-shape") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LoadedModel(model, path, digest, [tensor_spec(v) for v in model.graph.input], _opset(model))
+
+
+def expanded(loaded: LoadedModel) -> LoadedModel | None:
+    """LOADED with every op that has an ONNX function body expanded into it, TVM's converter or not: the second
+    try when a converter or a pass fails on the model. None when no op has a body (nothing would change)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.proto)
+    model = _prepare(model, loaded.path, expand_everything=True)
+    if len(model.graph.node) == len(loaded.proto.graph.node) and \
+            [n.op_type for n in model.graph.node] == [n.op_type for n in loaded.proto.graph.node]:
+        return None
+    return LoadedModel(model, loaded.path, loaded.sha256, loaded.inputs, loaded.opset, loaded.bound)
 
 
 def supported_op_types() -> set[str]:
@@ -236,7 +305,7 @@ def import_relax(loaded: LoadedModel):
             raise
         except Exception as err:  # the importer raises many error types; one line names the failing op
             raise KilnError(f"{loaded.path.name}: import into TVM failed: {error_line(err)}",
-                            "run with --debug for the full trace") from err
+                            bind_hint(loaded.proto) or "run with --debug for the full trace") from err
 
 
 def error_line(err: Exception) -> str:

@@ -9,6 +9,8 @@ elementwise, transposes, copies; common.py what they share. docs/schedules.md ha
 
 from __future__ import annotations
 
+import logging
+
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
 
@@ -19,6 +21,8 @@ from .dot_product import DotProductContraction
 from .injective import Injective
 from .winograd import WinogradTransform
 from .row_strips import RowStrips
+
+log = logging.getLogger(__name__)
 
 
 def default_rules(lanes: int) -> list:
@@ -45,7 +49,8 @@ def tuning_space(lanes: int):
                     return []
                 if rule.schedule(trial, blocks) is not None:
                     return [trial]
-            except s_tir.ScheduleError:
+            except (s_tir.ScheduleError, RuntimeError) as err:  # as KilnRule.apply: the next rule takes it
+                log.debug("%s does not schedule this kernel: %s", type(rule).__name__, str(err).splitlines()[:1])
                 continue
         return []
 

@@ -17,7 +17,8 @@ MAX_SAMPLED_INNER = 64  # the largest inner tile the tuner may pick: 4 vectors o
 class KilnRule(ScheduleRule):
     """Base of Kiln's CPU rules: opens a schedule on an llvm kernel and hands its top-level blocks to
     schedule(); a kernel the rule cannot schedule (ScheduleError anywhere) is declined, so another rule or the
-    naive loops take it and the kernel report says so: a default rule never fails a build."""
+    naive loops take it and the kernel report says so: a default rule never fails a build. TVM's own checks
+    (e.g. a fuse over a zero-size axis) raise other errors than ScheduleError; they decline the kernel too."""
 
     def __init__(self, lanes: int, tunable: bool = False):
         self.lanes = lanes  # fp32 vector width of the target
@@ -32,8 +33,8 @@ class KilnRule(ScheduleRule):
         try:
             blocks = root_blocks(sch)
             return self.schedule(sch, blocks) if blocks else None
-        except s_tir.ScheduleError as err:
-            log.debug("%s declined a kernel: %s", type(self).__name__, str(err).splitlines()[0])
+        except (s_tir.ScheduleError, RuntimeError) as err:
+            log.debug("%s declined a kernel: %s", type(self).__name__, (str(err).splitlines() or [""])[0])
             return None
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:

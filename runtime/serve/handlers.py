@@ -207,7 +207,7 @@ class Infer(Handler):
         """REQUEST's inputs checked against the model (names, dtypes, shapes) before any work: 400 otherwise."""
         specs = entry.model.inputs
         try:
-            ordered = ordered_feeds(specs, request.inputs)
+            ordered = ordered_feeds(specs, request.inputs, entry.model.manifest.bound_inputs)
             outputs = {s.name for s in entry.model.outputs}
             wanted = [o for o in request.outputs or [] if o not in outputs]
             if wanted:

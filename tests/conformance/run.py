@@ -142,6 +142,12 @@ def status_markdown(runs: dict[str, dict[str, dict]], kinds: dict[str, str], met
         lines.append(f"| {engine} | {total} | " + " | ".join(str(counts[o]) for o in ("pass", "unsupported", "wrong",
                                                                                       "crash"))
                      + f" | {counts['pass'] / total:.1%} |")
+    if "kiln" in runs:
+        fixed = sum(r["outcome"] == "pass" and r["detail"].startswith("inputs fixed") for r in runs["kiln"].values())
+        lines += ["", f"{fixed} of Kiln's passes fix inputs that decide shapes or axes at compile time "
+                      "(`--input-value`, with the case's own values): the node tests feed a Reduce's axes, a "
+                      "Resize's sizes, TopK's k and the like as inputs, which Kiln's fixed-shape kernels need at "
+                      "compile time and ONNX Runtime reads at run time."]
     lines += ["", "Pass rate by kind of case:", "", "| kind | cases | " + " | ".join(engines) + " |",
               "| --- | ---: | " + " | ".join("---:" for _ in engines) + " |"]
     for kind in sorted(set(kinds.values())):
