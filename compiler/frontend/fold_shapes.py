@@ -7,8 +7,8 @@ with onnx's reference implementation and puts the results in as initializers.
 
 In: a shape-inferred ModelProto. Out: the same model with every top-level node whose inputs are all known
 replaced by an initializer (Shape and Size of tensors whose shape is static count as known), where the node
-computes shapes or other integer / boolean values, or fills a tensor from a shape (ConstantOfShape, Range, ...).
-Float arithmetic on weights is left to TVM's FoldConstant, and QuantizeLinear / DequantizeLinear pairs stay (Kiln
+computes shapes or other integer / boolean values or float scalars, or fills a tensor from a shape
+(ConstantOfShape, Range, ...). Float arithmetic on weights is left to TVM's FoldConstant, and QuantizeLinear / DequantizeLinear pairs stay (Kiln
 reads a QDQ model's scales from them). Nodes with subgraphs, random ones and graph outputs are never folded.
 """
 
@@ -27,6 +27,7 @@ FILL_OPS = {"ConstantOfShape", "Range", "EyeLike", "Expand", "Tile", "Where", "E
 NEVER = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomNormalLike",
          "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan", "SequenceMap"}
 MAX_FOLDED_ELEMENTS = 1 << 22  # a folded tensor larger than this (16 MB of float32) stays a computation
+MAX_SMALL_FLOAT = 16  # float results this small are scalars of shape arithmetic (a Loop's trip count), not weights
 MAX_ROUNDS = 8  # fold, re-infer shapes, fold what became known; real models settle in 2-4 rounds
 
 
@@ -71,7 +72,7 @@ def _foldable(node: onnx.NodeProto, outputs: list[np.ndarray]) -> bool:
     """Whether to put OUTPUTS in for NODE: shape-like values, or a tensor filled from a shape; never huge ones."""
     if any(o.size > MAX_FOLDED_ELEMENTS for o in outputs):
         return False
-    return node.op_type in FILL_OPS or all(o.dtype.kind in "iub" for o in outputs)
+    return node.op_type in FILL_OPS or all(o.dtype.kind in "iub" or o.size <= MAX_SMALL_FLOAT for o in outputs)
 
 
 def _fold_round(model: onnx.ModelProto) -> int:
@@ -103,7 +104,7 @@ def _fold_round(model: onnx.ModelProto) -> int:
                 folded[name] = value
     if not folded:
         return 0
-    used = {name for node in kept for name in node.input} | outputs
+    used = _read_names(kept) | outputs
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded.items() if name in used)
@@ -111,6 +112,17 @@ def _fold_round(model: onnx.ModelProto) -> int:
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
     return len(folded)
+
+
+def _read_names(nodes) -> set[str]:
+    """Every tensor name NODES read, their subgraphs' reads of the outer scope included."""
+    names = set()
+    for node in nodes:
+        names.update(node.input)
+        for attr in node.attribute:
+            for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= _read_names(graph.node)
+    return names
 
 
 def fold_shape_computations(model: onnx.ModelProto) -> onnx.ModelProto:

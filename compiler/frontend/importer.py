@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
+from .control_flow import unroll_control_flow
 from .fold_shapes import fold_shape_computations
 from .functions import expand_functions
 from .op_rewrites import rewrite_model
@@ -238,7 +239,10 @@ def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False
     rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        return fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
+        model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
+        if unroll_control_flow(model):  # Loop / Scan with trip counts known now: control_flow.py
+            model = fold_shape_computations(onnx.shape_inference.infer_shapes(model, data_prop=True))
+        return model
     except Exception as err:  # inference raises C++ errors of several kinds
         raise KilnError(f"{path}: ONNX shape inference failed ({str(err).splitlines()[0]})",
                         "fix the model, or give static shapes with --input-shape") from None

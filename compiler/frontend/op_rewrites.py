@@ -7,6 +7,7 @@ graph is untouched.
   x's dtype, so the rewrite works at every opset.
 - LayerNormalization's optional Mean and InvStdDev outputs: TVM's importer returns placeholders for them. When a
   model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y.
+- LpNormalization (no converter in TVM's importer): x divided by its L1 or L2 norm over the axis.
 - LSTM, GRU, RNN (no converter in TVM's importer): unrolled over their time steps where the sequence length is
   static (recurrent.py).
 """
@@ -81,6 +82,24 @@ def _layer_norm_statistics(node: onnx.NodeProto, fresh, context) -> list[onnx.No
     return nodes
 
 
+def _lp_normalization(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
+    """LpNormalization(x) = x / ReduceL1 or ReduceL2 of x over `axis` (keepdims), as the ONNX reference has it."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    p, axis = attrs.get("p", 2), attrs.get("axis", -1)
+    if p not in (1, 2):
+        return [node]
+    norm = fresh("lp_norm")
+    reduce = "ReduceL2" if p == 2 else "ReduceL1"
+    if context.opset >= 18:
+        axes = fresh("lp_axes")
+        nodes = [helper.make_node("Constant", [], [axes], value=helper.make_tensor(axes, onnx.TensorProto.INT64, [1],
+                                                                                   [axis])),
+                 helper.make_node(reduce, [node.input[0], axes], [norm], keepdims=1)]
+    else:
+        nodes = [helper.make_node(reduce, [node.input[0]], [norm], axes=[axis], keepdims=1)]
+    return nodes + [helper.make_node("Div", [node.input[0], norm], [node.output[0]], name=node.name or fresh("lp"))]
+
+
 class _Context:
     """What a rewrite may need to know about the model: its opset, and each tensor's rank and element type
     (from ONNX shape inference, where it knows them)."""
@@ -130,6 +149,7 @@ class _Context:
 
 
 REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics,
+            "LpNormalization": _lp_normalization,
             "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import onnx
 
-# Operand positions that TVM's importer needs as constants, by op type.
+# Operand positions that TVM's importer needs as constants, by op type (shapes, axes, sizes, and a few values it
+# folds into the kernel: OneHot's on / off values, Pad's constant).
 SHAPE_OPERANDS = {
     **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Reshape", "Expand", "Tile",
-                           "OneHot", "TopK", "CumSum", "Squeeze", "Unsqueeze", "Split", "Upsample", "Trilu",
+                           "TopK", "CumSum", "Squeeze", "Unsqueeze", "Split", "Upsample", "Trilu",
                            "AffineGrid", "CenterCropPad", "DFT")},
-    "Resize": (1, 2, 3), "Pad": (1, 3), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+    "Resize": (1, 2, 3), "Pad": (1, 2, 3), "OneHot": (1, 2), "MaxUnpool": (2,), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),
-    "Col2Im": (1, 2), "STFT": (1, 3), "NonMaxSuppression": (2, 3, 4),
+    "Col2Im": (1, 2), "STFT": (1, 3), "NonMaxSuppression": (2, 3, 4), "Loop": (0, 1),
 }
 # Ops whose output depends on the shape of their input, not on its values.
 _SHAPE_ONLY = {"Shape", "Size"}
