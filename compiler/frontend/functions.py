@@ -118,6 +118,10 @@ def _inline(model: onnx.ModelProto, calls: dict, functions: list) -> onnx.ModelP
     trial.CopyFrom(model)
     for index, call in calls.items():
         trial.graph.node[index].CopyFrom(call)
+    typed = {v.name for v in [*trial.graph.input, *trial.graph.value_info, *trial.graph.output]}
+    # the inliner reads each call input's type from value_info, which weights do not have
+    trial.graph.value_info.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                  for t in trial.graph.initializer if t.name not in typed)
     trial.functions.extend(functions)
     trial.opset_import.append(helper.make_opsetid(_PRIVATE_DOMAIN, 1))
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)

@@ -1,0 +1,149 @@
+"""Ops TVM cannot take as they are: function bodies, the second try, unrolled Loop / Scan, inputs fixed with
+--input-value. Each compiled and checked against ONNX Runtime."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import compiler
+import runtime
+from compiler.frontend import load_model, parse_input_values
+from runtime.errors import KilnError
+from tests.models import F32, assert_matches_onnxruntime, compile_and_check, finish, save, single_op_model
+
+I64 = TensorProto.INT64
+
+
+def _ops(path) -> set[str]:
+    return {n.op_type for n in load_model(path).proto.graph.node}
+
+
+def test_function_ops_expand_into_their_bodies(tmp_path):
+    # Celu has no converter in TVM's importer, SoftmaxCrossEntropyLoss's body uses NegativeLogLikelihoodLoss,
+    # which has none either: both are expanded (the second one level deeper)
+    celu = single_op_model("Celu", {"x": [3, 7]}, alpha=0.7)
+    assert "Celu" not in _ops(save(celu, tmp_path, "celu"))
+    (tmp_path / "celu").mkdir()
+    compile_and_check(celu, tmp_path / "celu")
+    nodes = [helper.make_node("SoftmaxCrossEntropyLoss", ["scores", "labels"], ["loss"], reduction="mean")]
+    graph = helper.make_graph(nodes, "sce", [helper.make_tensor_value_info("scores", F32, [4, 5])],
+                              [helper.make_tensor_value_info("loss", F32, [])],
+                              [numpy_helper.from_array(np.array([0, 3, 1, 4], np.int64), "labels")])
+    sce = finish(graph)
+    assert not _ops(save(sce, tmp_path, "sce")) & {"SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"}
+    (tmp_path / "sce").mkdir()
+    compile_and_check(sce, tmp_path / "sce")
+
+
+def test_attention_23_is_its_function_body(tmp_path):
+    # TVM's converter named Attention is com.microsoft's (it asks for num_heads): the opset-23 op is expanded
+    q, k, v = ([1, 2, 5, 8], [1, 2, 6, 8], [1, 2, 6, 8])
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)
+    graph = helper.make_graph([node], "attention", [helper.make_tensor_value_info(n, F32, s)
+                                                    for n, s in zip("qkv", (q, k, v))],
+                              [helper.make_tensor_value_info("y", F32, [1, 2, 5, 8])])
+    model = finish(graph, opset=23)
+    assert "Attention" not in _ops(save(model, tmp_path))
+    compile_and_check(model, tmp_path)
+
+
+def test_failing_converter_gets_a_second_try_with_the_function_body(tmp_path, caplog):
+    # TVM's RMSNormalization converter builds a graph its passes reject when the scale spans several axes
+    rng = np.random.default_rng(3)
+    model = single_op_model("RMSNormalization", {"x": [3, 4]}, weights={"scale": rng.random((3, 4), np.float32)},
+                            opset=23, axis=0)
+    compile_and_check(model, tmp_path)
+    assert "retrying with ONNX function bodies" in caplog.text
+
+
+def _reduce_with_axes_input():
+    nodes = [helper.make_node("ReduceSum", ["data", "axes"], ["y"], keepdims=1)]
+    graph = helper.make_graph(nodes, "reduce", [helper.make_tensor_value_info("data", F32, [3, 4, 5]),
+                                                helper.make_tensor_value_info("axes", I64, [2])],
+                              [helper.make_tensor_value_info("y", F32, ["d0", "d1", "d2"])])
+    return finish(graph, opset=18)
+
+
+def test_inputs_that_decide_shapes_are_named_and_can_be_fixed(tmp_path):
+    path = save(_reduce_with_axes_input(), tmp_path)
+    with pytest.raises(KilnError, match=r"axes \(ReduceSum operand 1\).*--input-value axes="):
+        compiler.compile(path, output=tmp_path / "refused.so", tuning_log="none")
+    artifact = compiler.compile(path, output=tmp_path / "model.so", tuning_log="none",
+                                input_values=parse_input_values(["axes=0,2"]))
+    model = runtime.load(artifact.path)
+    assert [s.name for s in model.inputs] == ["data"]
+    assert model.manifest.bound_inputs == {"axes": {"dtype": "int64", "shape": [2], "value": [0, 2]}}
+    data = np.random.default_rng(0).random((3, 4, 5), np.float32)
+    # the fixed value may still be fed (it is checked and left out); ONNX Runtime gets it as an input
+    assert_matches_onnxruntime(path, model, {"data": data, "axes": np.array([0, 2], np.int64)})
+    np.testing.assert_allclose(model.run({"data": data})["y"], data.sum(axis=(0, 2), keepdims=True), rtol=1e-5)
+    with pytest.raises(KilnError, match="was fixed to \\[0, 2\\]"):
+        model.run({"data": data, "axes": np.array([1, 2], np.int64)})
+
+
+def test_input_value_errors(tmp_path):
+    path = save(_reduce_with_axes_input(), tmp_path)
+    with pytest.raises(KilnError, match="write it as NAME=V,V"):
+        parse_input_values(["axes=one"])
+    with pytest.raises(KilnError, match="unknown input"):
+        load_model(path, input_values={"nope": [1]})
+    with pytest.raises(KilnError, match="do not fill its shape"):
+        load_model(path, input_values={"axes": [1, 2, 3]})
+
+
+def test_scan_is_unrolled(tmp_path):
+    # a running sum and the sums at every step, over the rows of x (the onnx test's Scan body)
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "row"], ["sum_out"]),
+         helper.make_node("Mul", ["sum_out", "row"], ["scan_out"])], "body",
+        [helper.make_tensor_value_info("sum_in", F32, [4]), helper.make_tensor_value_info("row", F32, [4])],
+        [helper.make_tensor_value_info("sum_out", F32, [4]), helper.make_tensor_value_info("scan_out", F32, [4])])
+    node = helper.make_node("Scan", ["init", "x"], ["total", "steps"], body=body, num_scan_inputs=1,
+                            scan_input_directions=[1], scan_output_axes=[1])
+    graph = helper.make_graph([node], "scan", [helper.make_tensor_value_info("init", F32, [4]),
+                                               helper.make_tensor_value_info("x", F32, [6, 4])],
+                              [helper.make_tensor_value_info("total", F32, [4]),
+                               helper.make_tensor_value_info("steps", F32, [4, 6])])
+    model = finish(graph)
+    assert "Scan" not in _ops(save(model, tmp_path))
+    compile_and_check(model, tmp_path)
+
+
+def test_loop_with_a_constant_trip_count_is_unrolled(tmp_path):
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Cast", ["i"], ["i_float"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["state_in", "i_float"], ["scaled"]),
+         helper.make_node("Add", ["scaled", "x"], ["state_out"]),
+         helper.make_node("Identity", ["state_out"], ["each"])], "body",
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", F32, [3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", F32, [3]), helper.make_tensor_value_info("each", F32, [3])])
+    node = helper.make_node("Loop", ["trips", "cond", "x"], ["final", "all"], body=body)
+    graph = helper.make_graph([node], "loop", [helper.make_tensor_value_info("x", F32, [3])],
+                              [helper.make_tensor_value_info("final", F32, [3]),
+                               helper.make_tensor_value_info("all", F32, [5, 3])],
+                              [numpy_helper.from_array(np.array(5, np.int64), "trips"),
+                               numpy_helper.from_array(np.array(True), "cond")])
+    model = finish(graph)
+    assert "Loop" not in _ops(save(model, tmp_path))
+    compile_and_check(model, tmp_path)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_lp_normalization(tmp_path, p):
+    compile_and_check(single_op_model("LpNormalization", {"x": [3, 5, 4]}, axis=1, p=p), tmp_path)
+
+
+def test_kernel_over_an_empty_axis_builds(tmp_path):
+    # a slice that keeps nothing feeds a concatenation: Kiln's injective rule trips over the zero-size axis
+    # (TVM's fuse divides by it) and declines; the kernel runs as plain loops
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["empty"]),
+             helper.make_node("Concat", ["x", "empty"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "empty", [helper.make_tensor_value_info("x", F32, [4, 8])],
+                              [helper.make_tensor_value_info("y", F32, [4, 8])],
+                              [numpy_helper.from_array(np.array([v], np.int64), n)
+                               for n, v in (("starts", 3), ("ends", 3), ("axes", 1))])
+    compile_and_check(finish(graph), tmp_path)
