@@ -61,11 +61,13 @@ class Model:
     def _execute(self, arrays: list) -> dict[str, np.ndarray]:
         tvm = tvm_runtime()
         _size_pool(self.threads)
-        checked = check_inputs(self.inputs, arrays)
+        checked = [as_codes(a) if s.dtype in NARROW_DTYPES else a
+                   for s, a in zip(self.inputs, check_inputs(self.inputs, arrays))]
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
             result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)])
             values = [result] if hasattr(result, "numpy") else list(result)
-            return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+            return {spec.name: from_codes(value.numpy(), spec.dtype) if spec.dtype in NARROW_DTYPES
+                    else value.numpy() for spec, value in zip(self.outputs, values)}
 
     def _device_input(self, index: int, array: np.ndarray):
         """ARRAY as the VM takes input INDEX: the array itself (zero copy) on the CPU when its address has the
@@ -98,6 +100,24 @@ def _compact_strides(array: np.ndarray) -> tuple[int, ...]:
         strides.append(step)
         step *= size
     return tuple(reversed(strides))
+
+
+# float8 / float4 / int4 / int2 dtypes (ml_dtypes' names): the kernels take and give them as uint8 codes, one per
+# element, the bytes ml_dtypes stores them in (compiler/frontend/narrow_types.py)
+NARROW_DTYPES = {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn", "int4", "uint4",
+                 "int2", "uint2"}
+
+
+def as_codes(array: np.ndarray) -> np.ndarray:
+    """An array of a NARROW_DTYPES dtype as the uint8 codes the kernels read (no copy)."""
+    return array.view(np.uint8)
+
+
+def from_codes(codes: np.ndarray, dtype: str) -> np.ndarray:
+    """uint8 CODES as the NARROW_DTYPES dtype they stand for (no copy)."""
+    import ml_dtypes  # noqa: PLC0415 - only models with such outputs need it
+
+    return codes.view(getattr(ml_dtypes, dtype))
 
 
 def describe(specs: list[TensorSpec]) -> str:

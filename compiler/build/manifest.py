@@ -47,7 +47,8 @@ def make_manifest(model: Path, loaded: LoadedModel, preset: TargetPreset, built:
         source_sha256=loaded.sha256,
         inputs=loaded.inputs,
         bound_inputs=loaded.bound,
-        outputs=output_specs(built.scheduled, [o.name for o in loaded.proto.graph.output]),
+        outputs=[TensorSpec(s.name, loaded.narrow.get(s.name, s.dtype), s.shape)
+                 for s in output_specs(built.scheduled, [o.name for o in loaded.proto.graph.output])],
         target=preset.name,
         tvm_target=dict(preset.tvm_target),
         arch=preset.arch,

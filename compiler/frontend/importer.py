@@ -18,6 +18,7 @@ from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
 from .control_flow import unroll_control_flow
+from .narrow_types import rewrite_narrow_types
 from .fold_shapes import fold_shape_computations
 from .functions import expand_functions
 from .op_rewrites import rewrite_model
@@ -41,6 +42,7 @@ class LoadedModel:
     inputs: list[TensorSpec]
     opset: int
     bound: dict[str, dict] = field(default_factory=dict)  # inputs fixed to a value (--input-value), by name
+    narrow: dict[str, str] = field(default_factory=dict)  # inputs / outputs carried as uint8 codes: their dtypes
 
 
 def parse_shape_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
@@ -195,8 +197,9 @@ def _apply_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> None:
             dims.add().dim_value = size
 
 
-def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
-    """TensorSpec of an ONNX graph input; unnamed unknown dims get a name of their own."""
+def tensor_spec(value: onnx.ValueInfoProto, dtype: str | None = None) -> TensorSpec:
+    """TensorSpec of an ONNX graph input (of DTYPE where given, else its own); unnamed unknown dims get a name of
+    their own."""
     ttype = value.type.tensor_type
     shape: list[int | str] = []
     for i, dim in enumerate(ttype.shape.dim):
@@ -204,7 +207,7 @@ def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
             shape.append(dim.dim_value)
         else:
             shape.append(dim.dim_param or f"{value.name}_dim{i}")
-    return TensorSpec(value.name, str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)), shape)
+    return TensorSpec(value.name, dtype or str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)), shape)
 
 
 def _check(model: onnx.ModelProto, path: Path) -> None:
@@ -243,9 +246,11 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
     _name_unknown_dims(model.graph)
     _apply_shapes(model.graph, input_shapes or {})
     bound = _bind_inputs(model.graph, input_values or {})
+    model, narrow = rewrite_narrow_types(model)  # float8 / float4 / int4 tensors as bytes: narrow_types.py
     model = _prepare(model, path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LoadedModel(model, path, digest, [tensor_spec(v) for v in model.graph.input], _opset(model), bound)
+    inputs = [tensor_spec(v, narrow.get(v.name)) for v in model.graph.input]
+    return LoadedModel(model, path, digest, inputs, _opset(model), bound, narrow)
 
 
 def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False) -> onnx.ModelProto:
@@ -274,7 +279,7 @@ def expanded(loaded: LoadedModel) -> LoadedModel | None:
     if len(model.graph.node) == len(loaded.proto.graph.node) and \
             [n.op_type for n in model.graph.node] == [n.op_type for n in loaded.proto.graph.node]:
         return None
-    return LoadedModel(model, loaded.path, loaded.sha256, loaded.inputs, loaded.opset, loaded.bound)
+    return LoadedModel(model, loaded.path, loaded.sha256, loaded.inputs, loaded.opset, loaded.bound, loaded.narrow)
 
 
 def supported_op_types() -> set[str]:

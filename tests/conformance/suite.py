@@ -95,6 +95,9 @@ def _close(ours, expected, rtol: float, atol: float) -> str | None:
             diff = np.nanmax(np.abs(ours.astype(np.float64) - expected.astype(np.float64))) if ours.size else 0
             return f"max abs error {diff:.3g}"
         return None
+    if expected.dtype.kind == "V" and expected.dtype.itemsize in (1, 2):  # ml_dtypes' float8 / int4 / bfloat16:
+        bits = f"u{expected.dtype.itemsize}"  # the bits must match (NaN included)
+        return None if np.array_equal(ours.view(bits), expected.view(bits)) else "values differ"
     if expected.dtype.kind in "US" or expected.dtype == object:
         return None if np.array_equal(ours.astype(str), expected.astype(str)) else "strings differ"
     return None if np.array_equal(ours, expected) else "values differ"

@@ -147,3 +147,62 @@ def test_kernel_over_an_empty_axis_builds(tmp_path):
                               [numpy_helper.from_array(np.array([v], np.int64), n)
                                for n, v in (("starts", 3), ("ends", 3), ("axes", 1))])
     compile_and_check(finish(graph), tmp_path)
+
+
+NARROW = [(TensorProto.FLOAT8E4M3FN, "float8_e4m3fn"), (TensorProto.FLOAT8E4M3FNUZ, "float8_e4m3fnuz"),
+          (TensorProto.FLOAT8E5M2, "float8_e5m2"), (TensorProto.FLOAT8E5M2FNUZ, "float8_e5m2fnuz"),
+          (TensorProto.FLOAT4E2M1, "float4_e2m1fn"), (TensorProto.INT4, "int4"), (TensorProto.UINT4, "uint4"),
+          (TensorProto.INT2, "int2"), (TensorProto.UINT2, "uint2")]
+
+
+@pytest.mark.parametrize("saturate", [1, 0])
+def test_casts_to_and_from_narrow_types_match_ml_dtypes(tmp_path, saturate):
+    """Every narrow type: a float32 sweep (ties, subnormals, overflow, inf, NaN, -0) cast to it and back, bit for
+    bit what ml_dtypes gives (what numpy users and ONNX's reference get). All nine in one model: one compile."""
+    import ml_dtypes  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    sweep = np.concatenate([np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e9, -1e9, 448, 464, 465, 57344, 61440,
+                                      0.25, 0.75, 1.25, 2.5, -2.5, 3.5, 5.0, 6.5, 7.5, -8.5, 2 ** -9, 2 ** -10,
+                                      2 ** -17, 2 ** -16 * 1.5], np.float32),
+                            rng.standard_normal(200).astype(np.float32) * 40,
+                            rng.standard_normal(100).astype(np.float32) * 1e-2]).astype(np.float32)
+    nodes, outputs = [], []
+    for elem, name in NARROW:
+        attrs = {"saturate": saturate} if name.startswith("float8") else {}
+        nodes += [helper.make_node("Cast", ["x"], [f"to_{name}"], to=elem, **attrs),
+                  helper.make_node("Cast", [f"to_{name}"], [f"back_{name}"], to=TensorProto.FLOAT)]
+        outputs += [helper.make_tensor_value_info(f"to_{name}", elem, [sweep.size]),
+                    helper.make_tensor_value_info(f"back_{name}", F32, [sweep.size])]
+    graph = helper.make_graph(nodes, "narrow", [helper.make_tensor_value_info("x", F32, [sweep.size])], outputs)
+    path = save(finish(graph, opset=23), tmp_path)
+    model = runtime.load(compiler.compile(path, output=tmp_path / "narrow.so", tuning_log="none").path)
+    assert {s.name: s.dtype for s in model.outputs}[f"to_{NARROW[0][1]}"] == NARROW[0][1]
+    got = model.run({"x": sweep})
+    for elem, name in NARROW:
+        dtype = getattr(ml_dtypes, name)
+        with np.errstate(all="ignore"):
+            clipped = np.clip(sweep, -float(ml_dtypes.finfo(dtype).max), float(ml_dtypes.finfo(dtype).max)) \
+                if saturate and name.startswith("float8") else sweep
+            want = clipped.astype(dtype)
+        assert got[f"to_{name}"].dtype == dtype
+        wrong = np.flatnonzero(got[f"to_{name}"].view(np.uint8) != want.view(np.uint8))
+        assert not wrong.size, f"{name}: {sweep[wrong][:5]} -> {got[f'to_{name}'].view(np.uint8)[wrong][:5]}, " \
+                               f"ml_dtypes {want.view(np.uint8)[wrong][:5]}"
+        np.testing.assert_array_equal(got[f"back_{name}"], want.astype(np.float32))
+
+
+def test_narrow_inputs_are_read_as_their_codes(tmp_path):
+    import ml_dtypes  # noqa: PLC0415
+
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+             helper.make_node("Cast", ["t"], ["y"], to=TensorProto.FLOAT16)]
+    graph = helper.make_graph(nodes, "narrow_in", [helper.make_tensor_value_info("x", TensorProto.FLOAT8E5M2, [3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4, 3])])
+    path = save(finish(graph, opset=21), tmp_path)
+    model = runtime.load(compiler.compile(path, output=tmp_path / "in.so", tuning_log="none").path)
+    assert model.inputs[0].dtype == "float8_e5m2"
+    x = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5).astype(ml_dtypes.float8_e5m2)
+    np.testing.assert_array_equal(model.run({"x": x})["y"], x.T.astype(np.float16))
+    with pytest.raises(KilnError, match="dtype float32, expected float8_e5m2"):
+        model.run({"x": x.astype(np.float32)})
