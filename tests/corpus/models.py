@@ -86,8 +86,10 @@ class TorchExport:
     """A Hugging Face `transformers` architecture (small config, seeded random weights) as torch exports it,
     committed under tests/corpus/exported/ (tests/corpus/export_torch.py regenerates the files)."""
 
-    def __init__(self, model: str, exporter: str, shapes: dict[str, list[int]] | None, note: str = ""):
+    def __init__(self, model: str, exporter: str, shapes: dict[str, list[int]] | None, note: str = "",
+                 run_at: dict[str, list[int]] | None = None):
         self.model, self.shapes, self.note, self.slow = model, shapes, note, False
+        self.run_at = shapes or run_at or (IMAGE if model == "vit" else TEXT)  # the shapes it is run at
         self.exporter = f"torch 2.13 {exporter} (transformers 5.24)"
         kind = "dynamo" if exporter.startswith("dynamo") else "torchscript"
         self.path = EXPORTED / f"{model}-{kind}.onnx"
@@ -98,11 +100,11 @@ class TorchExport:
         return self.path
 
     def inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Token ids in the vocabulary and a mask of ones (text), or a picture in [-1, 1) (vision); dynamic dims
-        at batch 1, 16 tokens."""
+        """Token ids in the vocabulary and a mask of ones (text), or values in [-1, 1) (pictures, audio features,
+        waveforms); dynamic dims at batch 1, 16 tokens."""
         rng = np.random.default_rng(seed)
         feeds = {}
-        for name, shape in (self.shapes or (IMAGE if self.model == "vit" else TEXT)).items():
+        for name, shape in self.run_at.items():
             if name == "input_ids":
                 feeds[name] = rng.integers(0, 1000, shape, dtype=np.int64)
             elif name == "attention_mask":
@@ -115,6 +117,9 @@ class TorchExport:
 EXPORTED = Path(__file__).resolve().parent / "exported"
 TEXT = {"input_ids": [1, 16], "attention_mask": [1, 16]}
 IMAGE = {"pixel_values": [1, 3, 32, 32]}
+IMAGE64 = {"pixel_values": [1, 3, 64, 64]}
+TORCHSCRIPT, DYNAMO = "TorchScript exporter (dynamo=False)", "dynamo exporter (dynamo=True)"
+BOTH = (TORCHSCRIPT, DYNAMO)
 EXPORTS = [
     *(TorchExport(m, exporter, TEXT, note) for m, note in (
         ("bert", "BertModel: attention mask built from a Shape / Expand / Where chain"),
@@ -127,6 +132,22 @@ EXPORTS = [
     TorchExport("vit", "dynamo exporter (dynamo=True)", IMAGE, "ViTModel"),
     TorchExport("vit", "TorchScript exporter (dynamo=False)", None, "ViTModel with a dynamic batch"),
     TorchExport("vit", "dynamo exporter (dynamo=True)", None, "ViTModel with a dynamic batch"),
+    TorchExport("gpt2", "dynamo exporter (dynamo=True)", TEXT, "GPT2Model: a causal mask"),
+    TorchExport("t5-encoder", TORCHSCRIPT, TEXT, "T5EncoderModel: relative position buckets (Log, Min, Where)"),
+    *(TorchExport(m, exporter, shape, note) for m, shape, note, exporters in (
+        ("swin", IMAGE, "SwinModel: shifted windows (Roll as Slice / Concat, window partition reshapes)",
+         (TORCHSCRIPT,)),
+        ("convnext", IMAGE, "ConvNextModel: 7x7 depthwise convolutions, layer norm over channels", BOTH),
+        ("resnet", IMAGE, "ResNetModel (bottleneck blocks)", BOTH),
+        ("mobilenet-v2", IMAGE64, "MobileNetV2Model: depthwise convolutions, ReLU6, TF-style padding", BOTH),
+        ("efficientnet", IMAGE64, "EfficientNetModel: SiLU, squeeze-excitation, 5x5 depthwise", BOTH),
+        ("detr", IMAGE64, "DetrModel: ResNet backbone, sine position embeddings, encoder-decoder over queries",
+         BOTH),
+        ("whisper-encoder", {"input_features": [1, 80, 100]}, "Whisper encoder: 1-D convolutions, GELU", BOTH),
+        ("wav2vec2", {"input_values": [1, 1600]}, "Wav2Vec2Model: feature-extractor convolutions, group norm, "
+         "grouped positional convolution", BOTH)) for exporter in exporters),
+    *(TorchExport(m, exporter, None, f"{m} with a dynamic batch", run_at=shape)
+      for m, shape in (("resnet", IMAGE), ("efficientnet", IMAGE64)) for exporter in BOTH),
 ]
 # Still refused, each with a one-line error (test_corpus checks that it stays one line, and fails when one of
 # them starts to compile: move it to EXPORTS then): text models whose sequence length stays symbolic. Their
