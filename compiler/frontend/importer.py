@@ -326,12 +326,31 @@ def import_relax(loaded: LoadedModel):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer warns about renames and the checker; both are handled
         try:
-            return from_onnx(loaded.proto, keep_params_in_input=False)
+            return _shape_outputs_as_tensors(from_onnx(loaded.proto, keep_params_in_input=False))
         except KilnError:
             raise
         except Exception as err:  # the importer raises many error types; one line names the failing op
             raise KilnError(f"{loaded.path.name}: import into TVM failed: {error_line(err)}",
                             bind_hint(loaded.proto) or "run with --debug for the full trace") from err
+
+
+def _shape_outputs_as_tensors(mod):
+    """MOD with each output that TVM's importer made a shape value (a graph output that is a Shape of a static
+    tensor) returned as an int64 tensor, which is what the model's output is."""
+    from tvm import relax  # noqa: PLC0415
+
+    func = mod["main"]
+    out = func.body.body
+    several = isinstance(out.ty, relax.TupleType)
+    types = list(out.ty.fields) if several else [out.ty]
+    if not any(isinstance(t, relax.ShapeType) for t in types):
+        return mod
+    fields = [out.fields[i] if isinstance(out, relax.Tuple) else relax.TupleGetItem(out, i) for i in
+              range(len(types))] if several else [out]
+    fields = [relax.op.shape_to_tensor(f) if isinstance(t, relax.ShapeType) else f for f, t in zip(fields, types)]
+    body = relax.SeqExpr(func.body.blocks, relax.Tuple(fields) if several else fields[0])
+    mod["main"] = relax.Function(func.params, relax.BlockBuilder().normalize(body), attrs=func.attrs)
+    return relax.transform.Normalize()(mod)
 
 
 def error_line(err: Exception) -> str:

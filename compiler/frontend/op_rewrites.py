@@ -8,6 +8,7 @@ graph is untouched.
 - LayerNormalization's optional Mean and InvStdDev outputs: TVM's importer returns placeholders for them. When a
   model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y.
 - LpNormalization (no converter in TVM's importer): x divided by its L1 or L2 norm over the axis.
+- CumProd (no converter in TVM's importer): running products of the slices along a static axis.
 - LSTM, GRU, RNN (no converter in TVM's importer): unrolled over their time steps where the sequence length is
   static (recurrent.py).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -100,6 +102,57 @@ def _lp_normalization(node: onnx.NodeProto, fresh, context) -> list[onnx.NodePro
     return nodes + [helper.make_node("Div", [node.input[0], norm], [node.output[0]], name=node.name or fresh("lp"))]
 
 
+MAX_CUMPROD_STEPS = 256  # longer axes would write out too many nodes
+
+
+def _cumulative_product(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
+    """CumProd (no converter in TVM's importer) over a static axis of n elements as n - 1 running Muls of its
+    slices, concatenated (exclusive: shifted by a slice of ones; reverse: from the end)."""
+    axis_value, shape = context.constant(node.input[1]), context.shape(node.input[0])
+    if axis_value is None or shape is None:
+        return [node]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axis = int(np.asarray(axis_value).reshape(-1)[0]) % len(shape)
+    steps = shape[axis]
+    if not isinstance(steps, int) or not 0 < steps <= MAX_CUMPROD_STEPS:
+        return [node]
+    nodes: list[onnx.NodeProto] = []
+
+    def const(value: np.ndarray) -> str:
+        name = fresh("cumprod_c")
+        nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name)))
+        return name
+
+    axes = const(np.array([axis], np.int64))
+    pieces = []
+    for i in range(steps):
+        piece = fresh("cumprod_slice")
+        nodes.append(helper.make_node("Slice", [node.input[0], const(np.array([i], np.int64)),
+                                                const(np.array([i + 1], np.int64)), axes], [piece]))
+        pieces.append(piece)
+    order = pieces[::-1] if attrs.get("reverse", 0) else pieces
+    running, products = None, []
+    if attrs.get("exclusive", 0):
+        one, shape_of, ones = fresh("cumprod_one"), fresh("cumprod_shape"), fresh("cumprod_ones")
+        nodes += [helper.make_node("Cast", [const(np.array(1, np.int64))], [one], to=context.elem_type(node.input[0])),
+                  helper.make_node("Shape", [order[0]], [shape_of]),
+                  helper.make_node("Expand", [one, shape_of], [ones])]
+        products.append(ones)
+        order = order[:-1]
+    for piece in order:
+        if running is None:
+            running = piece
+        else:
+            product = fresh("cumprod")
+            nodes.append(helper.make_node("Mul", [running, piece], [product]))
+            running = product
+        products.append(running)
+    if attrs.get("reverse", 0):
+        products = products[::-1]
+    nodes.append(helper.make_node("Concat", products, [node.output[0]], axis=axis, name=node.name or fresh("cumprod")))
+    return nodes
+
+
 class _Context:
     """What a rewrite may need to know about the model: its opset, and each tensor's rank and element type
     (from ONNX shape inference, where it knows them)."""
@@ -149,7 +202,7 @@ class _Context:
 
 
 REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics,
-            "LpNormalization": _lp_normalization,
+            "LpNormalization": _lp_normalization, "CumProd": _cumulative_product,
             "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 

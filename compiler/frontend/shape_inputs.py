@@ -16,7 +16,7 @@ import onnx
 SHAPE_OPERANDS = {
     **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Reshape", "Expand", "Tile",
-                           "TopK", "CumSum", "Squeeze", "Unsqueeze", "Split", "Upsample", "Trilu",
+                           "TopK", "CumSum", "CumProd", "Squeeze", "Unsqueeze", "Split", "Upsample", "Trilu",
                            "AffineGrid", "CenterCropPad", "DFT")},
     "Resize": (1, 2, 3), "Pad": (1, 2, 3), "OneHot": (1, 2), "MaxUnpool": (2,), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),

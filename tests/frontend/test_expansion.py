@@ -206,3 +206,20 @@ def test_narrow_inputs_are_read_as_their_codes(tmp_path):
     np.testing.assert_array_equal(model.run({"x": x})["y"], x.T.astype(np.float16))
     with pytest.raises(KilnError, match="dtype float32, expected float8_e5m2"):
         model.run({"x": x.astype(np.float32)})
+
+
+@pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumulative_product(tmp_path, exclusive, reverse):
+    model = single_op_model("CumProd", {"x": [3, 5]}, weights={"axis": np.array(1, np.int64)}, opset=26,
+                            exclusive=exclusive, reverse=reverse)
+    assert "CumProd" not in _ops(save(model, tmp_path))
+    compile_and_check(model, tmp_path)
+
+
+def test_shape_output_is_a_tensor(tmp_path):
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], start=1), helper.make_node("Relu", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "shape_out", [helper.make_tensor_value_info("x", F32, [2, 3, 4])],
+                              [helper.make_tensor_value_info("shape", I64, [2]),
+                               helper.make_tensor_value_info("y", F32, [2, 3, 4])])
+    path = compile_and_check(finish(graph), tmp_path)
+    assert runtime.load(path).run({"x": np.zeros((2, 3, 4), np.float32)})["shape"].tolist() == [3, 4]

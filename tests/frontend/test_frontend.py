@@ -94,16 +94,17 @@ def test_checker_failure(tmp_path):
 
 
 def test_unsupported_ops_are_all_listed(tmp_path):
-    nodes = [helper.make_node("CumProd", ["x", "axis"], ["a"], name="first_cumprod"),
-             helper.make_node("CumProd", ["a", "axis"], ["b"], name="second_cumprod"),
-             helper.make_node("Relu", ["b"], ["c"], name="fine"),
+    nodes = [helper.make_node("Multinomial", ["x"], ["a"], name="first_multinomial"),
+             helper.make_node("Multinomial", ["x"], ["b"], name="second_multinomial"),
+             helper.make_node("Relu", ["x"], ["c"], name="fine"),
              helper.make_node("Det", ["c"], ["y"], name="the_det")]
     graph = helper.make_graph(nodes, "bad_ops", [helper.make_tensor_value_info("x", F32, [3, 3])],
-                              [helper.make_tensor_value_info("y", F32, [])],
-                              [helper.make_tensor("axis", onnx.TensorProto.INT64, [], [0])])
-    message = _error(save(finish(graph, opset=26), tmp_path))
+                              [helper.make_tensor_value_info("y", F32, []),
+                               helper.make_tensor_value_info("a", onnx.TensorProto.INT32, [3, 1]),
+                               helper.make_tensor_value_info("b", onnx.TensorProto.INT32, [3, 1])])
+    message = _error(save(finish(graph), tmp_path))
     assert "2 unsupported operator type(s)" in message
-    assert "CumProd x2 (first: first_cumprod)" in message
+    assert "Multinomial x2 (first: first_multinomial)" in message
     assert "Det x1 (first: the_det)" in message
     assert "Relu" not in message
 
