@@ -18,9 +18,9 @@ from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
 from .control_flow import unroll_control_flow
-from .narrow_types import rewrite_narrow_types
 from .fold_shapes import fold_shape_computations
 from .functions import expand_functions
+from .narrow_types import rewrite_narrow_types
 from .op_rewrites import rewrite_model
 from .qoperator import to_qdq
 from .shape_inputs import bind_hint

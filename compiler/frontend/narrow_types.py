@@ -93,7 +93,8 @@ class _Rewriter:
 
     def const(self, value: np.ndarray) -> str:
         out = self.fresh("c")
-        self.nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.asarray(value), out)))
+        tensor = numpy_helper.from_array(np.asarray(value), out)
+        self.nodes.append(helper.make_node("Constant", [], [out], value=tensor))
         return out
 
     def last_axis_sum(self, x: str) -> str:
@@ -137,7 +138,8 @@ class _Rewriter:
         zero = self.const(np.float32(0))
         negative = self.op("Less", [x, zero])
         if enc.signed_zero:  # -0 keeps its sign: 1 / -0 is -inf
-            minus_zero = self.op("And", [self.op("Equal", [x, zero]), self.op("Less", [self.op("Reciprocal", [x]), zero])])
+            inverse = self.op("Reciprocal", [x])
+            minus_zero = self.op("And", [self.op("Equal", [x, zero]), self.op("Less", [inverse, zero])])
             negative = self.op("Or", [negative, minus_zero])
         if enc.overflow_code & enc.sign or not enc.signed_zero:
             # fnuz: no -0, and the overflow code (NaN, 0x80) is the sign bit alone; float4: saturates unsigned

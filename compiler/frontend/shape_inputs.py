@@ -18,7 +18,8 @@ SHAPE_OPERANDS = {
                            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Reshape", "Expand", "Tile",
                            "TopK", "CumSum", "CumProd", "Squeeze", "Unsqueeze", "Split", "Upsample", "Trilu",
                            "AffineGrid", "CenterCropPad", "DFT")},
-    "Resize": (1, 2, 3), "Pad": (1, 2, 3), "OneHot": (1, 2), "MaxUnpool": (2,), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+    "Resize": (1, 2, 3), "Pad": (1, 2, 3), "OneHot": (1, 2), "MaxUnpool": (2,), "Slice": (1, 2, 3, 4),
+    "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),
     "Col2Im": (1, 2), "STFT": (1, 3), "NonMaxSuppression": (2, 3, 4), "Loop": (0, 1),
 }

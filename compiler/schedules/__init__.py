@@ -14,13 +14,13 @@ import logging
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
 
+from .amx import AMXContraction
 from .common import root_blocks
 from .contraction import Contraction
-from .amx import AMXContraction
 from .dot_product import DotProductContraction
 from .injective import Injective
-from .winograd import WinogradTransform
 from .row_strips import RowStrips
+from .winograd import WinogradTransform
 
 log = logging.getLogger(__name__)
 

@@ -109,6 +109,8 @@ def test_bench_onnx_model_directly(model):
     (["compile", "missing.onnx"], "error: model file not found: missing.onnx"),
     (["compile", "{model}", "--target", "pentium"], "error: unknown target 'pentium' (known targets: auto, "),
     (["compile", "{model}", "--input-shape", "x=1xa"], "error: bad --input-shape 'x=1xa'"),
+    (["compile", "{model}", "--input-value", "axes"], "error: bad --input-value 'axes'"),
+    (["compile", "{model}", "--input-value", "nope=1"], "error: --input-value names unknown input(s) nope"),
     (["run", "{artifact}"], "error: no inputs given (pass --input NAME=FILE.npy"),
     (["run", "{model}", "--random"], "is not a Kiln artifact"),
     (["bench", "{artifact}", "--model", "nowhere.onnx"], "error: ONNX model not found: nowhere.onnx"),

@@ -2,7 +2,6 @@
 --input-value. Each compiled and checked against ONNX Runtime."""
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
