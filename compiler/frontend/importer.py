@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # TVM's importer is written against these opsets; models outside are converted with onnx's version converter.
 MIN_OPSET, MAX_OPSET = 11, 23
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# ONNX Runtime's contrib ops (what its transformer optimizer writes) that TVM's importer converts as ORT defines them
+CONTRIB_OPS = {("com.microsoft", op) for op in ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization",
+                                                "BiasGelu", "FastGelu", "Gelu")}
 
 
 @dataclass
@@ -298,7 +301,8 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, tuple[int, str]]:
     def visit(graph: onnx.GraphProto) -> None:
         for index, node in enumerate(graph.node):
             key = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
-            if node.domain not in _DEFAULT_DOMAINS or node.op_type not in supported:
+            known = node.domain in _DEFAULT_DOMAINS or (node.domain, node.op_type) in CONTRIB_OPS
+            if not known or node.op_type not in supported:
                 counts[key] += 1
                 found.setdefault(key, (0, node.name or f"#{index} ({node.op_type})"))
             for attr in node.attribute:

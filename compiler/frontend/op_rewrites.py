@@ -8,6 +8,8 @@ graph is untouched.
 - LayerNormalization's optional Mean and InvStdDev outputs: TVM's importer returns placeholders for them. When a
   model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y.
 - LpNormalization (no converter in TVM's importer): x divided by its L1 or L2 norm over the axis.
+- com.microsoft SkipLayerNormalization (ONNX Runtime's transformer optimizer): Add + LayerNormalization, its
+  optional outputs included (TVM's converter takes neither a missing beta / bias nor the optional outputs).
 - CumProd (no converter in TVM's importer): running products of the slices along a static axis.
 - LSTM, GRU, RNN (no converter in TVM's importer): unrolled over their time steps where the sequence length is
   static (recurrent.py).
@@ -100,6 +102,30 @@ def _lp_normalization(node: onnx.NodeProto, fresh, context) -> list[onnx.NodePro
     else:
         nodes = [helper.make_node(reduce, [node.input[0]], [norm], axes=[axis], keepdims=1)]
     return nodes + [helper.make_node("Div", [node.input[0], norm], [node.output[0]], name=node.name or fresh("lp"))]
+
+
+def _skip_layer_norm(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
+    """com.microsoft SkipLayerNormalization (ONNX Runtime's transformer optimizer writes it) as Add + ONNX
+    LayerNormalization: TVM's converter wants the optional beta and bias and cannot give the optional outputs."""
+    if context.opset < 17:
+        return [node]
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    outputs = list(node.output) + [""] * (4 - len(node.output))
+    epsilon = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-12)
+    total = outputs[3] or fresh("skip_sum")
+    nodes = []
+    if inputs[4]:
+        partial = fresh("skip_partial")
+        nodes += [helper.make_node("Add", [inputs[0], inputs[1]], [partial]),
+                  helper.make_node("Add", [partial, inputs[4]], [total])]
+    else:
+        nodes.append(helper.make_node("Add", [inputs[0], inputs[1]], [total]))
+    norm = helper.make_node("LayerNormalization", [total, inputs[2]] + ([inputs[3]] if inputs[3] else []),
+                            [outputs[0], outputs[1], outputs[2]], axis=-1, epsilon=epsilon,
+                            name=node.name or fresh("skip_ln"))
+    while norm.output and not norm.output[-1]:
+        del norm.output[-1]
+    return nodes + _layer_norm_statistics(norm, fresh, context)
 
 
 MAX_CUMPROD_STEPS = 256  # longer axes would write out too many nodes
@@ -205,11 +231,12 @@ REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _lay
             "LpNormalization": _lp_normalization, "CumProd": _cumulative_product,
             "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+CONTRIB_REWRITES = {("com.microsoft", "SkipLayerNormalization"): _skip_layer_norm}
 
 
 def rewrite_model(model: onnx.ModelProto) -> int:
     """Rewrite every node of MODEL's graphs that REWRITES names, in place; returns how many rules applied."""
-    if not any(n.op_type in REWRITES for n in _all_nodes(model.graph)):
+    if not any(n.op_type in REWRITES or (n.domain, n.op_type) in CONTRIB_REWRITES for n in _all_nodes(model.graph)):
         return 0
     return rewrite_ops(model.graph, _Context(model))
 
@@ -235,7 +262,8 @@ def rewrite_ops(graph: onnx.GraphProto, context: _Context, counter: itertools.co
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 done += rewrite_ops(attr.g, context, counter)
-        rule = REWRITES.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
+        rule = REWRITES.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else \
+            CONTRIB_REWRITES.get((node.domain, node.op_type))
         if rule is None:
             rewritten.append(node)
         else:

@@ -3,7 +3,8 @@ with seeded random weights (no downloads), exported the way users export them, w
 
     python -m tests.corpus.export_torch [--out tests/corpus/exported] [NAME ...]
 
-Needs torch and transformers (the `corpus` extra: `pip install -e ".[corpus]"`); `make test` never does: it
+Needs torch and transformers (the `corpus` extra: `pip install -e ".[corpus]"`, with onnxruntime for the
+ORT-optimized variants); `make test` never does: it
 reads the committed files. Each file is a few MB: fewer layers and a narrower width than the published models,
 the same graph patterns (attention masks built at run time, shapes computed from the inputs, GELU, layer norm).
 """
@@ -163,6 +164,21 @@ def export(name: str, dynamo: bool, out: Path) -> Path:
     return path
 
 
+ORT_OPTIMIZED = {"bert": "bert", "gpt2": "gpt2", "vit": "vit"}  # export name: optimizer model_type
+
+
+def ort_optimized(name: str, out: Path) -> Path:
+    """NAME's TorchScript export run through ONNX Runtime's transformer optimizer (its Python fusions:
+    SkipLayerNormalization, BiasGelu / FastGelu from com.microsoft), as users prepare models for ORT."""
+    from onnxruntime.transformers.optimizer import optimize_model  # noqa: PLC0415
+
+    source = out / f"{name}-torchscript.onnx"
+    optimized = optimize_model(str(source), model_type=ORT_OPTIMIZED[name], num_heads=4, hidden_size=64, opt_level=0)
+    path = out / f"{name}-ort-optimized.onnx"
+    optimized.save_model_to_file(str(path))
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(MODELS))
@@ -177,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
             except Exception as err:  # noqa: BLE001 - report the exporter's failure and go on with the others
                 print(f"{name} ({'dynamo' if dynamo else 'torchscript'}): export failed: {err}", file=sys.stderr)
+        if name in ORT_OPTIMIZED:
+            path = ort_optimized(name, args.out)
+            made[path.name] = path.stat().st_size
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
     print(json.dumps(made, indent=1))
 
 

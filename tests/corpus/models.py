@@ -91,7 +91,8 @@ class TorchExport:
         self.model, self.shapes, self.note, self.slow = model, shapes, note, False
         self.run_at = shapes or run_at or (IMAGE if model == "vit" else TEXT)  # the shapes it is run at
         self.exporter = f"torch 2.13 {exporter} (transformers 5.24)"
-        kind = "dynamo" if exporter.startswith("dynamo") else "torchscript"
+        kind = "dynamo" if exporter.startswith("dynamo") else "ort-optimized" if "optimizer" in exporter \
+            else "torchscript"
         self.path = EXPORTED / f"{model}-{kind}.onnx"
         self.name = f"{model}-{kind}" + ("" if shapes else "-dynamic")
         self.source = f"tests/corpus/exported/{self.path.name}"
@@ -120,6 +121,7 @@ IMAGE = {"pixel_values": [1, 3, 32, 32]}
 IMAGE64 = {"pixel_values": [1, 3, 64, 64]}
 TORCHSCRIPT, DYNAMO = "TorchScript exporter (dynamo=False)", "dynamo exporter (dynamo=True)"
 BOTH = (TORCHSCRIPT, DYNAMO)
+ORT_OPTIMIZED = "TorchScript exporter (dynamo=False), then onnxruntime.transformers.optimizer"
 EXPORTS = [
     *(TorchExport(m, exporter, TEXT, note) for m, note in (
         ("bert", "BertModel: attention mask built from a Shape / Expand / Where chain"),
@@ -146,6 +148,9 @@ EXPORTS = [
         ("whisper-encoder", {"input_features": [1, 80, 100]}, "Whisper encoder: 1-D convolutions, GELU", BOTH),
         ("wav2vec2", {"input_values": [1, 1600]}, "Wav2Vec2Model: feature-extractor convolutions, group norm, "
          "grouped positional convolution", BOTH)) for exporter in exporters),
+    *(TorchExport(m, ORT_OPTIMIZED, shape, f"{m} after ONNX Runtime's transformer optimizer: com.microsoft "
+                  "SkipLayerNormalization, " + ("FastGelu" if m == "gpt2" else "BiasGelu"))
+      for m, shape in (("bert", TEXT), ("gpt2", TEXT), ("vit", IMAGE))),
     *(TorchExport(m, exporter, None, f"{m} with a dynamic batch", run_at=shape)
       for m, shape in (("resnet", IMAGE), ("efficientnet", IMAGE64)) for exporter in BOTH),
 ]

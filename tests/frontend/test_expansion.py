@@ -222,3 +222,24 @@ def test_shape_output_is_a_tensor(tmp_path):
                                helper.make_tensor_value_info("y", F32, [2, 3, 4])])
     path = compile_and_check(finish(graph), tmp_path)
     assert runtime.load(path).run({"x": np.zeros((2, 3, 4), np.float32)})["shape"].tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("with_beta_bias", [True, False])
+def test_skip_layer_normalization_from_onnxruntime(tmp_path, with_beta_bias):
+    # com.microsoft SkipLayerNormalization, as ONNX Runtime's transformer optimizer writes it, all four outputs
+    rng = np.random.default_rng(2)
+    weights = {"gamma": rng.random(8, np.float32) + 0.5}
+    if with_beta_bias:
+        weights.update(beta=rng.random(8, np.float32), bias=rng.random(8, np.float32))
+    names = ["x", "skip", "gamma"] + (["beta", "bias"] if with_beta_bias else [])
+    node = helper.make_node("SkipLayerNormalization", names, ["y", "mean", "inv_std", "sum"], domain="com.microsoft",
+                            epsilon=1e-5)
+    graph = helper.make_graph([node], "skip_ln", [helper.make_tensor_value_info(n, F32, [2, 3, 8]) for n in names[:2]],
+                              [helper.make_tensor_value_info("y", F32, [2, 3, 8]),
+                               helper.make_tensor_value_info("mean", F32, [2, 3, 1]),
+                               helper.make_tensor_value_info("inv_std", F32, [2, 3, 1]),
+                               helper.make_tensor_value_info("sum", F32, [2, 3, 8])],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    compile_and_check(model, tmp_path)
