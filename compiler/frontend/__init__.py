@@ -9,8 +9,19 @@ the input shapes are fixed. functions.py expands ops TVM has no converter for in
 (and every op that has one, as the second try when a converter or pass fails: `expanded`).
 """
 
-from .importer import (LoadedModel, check_supported, error_line, expanded, import_relax, load_model,
-                       parse_input_values, parse_shape_overrides, supported_op_types, tensor_spec, unsupported_ops)
+from .importer import (
+                       LoadedModel,
+                       check_supported,
+                       error_line,
+                       expanded,
+                       import_relax,
+                       load_model,
+                       parse_input_values,
+                       parse_shape_overrides,
+                       supported_op_types,
+                       tensor_spec,
+                       unsupported_ops,
+)
 
 __all__ = ["LoadedModel", "check_supported", "error_line", "expanded", "import_relax", "load_model",
            "parse_input_values", "parse_shape_overrides", "supported_op_types", "tensor_spec", "unsupported_ops"]

@@ -9,7 +9,8 @@ In: a shape-inferred ModelProto. Out: the same model with every top-level node w
 replaced by an initializer (Shape and Size of tensors whose shape is static count as known), where the node
 computes shapes or other integer / boolean values or float scalars, or fills a tensor from a shape
 (ConstantOfShape, Range, ...). Float arithmetic on weights is left to TVM's FoldConstant, and QuantizeLinear /
-DequantizeLinear pairs stay (Kiln reads a QDQ model's scales from them). Nodes with subgraphs, random ones and graph outputs are never folded.
+DequantizeLinear pairs stay (Kiln reads a QDQ model's scales from them). Nodes with subgraphs, random ones and
+graph outputs are never folded.
 """
 
 from __future__ import annotations

@@ -240,6 +240,7 @@ def test_skip_layer_normalization_from_onnxruntime(tmp_path, with_beta_bias):
                                helper.make_tensor_value_info("inv_std", F32, [2, 3, 1]),
                                helper.make_tensor_value_info("sum", F32, [2, 3, 8])],
                               [numpy_helper.from_array(v, n) for n, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     compile_and_check(model, tmp_path)
