@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,12 +18,14 @@ from typing import Callable
 from tvm.ir.instrument import PassTimingInstrument
 
 from runtime.artifact import Manifest, write_artifact
+from runtime.errors import KilnError
 
 from . import frontend, pipeline
 from .build import cuda
 from .build.dump import KINDS, Dumper
 from .build.lower import export
 from .build.manifest import make_manifest
+from .describe import suggest_shape
 from .options import CompileOptions
 from .passes.pack_weights import WINOGRAD_ATTR
 from .quantize.search import build_precision
@@ -89,6 +92,21 @@ def compile(  # noqa: A001 - the name users expect: compiler.compile(model, targ
     return compile_with(options, progress)
 
 
+@contextmanager
+def _dynamic_dims_hint(loaded: frontend.LoadedModel):
+    """A failure of the import or a compile stage on a model with dynamic dims suggests fixing them: run-time
+    shape arithmetic over a symbolic dim is what most such failures come from, and fixed dims fold it away."""
+    try:
+        yield
+    except KilnError as err:
+        dynamic = [s for s in loaded.inputs if any(not isinstance(d, int) for d in s.shape)]
+        if not dynamic or "import into TVM failed" not in err.message and not err.message.startswith("kiln."):
+            raise
+        shapes = " ".join(f"--input-shape {s.name}={'x'.join(map(str, suggest_shape(s)[0]))}" for s in dynamic)
+        raise KilnError(err.message, f"the model's dynamic dims stay symbolic; fix them, e.g. {shapes} "
+                                     "(kiln inspect suggests shapes), or rerun with --debug and report it") from err
+
+
 def compile_with(options: CompileOptions, progress: Progress | None = None) -> Artifact:
     """Compile as OPTIONS say (see compile), reporting progress lines to PROGRESS."""
     say = progress or (lambda _msg: None)
@@ -102,13 +120,13 @@ def compile_with(options: CompileOptions, progress: Progress | None = None) -> A
     dumper = Dumper(options.dump_dir, options.dump_kinds)
     say(f"optimizing the graph ({len(graph)} passes)")
     timings = [] if options.pass_times else None
-    stage = pipeline.simplify_graph(loaded, preset, options.layout, timings)
-    if not options.winograd:
-        stage = stage.with_attr(WINOGRAD_ATTR, False)
-    db_dir = options.database_dir(preset)
-
     lower_timing = [PassTimingInstrument()] if options.pass_times else []
-    shipped = build_precision(stage, loaded.inputs, options, preset, db_dir, say, timings, lower_timing)
+    db_dir = options.database_dir(preset)
+    with _dynamic_dims_hint(loaded):
+        stage = pipeline.simplify_graph(loaded, preset, options.layout, timings)
+        if not options.winograd:
+            stage = stage.with_attr(WINOGRAD_ATTR, False)
+        shipped = build_precision(stage, loaded.inputs, options, preset, db_dir, say, timings, lower_timing)
     built = shipped.built
     dumper.graph(built.fused)
     dumper.kernels(built.scheduled)
