@@ -127,14 +127,14 @@ def test_errors_are_one_line(args, message, model, artifact):
 
 
 def test_unsupported_ops_exit_code_and_debug_traceback(tmp_path):
-    graph = helper.make_graph([helper.make_node("Celu", ["x"], ["y"], name="c0")], "celu",
-                              [helper.make_tensor_value_info("x", F32, [2])],
-                              [helper.make_tensor_value_info("y", F32, [2])])
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"], name="d0")], "det",
+                              [helper.make_tensor_value_info("x", F32, [3, 3])],
+                              [helper.make_tensor_value_info("y", F32, [])])
     path = save(finish(graph), tmp_path)
     plain = subprocess.run([sys.executable, "-m", "compiler.cli", "compile", str(path)], cwd=ROOT,
                            capture_output=True, text=True)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
-    assert plain.stderr.strip().splitlines()[-1] == (f"error: model.onnx uses 1 unsupported operator type(s): Celu x1 (first: c0) "
+    assert plain.stderr.strip().splitlines()[-1] == (f"error: model.onnx uses 1 unsupported operator type(s): Det x1 (first: d0) "
                                     f"(replace them in the exporter, or file an issue naming these ops)")
     debug = subprocess.run([sys.executable, "-m", "compiler.cli", "--debug", "compile", str(path)], cwd=ROOT,
                            capture_output=True, text=True)
