@@ -6,6 +6,7 @@ bundle.py, bench.py): it turns flags into one call of the API and the result int
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import logging
 import os
@@ -33,12 +34,25 @@ class KilnGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             if isinstance(err, KilnError):
-                click.echo(f"error: {err}", err=True)
-                sys.exit(1)
-            first = (str(err).strip().splitlines() or [""])[0][:300]
-            click.echo(f"error: internal error: {type(err).__name__}: {first} (rerun with --debug for the trace)",
-                       err=True)
-            sys.exit(2)
+                line, code = f"error: {err}", 1
+            else:
+                first = (str(err).strip().splitlines() or [""])[0][:300]
+                line, code = f"error: internal error: {type(err).__name__}: {first} (rerun with --debug for the " \
+                             "trace)", 2
+            _release(err)
+        # what the failed attempt left (TVM's block builders, which warn on stderr when freed) goes now, so the
+        # error stays the last line
+        gc.collect()
+        click.echo(line, err=True)
+        sys.exit(code)
+
+
+def _release(err: BaseException) -> None:
+    """Drop the frames ERR and the errors behind it hold (their tracebacks are not shown without --debug)."""
+    while err is not None:
+        behind = err.__cause__ or err.__context__
+        err.__traceback__, err.__cause__, err.__context__ = None, None, None
+        err = behind
 
 
 def versions() -> str:
