@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .node_builder import NodeBuilder
+
 MAX_ITERATIONS = 256  # more would write out too many nodes
 
 
@@ -31,24 +33,12 @@ def _has_subgraph(graph: onnx.GraphProto) -> bool:
                for a in n.attribute)
 
 
-class _Unroller:
+class _Unroller(NodeBuilder):
     """Writes out one body per iteration with fresh names."""
 
     def __init__(self, prefix: str, opset: int):
-        self.prefix, self.opset, self.nodes, self.counter = prefix, opset, [], itertools.count()
-
-    def fresh(self, base: str) -> str:
-        return f"{self.prefix}_{base}_{next(self.counter)}"
-
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
-        return out
-
-    def const(self, value: np.ndarray) -> str:
-        out = self.fresh("c")
-        self.nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(value, out)))
-        return out
+        super().__init__(prefix=prefix)
+        self.prefix, self.opset, self.counter = prefix, opset, itertools.count()
 
     def body(self, graph: onnx.GraphProto, bound: dict[str, str]) -> list[str]:
         """Append GRAPH's nodes with its inputs read from BOUND ({body input: outer name}); returns the outer

@@ -16,12 +16,12 @@ its narrow dtype's numpy name}, which the manifest records so the runtime views 
 
 from __future__ import annotations
 
-import itertools
-
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from .node_builder import NodeBuilder
 
 NARROW = {TensorProto.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn, TensorProto.FLOAT8E4M3FNUZ: ml_dtypes.float8_e4m3fnuz,
           TensorProto.FLOAT8E5M2: ml_dtypes.float8_e5m2, TensorProto.FLOAT8E5M2FNUZ: ml_dtypes.float8_e5m2fnuz,
@@ -76,26 +76,11 @@ class _Encoder:
         self.signed_zero = negative_tiny == self.sign  # fnuz formats have no -0: a tiny negative is 0
 
 
-class _Rewriter:
+class _Rewriter(NodeBuilder):
     def __init__(self, model: onnx.ModelProto):
+        super().__init__(prefix="kiln_narrow")
         self.model = model
-        self.nodes: list[onnx.NodeProto] = []
-        self.counter = itertools.count()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-    def fresh(self, base: str) -> str:
-        return f"kiln_narrow_{base}_{next(self.counter)}"
-
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
-        return out
-
-    def const(self, value: np.ndarray) -> str:
-        out = self.fresh("c")
-        tensor = numpy_helper.from_array(np.asarray(value), out)
-        self.nodes.append(helper.make_node("Constant", [], [out], value=tensor))
-        return out
 
     def last_axis_sum(self, x: str) -> str:
         if self.opset >= 13:

@@ -13,28 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from .node_builder import NodeBuilder
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 MAX_STEPS = 512  # longer sequences would write out too many nodes: left to the unsupported-operator error
 
 
-class _Builder:
-    """Appends nodes with fresh output names; NAME(prefix) makes one."""
-
-    def __init__(self, fresh):
-        self.fresh, self.nodes = fresh, []
-
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
-        return out
-
-    def const(self, value: np.ndarray, name: str = "c") -> str:
-        out = self.fresh(name)
-        self.nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(value, out)))
-        return out
+_Builder = NodeBuilder
 
 
 def _activation(b: _Builder, name: str, x: str, alpha: float | None, beta: float | None, dtype) -> str:
