@@ -35,6 +35,13 @@ def _schema(op_type: str, opset: int):
         return None
 
 
+def has_function_body(node: onnx.NodeProto, opset: int) -> bool:
+    """Whether NODE (default domain) has an ONNX function body at OPSET or below."""
+    schema = _schema(node.op_type, opset) if node.domain in _DEFAULT_DOMAINS else None
+    return schema is not None and any(v <= opset for v in [*schema.function_opset_versions,
+                                                          *schema.context_dependent_function_opset_versions])
+
+
 def _body(node: onnx.NodeProto, schema, opset: int, types: dict) -> onnx.FunctionProto | None:
     """The function body of NODE for the newest function version at or below OPSET, or None."""
     plain = [v for v in schema.function_opset_versions if v <= opset]

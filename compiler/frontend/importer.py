@@ -20,7 +20,7 @@ from runtime.errors import KilnError
 
 from .control_flow import unroll_control_flow
 from .fold_shapes import fold_shape_computations
-from .functions import expand_functions
+from .functions import expand_functions, has_function_body
 from .narrow_types import rewrite_narrow_types
 from .op_rewrites import rewrite_model
 from .qoperator import to_qdq
@@ -290,6 +290,8 @@ def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False
 def expanded(loaded: LoadedModel) -> LoadedModel | None:
     """LOADED with every op that has an ONNX function body expanded into it, TVM's converter or not: the second
     try when a converter or a pass fails on the model. None when no op has a body (nothing would change)."""
+    if not any(has_function_body(n, loaded.opset) for n in loaded.proto.graph.node):
+        return None
     model = onnx.ModelProto()
     model.CopyFrom(loaded.proto)
     model = _prepare(model, loaded.path, expand_everything=True)
