@@ -25,7 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-RESTART_EVERY = 150  # cases per worker process before a fresh one (each case leaves a library loaded)
+RESTART_EVERY = 500  # cases per worker process before a fresh one (each case leaves a library loaded; a start
+# costs about 7 s: TVM, and the onnx package generating its node tests)
 
 
 def worker_answers():
