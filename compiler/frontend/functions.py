@@ -111,16 +111,16 @@ def expand_functions(model: onnx.ModelProto, supported: set[str], everything: bo
         if not functions:
             break
         log.info("expanding %d op(s) into their ONNX function bodies", len(functions))
-        expanded = _inline(model, calls, functions)
+        expanded = _inline(model, calls, functions, opset)
         if expanded is None:
             break
         model = expanded
     return model
 
 
-def _inline(model: onnx.ModelProto, calls: dict, functions: list) -> onnx.ModelProto | None:
-    """A copy of MODEL whose nodes named in CALLS ({node index: call node}) call FUNCTIONS and are inlined;
-    None when the inliner fails (it asserts on types it cannot infer)."""
+def _inline(model: onnx.ModelProto, calls: dict, functions: list, opset: int) -> onnx.ModelProto | None:
+    """A copy of MODEL (at default-domain OPSET) whose nodes named in CALLS ({node index: call node}) call
+    FUNCTIONS and are inlined; None when the inliner fails (it asserts on types it cannot infer)."""
     trial = onnx.ModelProto()
     trial.CopyFrom(model)
     for index, call in calls.items():
@@ -131,7 +131,6 @@ def _inline(model: onnx.ModelProto, calls: dict, functions: list) -> onnx.ModelP
                                   for t in trial.graph.initializer if t.name not in typed)
     trial.functions.extend(functions)
     trial.opset_import.append(helper.make_opsetid(_PRIVATE_DOMAIN, 1))
-    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
     convert = any(o.domain in _DEFAULT_DOMAINS and o.version != opset for f in functions for o in f.opset_import)
     try:
         trial = onnx.inliner.inline_local_functions(trial, convert_version=convert)

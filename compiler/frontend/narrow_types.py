@@ -150,17 +150,29 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def _declares_narrow(graph: onnx.GraphProto) -> bool:
+    """Whether any tensor of GRAPH can be of a narrow type: they come in as inputs, weights or Constants, or are
+    made by a Cast to one (a CastLike takes its type from one of those)."""
+    values = [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]]
+    values += [t.data_type for t in graph.initializer]
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Cast" and "to" in attrs:
+            values.append(attrs["to"].i)
+        elif node.op_type == "Constant" and "value" in attrs:
+            values.append(attrs["value"].t.data_type)
+    return any(v in NARROW for v in values)
+
+
 def rewrite_narrow_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     """MODEL with its narrow-typed tensors as uint8 codes (see the module docstring), and the narrow dtypes of
     its inputs and outputs by name; MODEL itself and {} when it has none or uses them in a way this cannot
     rewrite."""
     graph = model.graph
+    if not _declares_narrow(graph):  # most models: no shape inference spent on them here
+        return model, {}
     types = _types(model)
     narrow = {name for name, t in types.items() if t in NARROW}
-    casts_to = [n for n in graph.node if n.op_type == "Cast" and
-                helper.get_attribute_value(next(a for a in n.attribute if a.name == "to")) in NARROW]
-    if not narrow and not casts_to:
-        return model, {}
     for node in graph.node:
         reads = set(node.input) & narrow
         if reads and node.op_type not in DATA_MOVEMENT | {"Cast", "CastLike"} or \
