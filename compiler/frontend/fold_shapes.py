@@ -105,7 +105,7 @@ def _fold_round(model: onnx.ModelProto) -> int:
                 folded[name] = value
     if not folded:
         return 0
-    used = _read_names(kept) | outputs
+    used = read_names(kept) | outputs
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded.items() if name in used)
@@ -115,14 +115,14 @@ def _fold_round(model: onnx.ModelProto) -> int:
     return len(folded)
 
 
-def _read_names(nodes) -> set[str]:
+def read_names(nodes) -> set[str]:
     """Every tensor name NODES read, their subgraphs' reads of the outer scope included."""
     names = set()
     for node in nodes:
         names.update(node.input)
         for attr in node.attribute:
             for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                names |= _read_names(graph.node)
+                names |= read_names(graph.node)
     return names
 
 

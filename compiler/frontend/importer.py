@@ -20,11 +20,13 @@ from runtime.errors import KilnError
 
 from .control_flow import unroll_control_flow
 from .fold_shapes import fold_shape_computations
+from .symbolic_shapes import rebuild_symbolic_shapes
 from .functions import expand_functions, has_function_body
 from .narrow_types import rewrite_narrow_types
 from .op_rewrites import rewrite_model
 from .qoperator import to_qdq
 from .shape_inputs import bind_hint
+from .shape_values import resolve_shape_values
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +283,8 @@ def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False
         model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
         if unroll_control_flow(model):  # Loop / Scan with trip counts known now: control_flow.py
             model = fold_shape_computations(onnx.shape_inference.infer_shapes(model, data_prop=True))
+        if rebuild_symbolic_shapes(model):  # what stays symbolic, from the inputs' named dims: symbolic_shapes.py
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         return model
     except Exception as err:  # inference raises C++ errors of several kinds
         raise KilnError(f"{path}: ONNX shape inference failed ({str(err).splitlines()[0]})",
@@ -346,7 +350,8 @@ def import_relax(loaded: LoadedModel):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer warns about renames and the checker; both are handled
         try:
-            return _shape_outputs_as_tensors(from_onnx(loaded.proto, keep_params_in_input=False))
+            mod = from_onnx(loaded.proto, keep_params_in_input=False)
+            return _shape_outputs_as_tensors(resolve_shape_values(mod))  # run-time dims: shape_values.py
         except KilnError:
             raise
         except Exception as err:  # the importer raises many error types; one line names the failing op
