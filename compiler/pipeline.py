@@ -184,7 +184,10 @@ def simplify_graph(loaded: frontend.LoadedModel, preset: TargetPreset, layout: s
     try:
         return run_stage(frontend.import_relax(loaded), passes, "kiln.simplify", preset, timings)
     except KilnError as first:
-        second = frontend.expanded(loaded)
+        try:
+            second = frontend.expanded(loaded)
+        except KilnError:
+            raise first from None  # expanding failed (shape inference of the expanded model): the first error stands
         if second is None:
             raise
         log.warning("%s; retrying with ONNX function bodies in place of TVM's converters", first.message)

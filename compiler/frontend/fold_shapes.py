@@ -29,16 +29,22 @@ NEVER = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomN
          "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan", "SequenceMap"}
 MAX_FOLDED_ELEMENTS = 1 << 22  # a folded tensor larger than this (16 MB of float32) stays a computation
 MAX_SMALL_FLOAT = 16  # float results this small are scalars of shape arithmetic (a Loop's trip count), not weights
+UNKNOWN_DIM = -(1 << 62)  # stands for a dynamic dim in a partly known shape; a result that has it is not known
+SELECTIONS = {"Gather", "Slice"}  # ops that pick dims out of a shape: a picked static dim is known
 MAX_ROUNDS = 8  # fold, re-infer shapes, fold what became known; real models settle in 2-4 rounds
 
 
 def _static_shape(value: onnx.ValueInfoProto) -> list[int] | None:
+    dims = _partial_shape(value)
+    return None if dims is None or UNKNOWN_DIM in dims else dims
+
+
+def _partial_shape(value: onnx.ValueInfoProto) -> list[int] | None:
+    """VALUE's dims, UNKNOWN_DIM for each dynamic one; None when not even its rank is known."""
     if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
         return None
-    dims = value.type.tensor_type.shape.dim
-    if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
-        return None
-    return [d.dim_value for d in dims]
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else UNKNOWN_DIM
+            for d in value.type.tensor_type.shape.dim]
 
 
 def _evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: list) -> list[np.ndarray] | None:
@@ -80,7 +86,8 @@ def _fold_round(model: onnx.ModelProto) -> int:
     """Fold what is known in MODEL's top-level graph, in place; returns how many nodes were folded."""
     graph = model.graph
     known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    shapes = {v.name: _static_shape(v) for v in [*graph.input, *graph.value_info, *graph.output]}
+    shapes = {v.name: _partial_shape(v) for v in [*graph.input, *graph.value_info, *graph.output]}
+    partial: dict[str, np.ndarray] = {}  # Shape outputs of tensors with dynamic dims: UNKNOWN_DIM stands for those
     outputs = {o.name for o in graph.output}
     kept, folded = [], {}
     for node in graph.node:
@@ -92,7 +99,18 @@ def _fold_round(model: onnx.ModelProto) -> int:
         if node.op_type == "Constant":
             values = _evaluate(node, [], list(model.opset_import))
         elif node.op_type in ("Shape", "Size") and shapes.get(node.input[0]) is not None:
-            values = [_shape_of(node, shapes[node.input[0]])]
+            shape = shapes[node.input[0]]
+            if node.op_type == "Size":
+                values = None if UNKNOWN_DIM in shape else [_shape_of(node, shape)]
+            else:  # a Shape's start / end may pick static dims only
+                values = [_shape_of(node, shape)]
+                if UNKNOWN_DIM in values[0]:
+                    partial[node.output[0]], values = values[0], None
+        elif node.op_type in SELECTIONS and node.input[0] in partial and \
+                all(not name or name in known for name in node.input[1:]):
+            values = _evaluate(node, [partial[node.input[0]], *[known[n] if n else None for n in node.input[1:]]],
+                               list(model.opset_import))  # the static dims picked out of a partly known shape
+            values = None if values is None or any(UNKNOWN_DIM in v for v in values) else values
         elif node.input and all(not name or name in known for name in node.input):
             values = _evaluate(node, [known[name] if name else None for name in node.input], list(model.opset_import))
         if values is None or len(values) != len(node.output) or \

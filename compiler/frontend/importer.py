@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import re
 import warnings
@@ -19,6 +21,7 @@ from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
 from .control_flow import unroll_control_flow
+from .converters import kiln_converters
 from .fold_shapes import fold_shape_computations
 from .symbolic_shapes import rebuild_symbolic_shapes
 from .functions import expand_functions, has_function_body
@@ -350,7 +353,9 @@ def import_relax(loaded: LoadedModel):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer warns about renames and the checker; both are handled
         try:
-            mod = from_onnx(loaded.proto, keep_params_in_input=False)
+            # TVM's importer prints the failing node's inputs to stdout before raising: the error says it in one line
+            with kiln_converters(), contextlib.redirect_stdout(io.StringIO()):  # Kiln's own for a few ops
+                mod = from_onnx(loaded.proto, keep_params_in_input=False)
             return _shape_outputs_as_tensors(resolve_shape_values(mod))  # run-time dims: shape_values.py
         except KilnError:
             raise

@@ -10,10 +10,12 @@ propagation) usually knows the result all the same, in the inputs' named dims.
 This pass rewrites the shape operand of each Reshape, Expand and ConstantOfShape whose output shape inference
 gives in integers and named dims of the graph inputs:
 - as a constant where it can be one: a Reshape's dim that equals its input's dim at the same axis is 0 (copy it),
-  one unknown dim is -1; an Expand's dim that equals the broadcast input's is 1;
+  one unknown dim is -1; an Expand's dim that equals the broadcast input's is 1 (when that input's shape is
+  static: TVM's converter wants a symbolic target for a symbolic input);
 - else as `Concat(Shape(input, start=a, end=a + 1), [constants])`, which the importer keeps a symbolic shape
   (Shape's start / end need opset 15: older models keep what they have).
-The computations the old operands came from are dropped when nothing else reads them.
+A Tile whose run-time repeats only copy axes of size 1 (DETR's query embeddings over a symbolic batch) becomes
+that Expand first. The computations the old operands came from are dropped when nothing else reads them.
 
 In: a shape-inferred ModelProto with named input dims. Out: the same model with those operands rewritten (shapes
 re-inferred by the caller).
@@ -53,8 +55,8 @@ def _as_constant(op_type: str, out: list, data: list | None, allowzero: bool) ->
     """The shape operand as a constant that gives OUT from an input of dims DATA, or None when none does."""
     if op_type == "ConstantOfShape":
         return out if all(isinstance(d, int) for d in out) else None
-    if op_type == "Expand":
-        if data is None or len(data) > len(out):
+    if op_type == "Expand":  # TVM's converter takes a constant target only for an input of static shape
+        if data is None or len(data) > len(out) or not all(isinstance(d, int) for d in data):
             return None
         aligned = [None] * (len(out) - len(data)) + data
         values = [d if isinstance(d, int) else (1 if d is not None and d == a else None) for d, a in zip(out, aligned)]
@@ -113,6 +115,14 @@ class _Rewriter:
         nodes.append(helper.make_node("Concat", parts, [self._name("shape")], axis=0))
         return nodes[-1].output[0]
 
+    def tile_as_expand(self, node: onnx.NodeProto) -> bool:
+        """Whether NODE, a Tile with run-time repeats, only repeats axes of size 1 (an Expand to its output shape)."""
+        if node.input[1] in self.constants:
+            return False
+        data, out = _dims(self.values.get(node.input[0])), _dims(self.values.get(node.output[0]))
+        return data is not None and out is not None and len(data) == len(out) and None not in out and \
+            all(d == o or d == 1 for d, o in zip(data, out))
+
     def operand(self, node: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> str | None:
         """A new shape operand for NODE (nodes it needs appended to NODES), or None to keep the one it has."""
         index = SHAPE_OPERAND[node.op_type]
@@ -151,6 +161,8 @@ def rebuild_symbolic_shapes(model: onnx.ModelProto) -> int:
     new_nodes: list[onnx.NodeProto] = []
     rewritten = 0
     for node in graph.node:
+        if node.op_type == "Tile" and node.domain in ("", "ai.onnx") and rewriter.tile_as_expand(node):
+            node.op_type = "Expand"  # its repeats only copy size-1 axes: a broadcast (TVM's Tile wants constants)
         if node.op_type in SHAPE_OPERAND and node.domain in ("", "ai.onnx"):
             operand = rewriter.operand(node, new_nodes)
             if operand is not None:

@@ -1,0 +1,92 @@
+"""Kiln's converters for the ONNX ops whose TVM converter loses what a symbolic shape needs.
+
+TVM's Relax importer has no hook for a converter of one's own; `kiln_converters()` puts these in place of TVM's
+for the time of one import (importer.import_relax) and puts TVM's back after.
+
+- Range with integer start and delta and a limit that is a symbolic dim (a text model's sequence length, which
+  the importer gives as a PrimExpr): TVM's converter computes the length into a tensor and reads it back as a
+  fresh var, so nothing downstream is known to have the sequence's length (an Add of position embeddings to
+  token embeddings loses its shape, and a later Slice of its Shape fails). This one builds `arange` on the
+  PrimExprs themselves. Everything else goes to TVM's converter.
+- Resize whose `sizes` keep a symbolic batch or channel dim (`[1, batch, 2, 2]`: DETR's mask interpolation):
+  TVM's converter reads every entry as an integer although it uses only the spatial ones (it never resizes the
+  batch or channel axes). Where the leading entries are the input's own dims, they are given to it as 0s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import tvm
+from tvm import relax, tirx
+from tvm.relax.frontend.onnx import onnx_frontend
+
+
+def _scalar(value) -> int | tvm.ir.PrimExpr | None:
+    """VALUE as a Python int (a one-element integer constant) or an integer PrimExpr; None otherwise."""
+    if isinstance(value, tvm.ir.GenericConst):
+        array = value.value.numpy()
+        return int(array.reshape(-1)[0]) if array.size == 1 and array.dtype.kind in "iu" else None
+    if tvm.ir.is_prim_expr(value) and "int" in _dtype(value):
+        return value
+    return None
+
+
+def _dtype(expr: tvm.ir.PrimExpr) -> str:
+    return str(getattr(expr, "dtype", None) or expr.ty)  # a tirx.Var answers None to dtype: its type says it
+
+
+class SymbolicRange(onnx_frontend.Range):
+    """Range over a symbolic limit as an arange of that PrimExpr (see the module docstring)."""
+
+    @classmethod
+    def _impl_v12(cls, bb, inputs, attr, params):
+        start, limit, delta = (_scalar(x) for x in inputs)
+        if isinstance(start, int) and isinstance(delta, int) and delta > 0 and limit is not None \
+                and not isinstance(limit, int):
+            dtype = str(inputs[0].ty.dtype)
+            limit = tirx.Cast("int64", limit) if _dtype(limit) != "int64" else limit
+            if start == 0 and delta == 1:
+                return relax.op.arange(0, limit, 1, dtype)
+            count = tirx.max(tirx.floordiv(limit - start + delta - 1, delta), 0)
+            positions = bb.normalize(relax.op.arange(0, count, 1, dtype))
+            return relax.op.add(relax.op.multiply(positions, relax.const(delta, dtype)), relax.const(start, dtype))
+        return super()._impl_v12(bb, inputs, attr, params)
+
+
+class SpatialResize:
+    """Resize with symbolic leading `sizes` entries as TVM's converter with those entries fixed (module docstring)."""
+
+    @classmethod
+    def get_converter(cls, opset: int):
+        tvm_converter = onnx_frontend.Resize.get_converter(opset)
+
+        def convert(bb, inputs, attr, params):
+            sizes = inputs[3] if len(inputs) > 3 else None
+            data = bb.normalize(inputs[0])  # the importer hands over unnormalized calls, whose types are unset
+            data_shape = getattr(data.ty, "shape", None)
+            if isinstance(sizes, relax.ShapeExpr) and isinstance(data_shape, relax.ShapeExpr) \
+                    and len(sizes.values) == len(data_shape.values) > 2 \
+                    and all(isinstance(v, tirx.IntImm) for v in sizes.values[2:]) \
+                    and any(not isinstance(v, tirx.IntImm) for v in sizes.values[:2]):
+                analyzer = tvm.sym.Analyzer()
+                if all(analyzer.can_prove_equal(a, b) for a, b in zip(sizes.values[:2], data_shape.values[:2])):
+                    spatial = [0, 0, *(int(v.value) for v in sizes.values[2:])]
+                    inputs = [data, *inputs[1:3], relax.const(spatial, "int64"), *inputs[4:]]
+            return tvm_converter(bb, inputs, attr, params)
+
+        return convert
+
+
+KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize}
+
+
+@contextlib.contextmanager
+def kiln_converters():
+    """TVM's ONNX importer with KILN_CONVERTERS in place of its own, for the time of the `with` block."""
+    tvm_map = onnx_frontend._get_convert_map  # noqa: SLF001 - the importer reads its map through this function
+    onnx_frontend._get_convert_map = lambda: {**tvm_map(), **KILN_CONVERTERS}  # noqa: SLF001
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = tvm_map  # noqa: SLF001
