@@ -33,6 +33,11 @@ ARITHMETIC = {
     "relax.floor_mod": tirx.floormod,
     "relax.maximum": tirx.max,
     "relax.minimum": tirx.min,
+    "relax.less": lambda a, b: a < b,  # comparisons and where: the negative-index normalization of Gather
+    "relax.less_equal": lambda a, b: a <= b,
+    "relax.greater": lambda a, b: a > b,
+    "relax.greater_equal": lambda a, b: a >= b,
+    "relax.equal": lambda a, b: a == b,
 }
 
 
@@ -90,6 +95,8 @@ class _Values:
             return self._elementwise(call, ARITHMETIC[name], args)
         if name == "relax.take":
             return self._take(call, args)
+        if name == "relax.where":
+            return self._where(call, args)
         if name == "relax.strided_slice":
             return self._slice(call, args)
         if name == "relax.concat":
@@ -110,6 +117,23 @@ class _Values:
             return None  # only scalars against vectors: the broadcasts shape arithmetic uses
         pick = (lambda v, i: v[1][0] if len(v[1]) == 1 else v[1][i])
         return dims, [self.analyzer.simplify(fn(pick(a, i), pick(b, i))) for i in range(size)]
+
+    def _where(self, call, args):
+        condition, a, b = (self.of(x) for x in args)
+        dims = _static_dims(call)
+        if condition is None or a is None or b is None or dims is None:
+            return None
+        size = int(np.prod(dims))
+        if {len(condition[1]), len(a[1]), len(b[1])} - {1, size}:
+            return None
+        picked = []
+        for i in range(size):
+            flag = condition[1][0 if len(condition[1]) == 1 else i]
+            if not isinstance(flag, tirx.IntImm):
+                return None  # a condition on a symbolic dim: not a constant pick
+            source = a if flag.value else b
+            picked.append(source[1][0 if len(source[1]) == 1 else i])
+        return dims, picked
 
     def _take(self, call, args):
         data, index = self.of(args[0]), self.of(args[1])
@@ -149,7 +173,7 @@ def _ints(expr) -> list[int] | None:
 
 def _static_dims(call: relax.Call) -> list[int] | None:
     ty = call.ty
-    if not isinstance(ty, relax.TensorType) or str(ty.dtype) not in INT_TYPES or ty.shape is None:
+    if not isinstance(ty, relax.TensorType) or str(ty.dtype) not in (*INT_TYPES, "bool") or ty.shape is None:
         return None
     dims = _ints(ty.shape)
     return dims if dims is not None and int(np.prod(dims)) <= MAX_ELEMENTS else None

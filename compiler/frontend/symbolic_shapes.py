@@ -78,7 +78,8 @@ class _Rewriter:
         graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.sources = _dim_sources(graph)
-        self.values = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+        self.dims = {v.name: _dims(v) for v in [*graph.input, *graph.value_info, *graph.output]}
+        self.dims.update({t.name: list(t.dims) for t in graph.initializer})
         self.constants = {t.name for t in graph.initializer} | \
                          {o for n in graph.node if n.op_type == "Constant" for o in n.output}
         self.initializers: list[onnx.TensorProto] = []
@@ -119,7 +120,7 @@ class _Rewriter:
         """Whether NODE, a Tile with run-time repeats, only repeats axes of size 1 (an Expand to its output shape)."""
         if node.input[1] in self.constants:
             return False
-        data, out = _dims(self.values.get(node.input[0])), _dims(self.values.get(node.output[0]))
+        data, out = self.dims.get(node.input[0]), self.dims.get(node.output[0])
         return data is not None and out is not None and len(data) == len(out) and None not in out and \
             all(d == o or d == 1 for d, o in zip(data, out))
 
@@ -128,10 +129,10 @@ class _Rewriter:
         index = SHAPE_OPERAND[node.op_type]
         if len(node.input) <= index or node.input[index] in self.constants:
             return None
-        out = _dims(self.values.get(node.output[0]))
+        out = self.dims.get(node.output[0])
         if out is None:
             return None
-        data = _dims(self.values.get(node.input[0])) if node.op_type != "ConstantOfShape" else None
+        data = self.dims.get(node.input[0]) if node.op_type != "ConstantOfShape" else None
         allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
         values = _as_constant(node.op_type, out, data, allowzero)
         if values is not None:
