@@ -5,7 +5,9 @@ proto, its input specs, opset, sha256) and, from it, the Relax module the pipeli
 operators are one error naming every one of them. Before TVM's importer sees the graph, op_rewrites.py
 replaces operators TVM cannot build or lacks (recurrent.py unrolls LSTM / GRU / RNN), qoperator.py turns
 QOperator-format int8 models into QDQ form, and fold_shapes.py folds the shape arithmetic exporters write where
-the input shapes are fixed. functions.py expands ops TVM has no converter for into their ONNX function bodies
+the input shapes are fixed. Where dims stay symbolic, symbolic_shapes.py rebuilds shape operands from the inputs'
+named dims, converters.py gives TVM's importer Kiln's Range and Resize, and shape_values.py turns the dims the
+importer computes at run time back into the model's own. functions.py expands ops TVM has no converter for into their ONNX function bodies
 (and every op that has one, as the second try when a converter or pass fails: `expanded`).
 """
 

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .node_builder import NodeBuilder
+from .opsets import DEFAULT_DOMAINS, default_opset
 
 MAX_ITERATIONS = 256  # more would write out too many nodes
 
@@ -177,7 +178,7 @@ def unroll_control_flow(model: onnx.ModelProto) -> int:
     constants.update({n.output[0]: numpy_helper.to_array(_attrs(n)["value"]) for n in graph.node
                       if n.op_type == "Constant" and "value" in _attrs(n)})
     counter = itertools.count()
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = default_opset(model)
 
     def fresh(base: str) -> str:
         return f"kiln_{base}{next(counter)}"
@@ -186,7 +187,7 @@ def unroll_control_flow(model: onnx.ModelProto) -> int:
     for node in graph.node:
         body = _attrs(node).get("body") if node.op_type in ("Loop", "Scan") else None
         nodes = None
-        if body is not None and not _has_subgraph(body) and node.domain in ("", "ai.onnx"):
+        if body is not None and not _has_subgraph(body) and node.domain in DEFAULT_DOMAINS:
             nodes = _scan(node, shapes, fresh, opset) if node.op_type == "Scan" else \
                 _loop(node, constants, fresh, opset)
         if nodes is None:

@@ -6,7 +6,8 @@ constant to import it at all ("Reshape requires the input new shape to be Shape"
 with onnx's reference implementation and puts the results in as initializers.
 
 In: a shape-inferred ModelProto. Out: the same model with every top-level node whose inputs are all known
-replaced by an initializer (Shape and Size of tensors whose shape is static count as known), where the node
+replaced by an initializer (Shape and Size of tensors whose shape is static count as known, and so do the static
+dims a Gather or Slice picks out of a partly known Shape: Swin's window paddings over a dynamic batch), where the node
 computes shapes or other integer / boolean values or float scalars, or fills a tensor from a shape
 (ConstantOfShape, Range, ...). Float arithmetic on weights is left to TVM's FoldConstant, and QuantizeLinear /
 DequantizeLinear pairs stay (Kiln reads a QDQ model's scales from them). Nodes with subgraphs, random ones and
@@ -20,6 +21,8 @@ import logging
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .opsets import DEFAULT_DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def _fold_round(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in graph.output}
     kept, folded = [], {}
     for node in graph.node:
-        if node.op_type in NEVER or node.domain not in ("", "ai.onnx") or set(node.output) & outputs \
+        if node.op_type in NEVER or node.domain not in DEFAULT_DOMAINS or set(node.output) & outputs \
                 or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             kept.append(node)
             continue

@@ -19,11 +19,12 @@ import onnx
 import onnx.inliner
 from onnx import defs, helper
 
+from .opsets import DEFAULT_DOMAINS, default_opset
+
 log = logging.getLogger(__name__)
 
 # TVM converters registered under an op name that means something else in the default domain.
 EXPAND_FIRST = {"Attention"}
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _PRIVATE_DOMAIN = "kiln.expanded"
 MAX_DEPTH = 4  # function bodies that use function ops (SoftmaxCrossEntropyLoss -> NegativeLogLikelihoodLoss)
 
@@ -37,7 +38,7 @@ def _schema(op_type: str, opset: int):
 
 def has_function_body(node: onnx.NodeProto, opset: int) -> bool:
     """Whether NODE (default domain) has an ONNX function body at OPSET or below."""
-    schema = _schema(node.op_type, opset) if node.domain in _DEFAULT_DOMAINS else None
+    schema = _schema(node.op_type, opset) if node.domain in DEFAULT_DOMAINS else None
     return schema is not None and any(v <= opset for v in [*schema.function_opset_versions,
                                                           *schema.context_dependent_function_opset_versions])
 
@@ -87,9 +88,9 @@ def expand_functions(model: onnx.ModelProto, supported: set[str], everything: bo
     """MODEL with every top-level default-domain node that has no converter in SUPPORTED (or is in EXPAND_FIRST;
     or, with EVERYTHING, any node) and has a function body replaced by that body, repeatedly (see the module
     docstring). A body the inliner cannot place leaves its node as it was."""
-    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+    opset = default_opset(model)
     for _ in range(MAX_DEPTH):
-        wanted = [i for i, n in enumerate(model.graph.node) if n.domain in _DEFAULT_DOMAINS
+        wanted = [i for i, n in enumerate(model.graph.node) if n.domain in DEFAULT_DOMAINS
                   and (everything or n.op_type not in supported or n.op_type in EXPAND_FIRST)]
         if not wanted:
             break
@@ -131,7 +132,7 @@ def _inline(model: onnx.ModelProto, calls: dict, functions: list, opset: int) ->
                                   for t in trial.graph.initializer if t.name not in typed)
     trial.functions.extend(functions)
     trial.opset_import.append(helper.make_opsetid(_PRIVATE_DOMAIN, 1))
-    convert = any(o.domain in _DEFAULT_DOMAINS and o.version != opset for f in functions for o in f.opset_import)
+    convert = any(o.domain in DEFAULT_DOMAINS and o.version != opset for f in functions for o in f.opset_import)
     try:
         trial = onnx.inliner.inline_local_functions(trial, convert_version=convert)
     except Exception as err:  # noqa: BLE001 - the inliner raises bare RuntimeErrors from C++

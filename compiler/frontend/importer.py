@@ -23,19 +23,19 @@ from runtime.errors import KilnError
 from .control_flow import unroll_control_flow
 from .converters import kiln_converters
 from .fold_shapes import fold_shape_computations
-from .symbolic_shapes import rebuild_symbolic_shapes
 from .functions import expand_functions, has_function_body
 from .narrow_types import rewrite_narrow_types
 from .op_rewrites import rewrite_model
+from .opsets import DEFAULT_DOMAINS, default_opset
 from .qoperator import to_qdq
 from .shape_inputs import bind_hint
 from .shape_values import resolve_shape_values
+from .symbolic_shapes import rebuild_symbolic_shapes
 
 log = logging.getLogger(__name__)
 
 # TVM's importer is written against these opsets; models outside are converted with onnx's version converter.
 MIN_OPSET, MAX_OPSET = 11, 23
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 # ONNX Runtime's contrib ops (what its transformer optimizer writes) that TVM's importer converts as ORT defines them
 CONTRIB_OPS = {("com.microsoft", op) for op in ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization",
                                                 "BiasGelu", "FastGelu", "Gelu")}
@@ -136,12 +136,8 @@ def _read(path: Path) -> onnx.ModelProto:
     return model
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
-
-
 def _normalise_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
-    opset = _opset(model)
+    opset = default_opset(model)
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model
     goal = min(max(opset, MIN_OPSET), MAX_OPSET)
@@ -245,7 +241,7 @@ def _in_function_body(message: str, model: onnx.ModelProto) -> bool:
     found = re.search(r"\(op_type:(\w+)\).*Inference error", message)
     if not found:
         return False
-    opset = _opset(model)
+    opset = default_opset(model)
     try:
         schema = onnx.defs.get_schema(found.group(1), opset, "")
     except onnx.defs.SchemaError:
@@ -272,7 +268,7 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
     model = _prepare(model, path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     inputs = [tensor_spec(v, narrow.get(v.name)) for v in model.graph.input]
-    return LoadedModel(model, path, digest, inputs, _opset(model), bound, narrow)
+    return LoadedModel(model, path, digest, inputs, default_opset(model), bound, narrow)
 
 
 def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False) -> onnx.ModelProto:
@@ -323,8 +319,8 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, tuple[int, str]]:
 
     def visit(graph: onnx.GraphProto) -> None:
         for index, node in enumerate(graph.node):
-            key = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
-            known = node.domain in _DEFAULT_DOMAINS or (node.domain, node.op_type) in CONTRIB_OPS
+            key = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+            known = node.domain in DEFAULT_DOMAINS or (node.domain, node.op_type) in CONTRIB_OPS
             if not known or node.op_type not in supported:
                 counts[key] += 1
                 found.setdefault(key, (0, node.name or f"#{index} ({node.op_type})"))

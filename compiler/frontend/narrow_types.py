@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .node_builder import NodeBuilder
+from .opsets import default_opset
 
 NARROW = {TensorProto.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn, TensorProto.FLOAT8E4M3FNUZ: ml_dtypes.float8_e4m3fnuz,
           TensorProto.FLOAT8E5M2: ml_dtypes.float8_e5m2, TensorProto.FLOAT8E5M2FNUZ: ml_dtypes.float8_e5m2fnuz,
@@ -80,7 +81,7 @@ class _Rewriter(NodeBuilder):
     def __init__(self, model: onnx.ModelProto):
         super().__init__(prefix="kiln_narrow")
         self.model = model
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.opset = default_opset(model)
 
     def last_axis_sum(self, x: str) -> str:
         if self.opset >= 13:

@@ -25,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import recurrent
+from .opsets import DEFAULT_DOMAINS, default_opset
 
 
 def _hyperbolic(node: onnx.NodeProto, fresh, _context) -> list[onnx.NodeProto]:
@@ -185,7 +186,7 @@ class _Context:
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        self.opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+        self.opset = default_opset(model)
 
     @functools.cached_property
     def types(self) -> dict:
@@ -230,7 +231,6 @@ class _Context:
 REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics,
             "LpNormalization": _lp_normalization, "CumProd": _cumulative_product,
             "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll}
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 CONTRIB_REWRITES = {("com.microsoft", "SkipLayerNormalization"): _skip_layer_norm}
 
 
@@ -262,7 +262,7 @@ def rewrite_ops(graph: onnx.GraphProto, context: _Context, counter: itertools.co
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 done += rewrite_ops(attr.g, context, counter)
-        rule = REWRITES.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else \
+        rule = REWRITES.get(node.op_type) if node.domain in DEFAULT_DOMAINS else \
             CONTRIB_REWRITES.get((node.domain, node.op_type))
         if rule is None:
             rewritten.append(node)

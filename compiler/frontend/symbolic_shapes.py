@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .fold_shapes import read_names
+from .opsets import DEFAULT_DOMAINS, default_opset
 
 SHAPE_OPERAND = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
 MIN_SLICED_SHAPE_OPSET = 15  # Shape's start / end attributes
@@ -76,7 +77,7 @@ def _as_constant(op_type: str, out: list, data: list | None, allowzero: bool) ->
 class _Rewriter:
     def __init__(self, model: onnx.ModelProto):
         graph = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.opset = default_opset(model)
         self.sources = _dim_sources(graph)
         self.dims = {v.name: _dims(v) for v in [*graph.input, *graph.value_info, *graph.output]}
         self.dims.update({t.name: list(t.dims) for t in graph.initializer})
@@ -162,9 +163,9 @@ def rebuild_symbolic_shapes(model: onnx.ModelProto) -> int:
     new_nodes: list[onnx.NodeProto] = []
     rewritten = 0
     for node in graph.node:
-        if node.op_type == "Tile" and node.domain in ("", "ai.onnx") and rewriter.tile_as_expand(node):
+        if node.op_type == "Tile" and node.domain in DEFAULT_DOMAINS and rewriter.tile_as_expand(node):
             node.op_type = "Expand"  # its repeats only copy size-1 axes: a broadcast (TVM's Tile wants constants)
-        if node.op_type in SHAPE_OPERAND and node.domain in ("", "ai.onnx"):
+        if node.op_type in SHAPE_OPERAND and node.domain in DEFAULT_DOMAINS:
             operand = rewriter.operand(node, new_nodes)
             if operand is not None:
                 node.input[SHAPE_OPERAND[node.op_type]] = operand
