@@ -28,7 +28,7 @@ from .narrow_types import rewrite_narrow_types
 from .op_rewrites import rewrite_model
 from .opsets import DEFAULT_DOMAINS, default_opset
 from .qoperator import to_qdq
-from .shape_inputs import bind_hint
+from .shape_inputs import bind_hint, defaulted_operands
 from .shape_values import resolve_shape_values
 from .symbolic_shapes import rebuild_symbolic_shapes
 
@@ -346,6 +346,10 @@ def import_relax(loaded: LoadedModel):
     from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415 - heavy import
 
     check_supported(loaded)
+    defaulted = defaulted_operands(loaded.proto)
+    if defaulted:  # TVM's converter would put a default in their place: a wrong answer, not an error
+        raise KilnError(f"{loaded.path.name}: {', '.join(defaulted)} must be known at compile time",
+                        bind_hint(loaded.proto) or "make them constants (initializers) in the model")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer warns about renames and the checker; both are handled
         try:

