@@ -42,11 +42,15 @@ demo-rpi4: setup cross-tools $(DEMO_MODEL)
 	$(BIN)/kiln bundle $(MODELS)/resnet18.rpi4.so -o $(MODELS)/rpi4
 	cd $(MODELS)/rpi4 && qemu-aarch64-static -L /usr/aarch64-linux-gnu ./kiln-run resnet18.rpi4.so --repeat 1
 
+# Two test processes (pytest-xdist), one per core: most tests compile on one thread. A file's tests stay in one
+# process (--dist loadfile: the corpus and conformance files fetch and cache what their tests share).
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test: setup cross-tools
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup cross-tools
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Every benchmark model against ONNX Runtime and OpenVINO: benchmarks/RESULTS.md and its plots (about 20 minutes).
 bench: setup
