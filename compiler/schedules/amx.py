@@ -19,6 +19,7 @@ from tvm.tirx import IndexMap
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from ..tvmscript import quick_parse
 from ..kernels.dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
 from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
@@ -34,7 +35,9 @@ def intrinsic_name(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: i
     """Register (once) and name the AMX intrinsic for one block shape."""
     name = f"kiln_amx_{dot.name}_{tile_rows}x{row_tiles}_{col_tiles}_{depth_groups}"
     if name not in _registered:
-        TensorIntrin.register(name, *_intrinsic(dot, tile_rows, row_tiles, col_tiles, depth_groups), override=True)
+        with quick_parse():
+            intrinsic = _intrinsic(dot, tile_rows, row_tiles, col_tiles, depth_groups)
+        TensorIntrin.register(name, *intrinsic, override=True)
         _registered.add(name)
     return name
 

@@ -48,6 +48,61 @@ def sub_exprs(expr) -> list:
     return [child for child in children if isinstance(child, tvm.ir.expr.Expr)]
 
 
+def _operands(expr) -> list:
+    """Every operand expression of EXPR: sub_exprs plus a Select's three and a load's indices."""
+    extra = [getattr(expr, name, None) for name in ("condition", "true_value", "false_value")]
+    extra += list(expr.indices) if isinstance(expr, tvm.ir.expr.TensorLoad) else []
+    return sub_exprs(expr) + [e for e in extra if isinstance(e, tvm.ir.expr.Expr)]
+
+
+def tree_size(expr, loads_of=None, memo: dict | None = None) -> int:
+    """The node count of EXPR written out as a tree (what code generation sees, shared operands counted each time
+    they occur), or with LOADS_OF (a buffer) the number of loads of it in EXPR; linear in the expression's DAG."""
+    memo = {} if memo is None else memo
+    key = expr.__chandle__()
+    if key not in memo:
+        own = 1 if loads_of is None else int(isinstance(expr, tvm.ir.expr.TensorLoad) and expr.source.same_as(loads_of))
+        memo[key] = own + sum(tree_size(child, loads_of, memo) for child in _operands(expr))
+    return memo[key]
+
+
+MAX_INLINED_NODES = 2000  # the largest expression a block may grow to by inlining a producer into it
+_IF_THEN_ELSE_OP = tvm.ir.Op.get("prim.if_then_else")
+
+
+def _has_choice(expr, memo: dict | None = None) -> bool:
+    """True when EXPR holds a Select or an if_then_else."""
+    memo = {} if memo is None else memo
+    key = expr.__chandle__()
+    if key not in memo:
+        own = isinstance(expr, tirx.Select) or (isinstance(expr, tvm.ir.expr.Call)
+                                                       and expr.op.same_as(_IF_THEN_ELSE_OP))
+        memo[key] = own or any(_has_choice(child, memo) for child in _operands(expr))
+    return memo[key]
+
+
+def inline_fits(sch: s_tir.Schedule, block) -> bool:
+    """True when BLOCK may be inlined into its consumers: each consumer's expression stays under MAX_INLINED_NODES,
+    and a producer that chooses (Select: a Where, NaN / inf checks) is inlined only where it is read once. Each
+    read of an inlined block copies its whole expression, and TVM's TIR simplifier grows exponentially with
+    nested copies of one choice: a cast to int4 (NaN / inf checks, then the wrap of a float-to-int cast, each
+    reading its input two or three times) took 17 s to lower over a 5x5 tensor, 0.1 s with the choices kept
+    in buffers of their own."""
+    producer = sch.get(block)
+    value = getattr(producer.body, "value", None)
+    if value is None or len(producer.writes) != 1:
+        return True  # not a plain store: compute_inline decides
+    size, written, chooses = tree_size(value), producer.writes[0].source, _has_choice(value)
+    for consumer in sch.get_consumers(block):
+        stored = getattr(sch.get(consumer).body, "value", None)
+        if stored is None:
+            continue
+        reads = tree_size(stored, written)
+        if tree_size(stored) + reads * size > MAX_INLINED_NODES or (chooses and reads > 1):
+            return False
+    return True
+
+
 def uses(expr, var: tirx.Var, group: int | None = None) -> bool:
     """True when EXPR uses VAR other than inside VAR // GROUP (which is the same for every lane of a vector
     whose width divides GROUP)."""
@@ -129,6 +184,9 @@ def _inline_forward(sch: s_tir.Schedule, blocks: list) -> list:
     """Inline each of BLOCKS into its consumers; return those that could not be."""
     leftover = []
     for block in blocks:
+        if not inline_fits(sch, block):
+            leftover.append(block)
+            continue
         try:
             sch.compute_inline(block)
         except s_tir.ScheduleError:

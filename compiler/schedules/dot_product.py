@@ -18,6 +18,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from tvm.script import tirx as T
 
 from ..kernels.dot_product import DOT_PRODUCTS, LANES, DotProduct
+from ..tvmscript import quick_parse
 from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 
@@ -64,9 +65,10 @@ def intrinsic_name(dot: DotProduct) -> str:
     return f"kiln_{dot.name}_{LANES}x{dot.group}_local"
 
 
-for _dot in DOT_PRODUCTS:
-    if _dot.llvm_intrinsic:
-        TensorIntrin.register(intrinsic_name(_dot), *_intrinsic(_dot), override=True)
+with quick_parse():
+    for _dot in DOT_PRODUCTS:
+        if _dot.llvm_intrinsic:
+            TensorIntrin.register(intrinsic_name(_dot), *_intrinsic(_dot), override=True)
 
 
 def dot_tile(rows: int | None, panels: int) -> tuple[int, int]:

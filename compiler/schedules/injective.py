@@ -9,7 +9,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, root_blocks, schedule_injective, sub_exprs, uses, vector_factor
+from .common import KilnRule, const_extent, inline_fits, root_blocks, schedule_injective, sub_exprs, uses, vector_factor
 
 _IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
 
@@ -21,6 +21,8 @@ class Injective(KilnRule):
         if not all(get_sblock_info(sch, b).is_injective() for b in blocks):
             return None
         for block in blocks[:-1]:
+            if not inline_fits(sch, block):
+                continue  # it keeps its own loop nest (and buffer), scheduled below
             try:
                 sch.compute_inline(block)
             except s_tir.ScheduleError:

@@ -26,6 +26,7 @@ from runtime.errors import KilnError
 from ..build.schedule import kernel_mflop
 from ..schedules import default_schedule, fixed_schedule, tuning_space
 from ..targets import TargetPreset
+from ..tvmscript import import_tensor_intrinsics
 from . import database as tuning
 from . import measure
 from .metaschedule import BatchCallback, BudgetScheduler
@@ -38,6 +39,13 @@ BATCH = 32  # candidates measured per round of the search
 WARM_START_RECORDS = 256  # records per kernel the cost model is trained on before a resumed search
 CONFIRM_ROUNDS = 3  # paired timings of best record vs default schedule per kernel after the search
 TIE_RATIO = 0.999  # a default as fast as the best record is recorded this much faster, so it ranks first
+
+
+def evolutionary_search(trials: int) -> ms.search_strategy.EvolutionarySearch:
+    """MetaSchedule's evolutionary search with a population for TRIALS: MetaSchedule's 512 for 64 trials or more,
+    fewer for a short search (each round samples, mutates and ranks the whole population: with 512, a tune of 8
+    trials spent 25 s of its 45 choosing 8 candidates)."""
+    return ms.search_strategy.EvolutionarySearch(population_size=max(64, min(512, 8 * trials)))
 
 
 def default_trials(preset: TargetPreset, kernels: int) -> int:
@@ -217,6 +225,7 @@ class Tuner:
         # MetaSchedule prints its task tables to stdout at its logger's level: keep them for -v / --debug only
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(max(logging.root.level, logging.DEBUG)
                                                              if logging.root.level <= logging.INFO else logging.WARNING)
+        import_tensor_intrinsics()
         with tempfile.TemporaryDirectory(prefix="kiln-tune-") as work_dir:
             space = ms.space_generator.SpaceGeneratorUnion([
                 ms.space_generator.ScheduleFn(tuning_space(self.preset.vector_lanes_fp32), sch_rules=[]),
@@ -224,10 +233,10 @@ class Tuner:
             # Built here rather than by extracted_tasks_to_tune_contexts, whose per-task log files break the
             # second time a process tunes (its logging config chokes on handlers it added the first time).
             contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space,
-                                       search_strategy="evolutionary", task_name=task.task_name,
+                                       search_strategy=evolutionary_search(state.remaining), task_name=task.task_name,
                                        logger=logging.getLogger(f"kiln.tune.{task.task_name}"),
                                        rand_state=rand, num_threads=self.threads).clone()
-                        for (_s, task), rand in zip(todo, ms.utils.fork_seed(seed, n=len(todo)))]
+                        for (state, task), rand in zip(todo, ms.utils.fork_seed(seed, n=len(todo)))]
             weights = [float(task.weight) for _s, task in todo]
             cost_model = ms.cost_model.XGBModel(num_tuning_cores=self.threads)
             self.warm_start(cost_model, contexts, [task for _s, task in todo])

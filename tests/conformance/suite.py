@@ -201,10 +201,11 @@ def run_case(case: Case, engine: str, folder: Path) -> tuple[str, str]:
 
 
 def worker() -> None:
-    """Read case names from stdin, one per line; print one JSON line of (name, outcome, detail) for each.
+    """Read case names from stdin, one per line; print one JSON line of (name, outcome, detail, seconds) for each.
     The parent restarts a worker that dies (a segfault is a crash of the case it was running)."""
     import sys  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
+    import time  # noqa: PLC0415
 
     from tests.conformance.run import worker_answers  # noqa: PLC0415
 
@@ -214,9 +215,11 @@ def worker() -> None:
     answer({"ready": True})
     for line in sys.stdin:
         name = line.strip()
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="kiln-conf-") as tmp:
             outcome, detail = run_case(cases[name], engine, Path(tmp))
-        answer({"name": name, "outcome": outcome, "detail": detail})
+        answer({"name": name, "outcome": outcome, "detail": detail,
+                "seconds": round(time.monotonic() - started, 2)})
 
 
 if __name__ == "__main__":

@@ -237,3 +237,84 @@ def test_a_channel_shuffle_reads_its_runs_as_vectors_and_other_gathers_keep_the_
     for index in (lambda c: c, lambda c: 59 - c, lambda c: c * 7 % 60):  # a copy, a reversal, a stride of 7
         group, script = scheduled(index)
         assert group is None and "T.unroll(3)" not in script
+
+
+def _injective_blocks(chain):
+    """The blocks Injective leaves in a kernel of CHAIN's te stages over a 5x5 input (after its inlining)."""
+    import tvm  # noqa: PLC0415
+    from tvm import s_tir, te  # noqa: PLC0415
+
+    from compiler.schedules.common import root_blocks  # noqa: PLC0415
+    from compiler.schedules.injective import Injective  # noqa: PLC0415
+
+    x = te.placeholder((5, 5), name="x")
+    func = te.create_prim_func([x, chain(x)])
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    assert Injective(16).schedule(sch, root_blocks(sch)) is not None
+    return len(root_blocks(sch))
+
+
+def test_a_choice_read_more_than_once_keeps_its_own_buffer_and_single_reads_fuse():
+    from tvm import te, tirx  # noqa: PLC0415
+
+    def checks(x, depth, reads):
+        """DEPTH choices (Select on one read of the stage before), with READS > 1 each read three times by a
+        stage between them."""
+        def choice(p):
+            return lambda a, b: tirx.Select(p[a, b] > 0, tirx.const(1.5, "float32"), tirx.const(-0.5, "float32"))
+
+        def triple(p):
+            return lambda a, b: p[a, b] + p[a, b] * p[a, b]
+
+        for i in range(depth):
+            x = te.compute((5, 5), choice(x), name=f"s{i}")
+            if reads > 1:
+                x = te.compute((5, 5), triple(x), name=f"r{i}")
+        return x
+
+    assert _injective_blocks(lambda x: checks(x, 6, 1)) == 1  # one read each: all in one loop nest
+    # each choice read three times would copy it 3^k times into one expression (17 s in TVM's passes for a
+    # cast to int4): each stays a buffer of its own instead
+    assert _injective_blocks(lambda x: checks(x, 6, 3)) > 1
+
+
+def test_chained_int4_casts_compile_and_match_onnxruntime(tmp_path):
+    """Casts to int4 and back (NaN / inf checks, then a float-to-int wrap) keep their choices in buffers of their
+    own and still match ONNX Runtime. The values are whole numbers in int4's range: past it ONNX Runtime rounds
+    and saturates where the ONNX reference (and Kiln, and ml_dtypes) truncate and keep the low bits."""
+    nodes = [helper.make_node("Cast", ["x"], ["q"], to=TensorProto.INT4),
+             helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("x", F32, [5, 5])],
+                              [helper.make_tensor_value_info("y", F32, [5, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    path = save(model, tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "k.so", tuning_log="none")
+    values = R.integers(-8, 8, (5, 5)).astype(np.float32)
+    assert_matches_onnxruntime(path, artifact.path, inputs={"x": values})
+
+
+
+def test_quick_parse_walks_the_same_frames_as_inspect_and_parses_the_same_function():
+    import inspect  # noqa: PLC0415
+
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    from compiler.tvmscript import _frames, quick_parse  # noqa: PLC0415
+
+    ours, theirs = _frames(), inspect.stack()
+    assert [(f.frame, f.lineno, f.function) for f in ours[1:]] == [(f.frame, f.lineno, f.function) for f in theirs[1:]]
+    # the TVMScript parser reads the decorator's line (code_context) of frames with a source file
+    assert all(o.code_context == t.code_context for o, t in zip(ours[1:], theirs[1:]) if t.code_context)
+
+    def parsed():
+        @T.prim_func(s_tir=True)
+        def double(a: T.Buffer((8,), "float32"), b: T.Buffer((8,), "float32")):
+            for i in range(8):
+                with T.sblock("b"):
+                    vi = T.axis.spatial(8, i)
+                    b[vi] = a[vi] * T.float32(2)
+        return double
+
+    with quick_parse():
+        quick = parsed()
+    assert inspect.stack is not _frames and quick.script() == parsed().script()
