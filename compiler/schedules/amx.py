@@ -19,8 +19,8 @@ from tvm.tirx import IndexMap
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from ..tvmscript import quick_parse
 from ..kernels.dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
+from ..tvmscript import quick_parse
 from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 from .dot_product import _dot_of

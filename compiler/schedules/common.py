@@ -55,30 +55,31 @@ def _operands(expr) -> list:
     return sub_exprs(expr) + [e for e in extra if isinstance(e, tvm.ir.expr.Expr)]
 
 
-def tree_size(expr, loads_of=None, memo: dict | None = None) -> int:
-    """The node count of EXPR written out as a tree (what code generation sees, shared operands counted each time
-    they occur), or with LOADS_OF (a buffer) the number of loads of it in EXPR; linear in the expression's DAG."""
-    memo = {} if memo is None else memo
+def _count(expr, counted, memo: dict) -> int:
+    """The nodes of EXPR, written out as a tree (shared operands counted each time they occur, as code
+    generation sees them), for which COUNTED(node) holds; linear in the expression's DAG (MEMO by node)."""
     key = expr.__chandle__()
     if key not in memo:
-        own = 1 if loads_of is None else int(isinstance(expr, tvm.ir.expr.TensorLoad) and expr.source.same_as(loads_of))
-        memo[key] = own + sum(tree_size(child, loads_of, memo) for child in _operands(expr))
+        memo[key] = int(counted(expr)) + sum(_count(child, counted, memo) for child in _operands(expr))
     return memo[key]
 
 
+def tree_size(expr) -> int:
+    """The node count of EXPR written out as a tree."""
+    return _count(expr, lambda _node: True, {})
+
+
+def _loads(expr, buffer) -> int:
+    """How many loads of BUFFER EXPR makes, written out as a tree."""
+    return _count(expr, lambda node: isinstance(node, tvm.ir.expr.TensorLoad) and node.source.same_as(buffer), {})
+
+
+IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
 MAX_INLINED_NODES = 2000  # the largest expression a block may grow to by inlining a producer into it
-_IF_THEN_ELSE_OP = tvm.ir.Op.get("prim.if_then_else")
 
 
-def _has_choice(expr, memo: dict | None = None) -> bool:
-    """True when EXPR holds a Select or an if_then_else."""
-    memo = {} if memo is None else memo
-    key = expr.__chandle__()
-    if key not in memo:
-        own = isinstance(expr, tirx.Select) or (isinstance(expr, tvm.ir.expr.Call)
-                                                       and expr.op.same_as(_IF_THEN_ELSE_OP))
-        memo[key] = own or any(_has_choice(child, memo) for child in _operands(expr))
-    return memo[key]
+def _is_choice(node) -> bool:
+    return isinstance(node, tirx.Select) or (isinstance(node, tvm.ir.expr.Call) and node.op.same_as(IF_THEN_ELSE))
 
 
 def inline_fits(sch: s_tir.Schedule, block) -> bool:
@@ -92,12 +93,12 @@ def inline_fits(sch: s_tir.Schedule, block) -> bool:
     value = getattr(producer.body, "value", None)
     if value is None or len(producer.writes) != 1:
         return True  # not a plain store: compute_inline decides
-    size, written, chooses = tree_size(value), producer.writes[0].source, _has_choice(value)
+    size, written, chooses = tree_size(value), producer.writes[0].source, _count(value, _is_choice, {}) > 0
     for consumer in sch.get_consumers(block):
         stored = getattr(sch.get(consumer).body, "value", None)
         if stored is None:
             continue
-        reads = tree_size(stored, written)
+        reads = _loads(stored, written)
         if tree_size(stored) + reads * size > MAX_INLINED_NODES or (chooses and reads > 1):
             return False
     return True
@@ -180,8 +181,8 @@ def spatial_domain(sch: s_tir.Schedule, block) -> list[str]:
     return [str(iv.dom.extent) for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar]
 
 
-def _inline_forward(sch: s_tir.Schedule, blocks: list) -> list:
-    """Inline each of BLOCKS into its consumers; return those that could not be."""
+def inline_forward(sch: s_tir.Schedule, blocks: list) -> list:
+    """Inline each of BLOCKS into its consumers where inline_fits; return those that were not."""
     leftover = []
     for block in blocks:
         if not inline_fits(sch, block):
@@ -207,10 +208,10 @@ def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None
         # into each other (a classifier's slice and bias: 2 parallel loops -> 1). One that writes the same
         # domain into a wider buffer (a piece of a concatenation, compiler/passes/concat_in_place.py) fuses
         # like any other.
-        for block in _inline_forward(sch, epilogue[:-1]) + epilogue[-1:]:
+        for block in inline_forward(sch, epilogue[:-1]) + epilogue[-1:]:
             schedule_injective(sch, block, lanes)
         return
-    leftover = _inline_forward(sch, epilogue[:-1])
+    leftover = inline_forward(sch, epilogue[:-1])
     if epilogue and not leftover:
         try:
             sch.reverse_compute_inline(epilogue[-1])

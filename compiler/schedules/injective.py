@@ -9,10 +9,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, inline_fits, root_blocks, schedule_injective, sub_exprs, uses, vector_factor
-
-_IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
-
+from .common import (IF_THEN_ELSE, KilnRule, const_extent, inline_forward, root_blocks, schedule_injective,
+                     sub_exprs, uses, vector_factor)
 
 class Injective(KilnRule):
     """Inline every block into the last; fuse its loops, vectorize the inner run, parallelize the outer."""
@@ -20,13 +18,7 @@ class Injective(KilnRule):
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         if not all(get_sblock_info(sch, b).is_injective() for b in blocks):
             return None
-        for block in blocks[:-1]:
-            if not inline_fits(sch, block):
-                continue  # it keeps its own loop nest (and buffer), scheduled below
-            try:
-                sch.compute_inline(block)
-            except s_tir.ScheduleError:
-                pass  # a block that cannot be inlined keeps its own loop nest, scheduled below
+        inline_forward(sch, blocks[:-1])  # a block left out keeps its own loop nest, scheduled below
         for block in root_blocks(sch):
             if not _schedule_piecewise(sch, block, self.lanes) and not _schedule_shuffle(sch, block, self.lanes):
                 schedule_injective(sch, block, self.lanes)
@@ -48,7 +40,7 @@ def _innermost_pieces(block: tirx.SBlock) -> bool:
         return False
     last = block.iter_vars[-1].var
     value = getattr(block.body, "value", None)
-    return value is not None and any(uses(call.args[0], last) for call in _calls(value, _IF_THEN_ELSE))
+    return value is not None and any(uses(call.args[0], last) for call in _calls(value, IF_THEN_ELSE))
 
 
 def _schedule_piecewise(sch: s_tir.Schedule, block, lanes: int) -> bool:

@@ -293,7 +293,6 @@ def test_chained_int4_casts_compile_and_match_onnxruntime(tmp_path):
     assert_matches_onnxruntime(path, artifact.path, inputs={"x": values})
 
 
-
 def test_quick_parse_walks_the_same_frames_as_inspect_and_parses_the_same_function():
     import inspect  # noqa: PLC0415
 
@@ -302,7 +301,10 @@ def test_quick_parse_walks_the_same_frames_as_inspect_and_parses_the_same_functi
     from compiler.tvmscript import _frames, quick_parse  # noqa: PLC0415
 
     ours, theirs = _frames(), inspect.stack()
-    assert [(f.frame, f.lineno, f.function) for f in ours[1:]] == [(f.frame, f.lineno, f.function) for f in theirs[1:]]
+    def walked(frames):
+        return [(f.frame, f.lineno, f.function) for f in frames[1:]]
+
+    assert walked(ours) == walked(theirs)
     # the TVMScript parser reads the decorator's line (code_context) of frames with a source file
     assert all(o.code_context == t.code_context for o, t in zip(ours[1:], theirs[1:]) if t.code_context)
 
