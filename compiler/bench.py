@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import platform
-import tempfile
 from pathlib import Path
 
 import runtime
 from runtime.bench import Comparison, Engine, compare_engines, computes_in, random_inputs
 from runtime.errors import KilnError
+from runtime.scratch import scratch_dir
 
 from .describe import is_artifact
 from .references import check_engines, open_reference
@@ -54,7 +54,7 @@ def bench(path: str, onnx_model: str | None = None, against: str = "onnxruntime"
     """Benchmark PATH (artifact or ONNX model) beside the engines named in AGAINST (comma-separated) and return
     the stable JSON report."""
     engines = parse_against(against)
-    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+    with scratch_dir("kiln-bench-") as tmp:
         artifact = Path(path)
         if not is_artifact(artifact):
             from .driver import compile as compile_model  # noqa: PLC0415

@@ -8,7 +8,6 @@ build/manifest.py -> build/lower.py (export) -> runtime.artifact (library and ma
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from tvm.ir.instrument import PassTimingInstrument
 
 from runtime.artifact import Manifest, write_artifact
 from runtime.errors import KilnError
+from runtime.scratch import scratch_dir
 
 from . import frontend, pipeline
 from .build import cuda
@@ -141,7 +141,7 @@ def compile_with(options: CompileOptions, progress: Progress | None = None) -> A
     manifest = make_manifest(options.model, loaded, preset, built,
                              pipeline.manifest_passes(preset, options.layout, shipped.passes), shipped.quantization,
                              db_dir)
-    with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
+    with scratch_dir("kiln-build-") as tmp:
         library = export(built.executable, preset, Path(tmp) / "lib.so")
         if preset.device == "cuda":
             manifest.extra["device_code"] = cuda.check_device_code(library, preset.tvm_target["arch"])

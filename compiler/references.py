@@ -7,7 +7,6 @@ KilnError naming the package. Every reference runs {input name: array} -> {outpu
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from runtime.bench import Engine
 from runtime.errors import KilnError
+from runtime.scratch import scratch_dir
 
 
 def onnxruntime_session(model_path: str, threads: int):
@@ -61,7 +61,7 @@ def _onnxruntime_int8(model_path: str, threads: int, shapes: dict, outputs: list
     root, level = logging.getLogger(), logging.getLogger().level
     root.setLevel(logging.ERROR)  # the tool warns on the root logger for each 1-D weight it skips
     try:
-        with tempfile.TemporaryDirectory(prefix="kiln-ort-int8-") as tmp:
+        with scratch_dir("kiln-ort-int8-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(model_path, str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(quantized), Samples(), quant_format=QuantFormat.QDQ,

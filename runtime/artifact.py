@@ -89,23 +89,33 @@ def write_artifact(library: Path, manifest: Manifest, out: Path) -> Path:
 
 def _locate(path: Path) -> tuple[int, Manifest]:
     """(length of the library part, manifest) of the artifact at PATH, reading only its tail."""
+    with _open(path) as f:
+        return _read_tail(f, path)
+
+
+def _open(path: Path):
+    """PATH opened for reading; a KilnError naming what is there instead of an artifact otherwise."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if size < _TRAILER.size:
-                raise KilnError(f"{path} is not a Kiln artifact (too short)", "build one with `kiln compile`")
-            f.seek(size - _TRAILER.size)
-            length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
-            if magic != MAGIC or length > size - _TRAILER.size:
-                raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
-            library_size = size - _TRAILER.size - length
-            f.seek(library_size)
-            text = f.read(length)
+        return open(path, "rb")
     except FileNotFoundError:
         raise KilnError(f"artifact not found: {path}", "check the path, or build one with `kiln compile`") from None
     except IsADirectoryError:
         raise KilnError(f"{path} is a directory, not an artifact",
                         "pass the .so file written by `kiln compile`") from None
+
+
+def _read_tail(f, path: Path) -> tuple[int, Manifest]:
+    """(length of the library part, manifest) of the artifact open as F."""
+    size = f.seek(0, 2)
+    if size < _TRAILER.size:
+        raise KilnError(f"{path} is not a Kiln artifact (too short)", "build one with `kiln compile`")
+    f.seek(size - _TRAILER.size)
+    length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    if magic != MAGIC or length > size - _TRAILER.size:
+        raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
+    library_size = size - _TRAILER.size - length
+    f.seek(library_size)
+    text = f.read(length)
     try:
         return library_size, Manifest.from_json(text.decode())
     except (ValueError, TypeError, KeyError) as err:
@@ -114,24 +124,25 @@ def _locate(path: Path) -> tuple[int, Manifest]:
 
 def split_artifact(path: Path) -> tuple[bytes, Manifest]:
     """(library bytes, manifest) of the artifact at PATH."""
-    library_size, manifest = _locate(Path(path))
-    with open(path, "rb") as f:
+    with _open(Path(path)) as f:
+        library_size, manifest = _read_tail(f, Path(path))
+        f.seek(0)
         return f.read(library_size), manifest
 
 
-def _library_facts(path: Path, library_size: int) -> tuple[str, bytes]:
-    """(sha256, first 64 bytes) of the library part, hashed in chunks: no copy of the library in memory."""
+def _library_facts(f, library_size: int, copy_to=None) -> tuple[str, bytes]:
+    """(sha256, first 64 bytes) of the library part of the artifact open as F, hashed in chunks (no copy of the
+    library in memory); each chunk is also written to COPY_TO when given, so the copy is exactly what was hashed."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        head = f.read(min(64, library_size))
-        digest.update(head)
-        left = library_size - len(head)
-        while left > 0:
-            chunk = f.read(min(1 << 20, left))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
+    f.seek(0)
+    head = f.read(min(64, library_size))
+    chunk, left = head, library_size
+    while chunk:
+        digest.update(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
+        left -= len(chunk)
+        chunk = f.read(min(1 << 20, left)) if left > 0 else b""
     return digest.hexdigest(), head
 
 
@@ -153,14 +164,19 @@ def host_cpu_features() -> set[str]:
     return set()
 
 
-def verify(path: str | Path) -> Manifest:
-    """Check that the artifact at PATH is intact and runs on this machine; return its manifest."""
+def verify(path: str | Path, copy_to=None) -> Manifest:
+    """Check that the artifact at PATH is intact and runs on this machine; return its manifest.
+
+    With COPY_TO (a binary file open for writing) the library part is written there as it is hashed: manifest,
+    hash and copy all come from one open file, so a rewrite of PATH meanwhile fails the check instead of
+    slipping a different library past it."""
     path = Path(path)
-    library_size, manifest = _locate(path)
-    if not isinstance(manifest.format_version, int) or manifest.format_version > FORMAT_VERSION:
-        raise KilnError(f"{path} has artifact format {manifest.format_version}; this Kiln runtime reads format "
-                        f"{FORMAT_VERSION} and older", "upgrade Kiln, or rebuild the artifact with this version")
-    digest, library = _library_facts(path, library_size)
+    with _open(path) as f:
+        library_size, manifest = _read_tail(f, path)
+        if not isinstance(manifest.format_version, int) or manifest.format_version > FORMAT_VERSION:
+            raise KilnError(f"{path} has artifact format {manifest.format_version}; this Kiln runtime reads format "
+                            f"{FORMAT_VERSION} and older", "upgrade Kiln, or rebuild the artifact with this version")
+        digest, library = _library_facts(f, library_size, copy_to)
     if digest != manifest.library_sha256:
         raise KilnError(
             f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",

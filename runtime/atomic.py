@@ -6,6 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .scratch import stamped, sweep
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -15,10 +17,12 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside PATH; on success it replaces PATH in one rename, on failure it is removed."""
+    """Yield a temporary path beside PATH; on success it replaces PATH in one rename, on failure it is removed
+    (and when the process is killed instead, the next write of PATH removes it)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    sweep(final.parent, f".{final.name}.", ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=stamped(f".{final.name}."), suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)

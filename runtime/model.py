@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import Manifest, TensorSpec, verify
 from .errors import KilnError
+from .scratch import scratch_dir
 from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime, wrap_array
 
 _pool_threads = threading.local()  # the TVM pool size this thread configured (TVM's pool is per calling thread)
@@ -46,6 +48,10 @@ class Model:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on FEEDS (every input by name) and return every output by name."""
+        if not isinstance(feeds, Mapping):
+            raise KilnError(f"run() takes a dict of input name -> array, got a {type(feeds).__name__}",
+                            f"pass {{{', '.join(repr(s.name) + ': array' for s in self.inputs)}}}, or call the "
+                            "model with the arrays in order: model(*arrays)")
         return self._execute(ordered_feeds(self.inputs, feeds, self.manifest.bound_inputs))
 
     def __call__(self, *arrays: np.ndarray):
@@ -181,22 +187,21 @@ def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
     return checked
 
 
-_loaded_here: dict[str, str] = {}  # resolved path -> sha256 of the library this process dlopen()ed from it
+@contextmanager
+def _private_copy(path: Path) -> Iterator[tuple[Path, Manifest]]:
+    """(copy, manifest): the library of the artifact at PATH, verified as it is copied into a folder made for this
+    load alone (mode 0700, a scratch_dir), and removed with the folder when the block ends.
 
-
-def _loadable_path(path: Path, sha256: str) -> Path:
-    """PATH, or a copy named by SHA256 when this process already loaded another library from PATH: the dynamic
-    loader hands back the library it has for a path it has seen, so a model rebuilt in place would silently run
-    the old code."""
-    key = str(path.resolve())
-    if _loaded_here.setdefault(key, sha256) == sha256:
-        return path
-    copy = Path(tempfile.gettempdir()) / f"kiln-{sha256[:16]}-{path.name}"
-    if not copy.exists():
-        with tempfile.NamedTemporaryFile(dir=copy.parent, delete=False) as tmp:
-            tmp.write(path.read_bytes())
-        os.replace(tmp.name, copy)
-    return copy
+    The loader maps the copy, never PATH: a `cp` or truncation of a served file cannot pull pages from under
+    running code (SIGBUS / SIGSEGV), and no file anyone else can write or predict is ever loaded. Removing the copy
+    once it is loaded is safe: the mapping keeps the file's inode, so its number cannot be handed to another file
+    that the loader (which also knows libraries by device and inode) would then mistake for this one."""
+    with scratch_dir("kiln-load-") as folder:
+        copy = folder / path.name
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            manifest = verify(path, copy_to=out)
+        yield copy, manifest
 
 
 def load(path: str | Path, threads: int | None = None) -> Model:
@@ -205,18 +210,19 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     THREADS sizes the process-wide worker pool (default: one thread per usable CPU).
     """
     path = Path(path)
-    manifest = verify(path)
     tvm = tvm_runtime()
-    if "amx_tile" in manifest.cpu_features:
-        enable_amx()
-    device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
-    _size_pool(threads)
-    try:
-        lib = tvm.runtime.load_module(str(_loadable_path(path, manifest.library_sha256)))
-        vm = lib["vm_load_executable"]()
-    except Exception as err:  # TVM raises its own error types; name them in one line
-        raise KilnError(f"{path}: the library could not be loaded ({type(err).__name__}: {err})".splitlines()[0],
-                        "rebuild it with `kiln compile` for this machine") from None
+    with _private_copy(path) as (copy, manifest):
+        if "amx_tile" in manifest.cpu_features:
+            enable_amx()
+        device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
+        _size_pool(threads)
+        try:
+            lib = tvm.runtime.load_module(str(copy))
+            vm = lib["vm_load_executable"]()
+        except Exception as err:  # TVM raises its own error types; name them in one line
+            reason = f"{type(err).__name__}: {err}".replace(str(copy), str(path)).splitlines()[0]
+            raise KilnError(f"{path}: the library could not be loaded ({reason})",
+                            "rebuild it with `kiln compile` for this machine") from None
     arity = int(vm["get_function_arity"]("main"))
     if arity != len(manifest.inputs):  # the manifest was edited, or belongs to another library
         raise KilnError(f"{path}: the manifest lists {len(manifest.inputs)} input(s) but the library's main takes "

@@ -23,6 +23,7 @@ from pathlib import Path
 from runtime.artifact import read_manifest
 from runtime.atomic import atomic_path
 from runtime.errors import KilnError
+from runtime.scratch import scratch_dir
 
 from ..targets import TargetPreset, get_target
 
@@ -56,7 +57,7 @@ def _fetch(arch: str, folder: Path) -> None:
     libraries into FOLDER (atomically: a folder is complete or absent)."""
     tvm_version, ffi_version = _versions()
     python = f"{sys.version_info.major}{sys.version_info.minor}"
-    with tempfile.TemporaryDirectory(prefix="kiln-wheels-") as tmp:
+    with scratch_dir("kiln-wheels-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                    "--platform", f"manylinux_2_28_{arch}", "--python-version", python, "-d", tmp,
                    f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}"]

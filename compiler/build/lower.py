@@ -7,13 +7,13 @@ linked with the preset's (cross) compiler, or a VirtualMachine loaded from it.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import tvm
 from tvm import relax
 from tvm.support import cc
 
+from runtime.scratch import scratch_dir
 from runtime.tvm_runtime import enable_amx
 
 from ..pipeline import lowering_passes, uses_amx
@@ -54,6 +54,6 @@ def load_vm(executable: relax.VMExecutable, preset: TargetPreset) -> relax.Virtu
     records memory scopes into it, which every later load of the artifact then logs as a warning.)"""
     if uses_amx(preset):
         enable_amx()
-    with tempfile.TemporaryDirectory(prefix="kiln-vm-") as tmp:
+    with scratch_dir("kiln-vm-") as tmp:
         library = tvm.runtime.load_module(str(export(executable, preset, Path(tmp) / "lib.so")))
     return relax.VirtualMachine(library, tvm.cpu())

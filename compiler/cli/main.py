@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import signal
 import sys
 
 import click
@@ -23,6 +24,8 @@ class KilnGroup(click.Group):
     """Prints a KilnError (or any failure) as one line and exits non-zero; --debug shows the traceback."""
 
     def invoke(self, ctx):
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind like Ctrl-C, so scratch folders and temp files go
+            signal.signal(sig, _exit_on_signal)
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -45,6 +48,12 @@ class KilnGroup(click.Group):
         gc.collect()
         click.echo(line, err=True)
         sys.exit(code)
+
+
+def _exit_on_signal(signum, _frame) -> None:
+    """SIGTERM / SIGHUP: leave through the `with` blocks (they remove what the command made so far), with the
+    exit status a shell reports for a process that signal killed."""
+    sys.exit(128 + signum)
 
 
 def _release(err: BaseException) -> None:

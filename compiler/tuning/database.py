@@ -20,6 +20,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from runtime.atomic import atomic_write
 from runtime.errors import KilnError
+from runtime.scratch import scratch_dir
 
 from ..targets import TUNING_LOGS, TargetPreset
 
@@ -189,7 +190,7 @@ def database_for_compile(folder: Path, preset: TargetPreset,
     records = [[wanted[r[0]], r[1]] for r in _json_lines(folder / RECORDS) if r[0] in wanted]
     if not records:
         return None, 0, None
-    with tempfile.TemporaryDirectory(prefix="kiln-records-") as tmp:
+    with scratch_dir("kiln-records-") as tmp:
         subset = Path(tmp)
         (subset / WORKLOADS).write_text("".join(json.dumps(workloads[i]) + "\n" for i in sorted(wanted)))
         (subset / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -22,6 +22,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import runtime
 from runtime.errors import KilnError
+from runtime.scratch import scratch_dir, sweep
 
 from ..build.schedule import kernel_mflop
 from ..schedules import default_schedule, fixed_schedule, tuning_space
@@ -226,7 +227,8 @@ class Tuner:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(max(logging.root.level, logging.DEBUG)
                                                              if logging.root.level <= logging.INFO else logging.WARNING)
         import_tensor_intrinsics()
-        with tempfile.TemporaryDirectory(prefix="kiln-tune-") as work_dir:
+        sweep(tempfile.gettempdir(), measure.KERNEL_DIRS)  # what a killed tune's builders left
+        with scratch_dir("kiln-tune-") as work_dir:
             space = ms.space_generator.SpaceGeneratorUnion([
                 ms.space_generator.ScheduleFn(tuning_space(self.preset.vector_lanes_fp32), sch_rules=[]),
                 ms.space_generator.PostOrderApply()])

@@ -12,14 +12,16 @@ import json
 import logging
 import time
 
+import tornado.httputil
 import tornado.web
 
 from .. import __version__
 from ..errors import KilnError
 from ..model import check_inputs, ordered_feeds
-from .metrics import ServerMetrics
+from .body import Body
+from .metrics import UNKNOWN, ServerMetrics
 from .options import ServeOptions
-from .protocol import HEADER_LENGTH, ProtocolError, infer_response, parse_infer, tensor_metadata
+from .protocol import HEADER_LENGTH, ProtocolError, infer_response, parse_infer, shown, tensor_metadata
 from .repository import READY, Repository
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,12 @@ class Handler(tornado.web.RequestHandler):
         self.state.in_flight += 1
         self.state.idle.clear()
         self._counted = True
+        if len(self.request.uri) > MAX_URL_BYTES:
+            raise ProtocolError(414, f"the URL is {len(self.request.uri)} bytes long; the limit is {MAX_URL_BYTES}")
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in self.request.headers.get_all())
+        if header_bytes > MAX_HEADER_BYTES:
+            raise ProtocolError(431, f"the request headers are {header_bytes} bytes; the limit is "
+                                     f"{MAX_HEADER_BYTES}")
         token = self.state.options.token
         if token and not self.public:
             given = self.request.headers.get("Authorization", "")
@@ -66,6 +74,7 @@ class Handler(tornado.web.RequestHandler):
                 self.state.idle.set()
 
     def on_connection_close(self):
+        super().on_connection_close()  # fails the body future a streaming handler waits on: else it waits forever
         self.on_finish()
 
     def write_json(self, body, status: int = 200) -> None:
@@ -79,8 +88,12 @@ class Handler(tornado.web.RequestHandler):
         error = kwargs.get("exc_info", (None, None))[1]
         if isinstance(error, ProtocolError):
             status_code, message = error.status, error.message
+        elif isinstance(error, tornado.web.HTTPError) and error.status_code == 405:
+            status_code, message = 405, (f"{self.request.method} is not allowed on {shown(self.request.path)} "
+                                         f"(use {' or '.join(self._allowed_methods())})")
         elif isinstance(error, tornado.web.HTTPError):
-            status_code, message = error.status_code, error.log_message or self._reason
+            status_code = error.status_code
+            message = error.log_message or tornado.httputil.responses.get(status_code, "error")
         else:
             if error is not None:
                 log.exception("internal error on %s", self.request.path, exc_info=kwargs["exc_info"])
@@ -90,6 +103,10 @@ class Handler(tornado.web.RequestHandler):
             self.set_header("WWW-Authenticate", "Bearer")
         self.write_json({"error": message}, status_code)
 
+    def _allowed_methods(self) -> list[str]:
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
+
     def log_exception(self, typ, value, tb):
         if not isinstance(value, (ProtocolError, tornado.web.HTTPError)):
             super().log_exception(typ, value, tb)
@@ -98,7 +115,7 @@ class Handler(tornado.web.RequestHandler):
 class NotFound(Handler):
     def prepare(self):
         super().prepare()
-        raise ProtocolError(404, f"no endpoint {self.request.path}")
+        raise ProtocolError(404, f"no endpoint {shown(self.request.path)}")
 
 
 class Live(Handler):
@@ -149,26 +166,32 @@ class Infer(Handler):
     """POST infer: the body is streamed so an oversized one is refused (413) before it is read whole."""
 
     def prepare(self):
+        self.body = None
         super().prepare()
         self.started = time.perf_counter()
         self.limit = int(self.state.options.max_body_mb * 1e6)
-        self.chunks, self.size = [], 0
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and not (length.strip().isdigit() and length.strip().isascii()):
+            raise ProtocolError(400, f"Content-Length {shown(length)!r} is not a whole number of bytes")
+        if length is not None and int(length) > self.limit:
             raise ProtocolError(413, f"the request body ({int(length)} bytes) exceeds the limit of {self.limit} "
                                      "bytes (--max-body-mb)")
+        self.body = Body(self.limit, self.request.headers.get("Content-Encoding"))
         # tornado's own cap (it answers a bare 400) sits above ours, so a chunked body over the limit gets a 413
         self.request.connection.set_max_body_size(self.limit + (1 << 20))
 
     def data_received(self, chunk: bytes):
-        if self._finished:
+        if self._finished or self.body is None:
             return
-        self.size += len(chunk)
-        if self.size > self.limit:  # a body without Content-Length (chunked) ran over: answer now, read no more
-            error = ProtocolError(413, f"the request body exceeds the limit of {self.limit} bytes (--max-body-mb)")
-            self.send_error(413, exc_info=(ProtocolError, error, None))
-            return
-        self.chunks.append(chunk)
+        try:
+            self.body.feed(chunk)
+        except ProtocolError as error:  # over the limit (or damaged gzip): answer now, keep nothing, read no more
+            self.body = None
+            self.send_error(error.status, exc_info=(ProtocolError, error, None))
+
+    def on_finish(self):
+        self.body = None  # a refused or abandoned body is not kept until the handler is collected
+        super().on_finish()
 
     async def post(self, name, version):
         if self._finished:  # answered already (413 while streaming)
@@ -177,11 +200,16 @@ class Infer(Handler):
         try:
             entry = state.repository.get(name, version)
         except ProtocolError as err:
-            state.metrics.requests.labels(name, version or "", str(err.status)).inc()
+            if err.status == 404:  # clients choose the names: every unknown one is counted under one label
+                model_label, version_label = name if state.repository.has(name) else UNKNOWN, UNKNOWN
+            else:
+                model_label, version_label = name, version or ""
+            state.metrics.requests.labels(model_label, version_label, str(err.status)).inc()
             raise
         labels = (name, entry.version)
         try:
-            request = parse_infer(b"".join(self.chunks), self.request.headers.get(HEADER_LENGTH))
+            body, self.body = self.body.bytes(), None
+            request = parse_infer(body, self.request.headers.get(HEADER_LENGTH))
             feeds = self._checked(entry, request)
             results, timing = await asyncio.wait_for(entry.scheduler.infer(feeds),
                                                      state.options.request_timeout_s)
@@ -249,6 +277,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
                                             1000.0 * handler.request.request_time())
 
 
+MAX_URL_BYTES = 8192  # as nginx and Triton's front end allow by default
+MAX_HEADER_BYTES = 65536  # all header lines together; tornado reads up to HEADER_READ_BYTES before refusing
+HEADER_READ_BYTES = 1 << 20  # past this tornado closes the connection without an answer
 _MODEL = r"/v2/models/([^/]+)(?:/versions/([^/]+))?"
 
 

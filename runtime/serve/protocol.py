@@ -32,6 +32,11 @@ class ProtocolError(Exception):
         self.message = message
 
 
+def shown(text: str, limit: int = 100) -> str:
+    """TEXT, which a client chose, cut to LIMIT characters for an error message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def tensor_metadata(spec: TensorSpec) -> dict:
     """A model input/output as the metadata endpoint shows it: symbolic dims are -1."""
     return {"name": spec.name, "datatype": DTYPES.get(spec.dtype, spec.dtype.upper()),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import model as runtime_model
 from ..errors import KilnError
-from .protocol import ProtocolError
+from .protocol import ProtocolError, shown
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class Repository:
             self.versions[key].stamp = (-1, -1.0)  # force a reload
         await self.refresh(only=name)
         if not any(k[0] == name for k in self.versions):
-            raise ProtocolError(404, f"no model named '{name}' in the repository")
+            raise ProtocolError(404, f"no model named '{shown(name)}' in the repository")
         if not any(v.state == READY for (n, _v), v in self.versions.items() if n == name):
             raise ProtocolError(400, f"model '{name}' failed to load: "
                                 + "; ".join(v.reason for (n, _), v in self.versions.items() if n == name))
@@ -137,7 +137,7 @@ class Repository:
         """Stop serving NAME until it is loaded again (the repository extension's unload)."""
         keys = [k for k in self.versions if k[0] == name]
         if not keys:
-            raise ProtocolError(404, f"no model named '{name}'")
+            raise ProtocolError(404, f"no model named '{shown(name)}'")
         for key in keys:
             self._drop(key)
         self.unloaded.add(name)
@@ -155,15 +155,20 @@ class Repository:
         found = [v for (n, _), v in self.versions.items() if n == name and v.state == READY]
         return sorted(found, key=lambda v: _version_key(v.version), reverse=True)
 
+    def has(self, name: str) -> bool:
+        """Whether any version of NAME is known (ready or not)."""
+        return any(n == name for n, _ in self.versions)
+
     def get(self, name: str, version: str | None = None) -> Version:
         """The version to serve (newest READY when VERSION is None); ProtocolError 404 / 503 otherwise."""
-        if not any(n == name for n, _ in self.versions):
-            raise ProtocolError(404, f"unknown model '{name}' (served: {', '.join(self.names()) or 'none'})")
+        if not self.has(name):
+            raise ProtocolError(404, f"unknown model '{shown(name)}' (served: {', '.join(self.names()) or 'none'})")
         if version is not None:
             entry = self.versions.get((name, version))
             if entry is None:
                 known = sorted((v for n, v in self.versions if n == name), key=_version_key)
-                raise ProtocolError(404, f"model '{name}' has no version '{version}' (versions: {', '.join(known)})")
+                raise ProtocolError(404, f"model '{name}' has no version '{shown(version)}' "
+                                         f"(versions: {', '.join(known)})")
             if entry.state != READY:
                 raise ProtocolError(503, f"model '{name}' version {version} is not ready: {entry.reason}")
             return entry

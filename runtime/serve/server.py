@@ -4,6 +4,7 @@ handlers.py; this module starts, polls and stops the server)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import tornado.web
 
 from ..errors import KilnError
 from ..tvm_runtime import usable_cpus
-from .handlers import State, make_app
+from .handlers import HEADER_READ_BYTES, State, make_app
 from .metrics import ServerMetrics
 from .options import ServeOptions
 from .repository import READY, Repository
@@ -48,8 +49,9 @@ class Server:
         changes = await self.repository.refresh()
         self.state.update_gauge()
         app = make_app(self.state)
-        self.http = tornado.httpserver.HTTPServer(app, decompress_request=True,
-                                                  max_body_size=int(self.options.max_body_mb * 1e6) + 1)
+        # gzip bodies are inflated by the infer handler (body.py), which answers 413 / 400 in JSON
+        self.http = _HTTPServer(app, decompress_request=False, max_header_size=HEADER_READ_BYTES,
+                                max_body_size=int(self.options.max_body_mb * 1e6) + 1)
         sockets = tornado.netutil.bind_sockets(self.options.port, self.options.host)
         self.port = sockets[0].getsockname()[1]
         self.http.add_sockets(sockets)
@@ -84,6 +86,28 @@ class Server:
             if version.scheduler is not None:
                 version.scheduler.close()
         self.executor.shutdown(wait=False)
+
+
+_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # what tornado's HTTP/1 parser sends for a request it cannot parse
+_MALFORMED = json.dumps({"error": "malformed HTTP request (a Content-Length that is not a number, a broken "
+                                  "chunked body, or an unreadable header line): fix the client's HTTP"}).encode()
+
+
+class _HTTPServer(tornado.httpserver.HTTPServer):
+    """tornado's server, except that a request its HTTP parser refuses gets a JSON 400 like every other client
+    mistake, instead of a bare status line."""
+
+    def handle_stream(self, stream, address):
+        write = stream.write
+
+        def write_json_refusal(data, *args, **kwargs):
+            if data == _BARE_400:
+                data = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(_MALFORMED), _MALFORMED))
+            return write(data, *args, **kwargs)
+
+        stream.write = write_json_refusal
+        super().handle_stream(stream, address)
 
 
 def serve(sources: list[str | Path], options: ServeOptions, announce=print) -> None:

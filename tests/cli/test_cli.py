@@ -203,3 +203,27 @@ def test_every_command_help_shows_its_defaults_and_the_reference_is_current():
     assert committed == reference(), "docs/cli.md is out of date: run `make docs`"
     assert all(f"## kiln {name}" in committed for name in ("compile", "tune", "run", "inspect", "bench", "serve",
                                                               "bundle", "targets"))
+
+
+def test_a_terminated_compile_leaves_no_scratch_behind(tmp_path):
+    """SIGTERM unwinds like Ctrl-C: the scratch folders and the temporary output beside the artifact go."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from benchmarks.zoo import resnet  # noqa: PLC0415
+
+    scratch, out = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    model = save(resnet((1,), width=16, size=32, classes=4, batch=1), tmp_path, "cnn")
+    process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "compile", str(model), "-o", str(out / "m.so")],
+                               cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)}, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith("kiln-") for p in scratch.iterdir()):  # it is building: kill it now
+        assert process.poll() is None and time.monotonic() < deadline, "the compile ended before it was killed"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(120) == 128 + signal.SIGTERM, process.stderr.read()
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("kiln-")] == []
+    assert list(out.iterdir()) in ([], [out / "m.so"])  # no .m.so.*.tmp either way

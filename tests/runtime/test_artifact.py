@@ -1,6 +1,7 @@
 """Artifacts and their manifests: the fields, and every artifact runtime.load refuses (tampered, truncated,
 another architecture, missing CPU features, a newer format, a manifest that does not match), and a rebuilt one."""
 
+import os
 import struct
 from pathlib import Path
 
@@ -97,3 +98,37 @@ def test_a_model_rebuilt_in_place_loads_its_new_code(tmp_path):
         compiler.compile(path, output=out, tuning_log="none")
         result = runtime.load(out).run({"x": np.ones(4, np.float32)})
         np.testing.assert_allclose(next(iter(result.values())), np.full(4, scale))
+
+
+def test_a_planted_copy_is_never_loaded_and_no_copy_stays(tmp_path, monkeypatch):
+    """The library is loaded from a copy made for that load alone in a private folder: a file planted where an
+    earlier runtime put its copies (a name predictable from the manifest) is ignored, and nothing is left."""
+    import tempfile
+
+    from tests.models import single_op_model
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "same.so"
+    seen = []
+    load_module = runtime.model.tvm_runtime().runtime.load_module
+
+    def watching(path, *args):
+        seen.append((path, os.stat(os.path.dirname(path)).st_mode & 0o777, os.stat(path).st_mode & 0o777))
+        return load_module(path, *args)
+
+    monkeypatch.setattr(runtime.model.tvm_runtime().runtime, "load_module", watching)
+    for scale in (2.0, 5.0):
+        weights = {"s": np.array([scale], np.float32)}
+        compiler.compile(save(single_op_model("Mul", {"x": [4]}, [4], weights), tmp_path, f"mul{scale}"),
+                         output=out, tuning_log="none")
+        planted = scratch / f"kiln-{runtime.read_manifest(out).library_sha256[:16]}-{out.name}"
+        planted.write_bytes(b"\x7fELF planted")
+        seen.clear()
+        result = runtime.load(out).run({"x": np.ones(4, np.float32)})
+        np.testing.assert_allclose(next(iter(result.values())), np.full(4, scale))
+        [(loaded, folder_mode, file_mode)] = seen
+        assert Path(loaded).parent.parent == scratch and (folder_mode, file_mode) == (0o700, 0o600)
+        assert sorted(p.name for p in scratch.iterdir()) == [planted.name]  # the copy went with its folder
+        planted.unlink()

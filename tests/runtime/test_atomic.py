@@ -1,8 +1,15 @@
-"""Writes are atomic: an interrupted write leaves the old file (or none) and no temporary file behind."""
+"""Writes are atomic: an interrupted write leaves the old file (or none) and no temporary file behind; what a
+killed process left is removed by the next one."""
+
+import os
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 from runtime.atomic import atomic_path, atomic_write
+from runtime.scratch import scratch_dir
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):
@@ -29,3 +36,31 @@ def test_atomic_write_creates_folders_and_replaces(tmp_path):
     atomic_write(target, "one")
     atomic_write(target, "two")
     assert target.read_text() == "two"
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_what_a_killed_process_left_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    """SIGKILL runs no cleanup: the next write of the same file, or the next scratch folder of the same kind,
+    removes what a dead process left, and nothing of a process still running."""
+    dead, alive = _dead_pid(), os.getppid()
+    target = tmp_path / "model.so"
+    stale = [tmp_path / f".model.so.{dead}-x1.tmp", tmp_path / f".model.so.{dead}-x2.tmp"]
+    kept = [tmp_path / f".model.so.{alive}-x3.tmp", tmp_path / ".model.so.x4.tmp", tmp_path / f".other.so.{dead}-x.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"half")
+    atomic_write(target, b"new")
+    assert sorted(tmp_path.iterdir()) == sorted(kept + [target])
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / f"kiln-build-{dead}-abc").mkdir()
+    (tmp_path / f"kiln-build-{dead}-abc" / "lib.so").write_bytes(b"x")
+    (tmp_path / f"kiln-build-{alive}-def").mkdir()
+    with scratch_dir("kiln-build-") as folder:
+        assert folder.name.startswith(f"kiln-build-{os.getpid()}-") and folder.stat().st_mode & 0o777 == 0o700
+        assert not (tmp_path / f"kiln-build-{dead}-abc").exists() and (tmp_path / f"kiln-build-{alive}-def").exists()
+    assert not folder.exists()

@@ -134,3 +134,10 @@ def test_multiple_outputs(tmp_path):
     assert list(out) == ["a", "b"]
     a, b = model(np.ones((2, 5), np.float32))
     assert a.shape == b.shape == (2, 5)
+
+
+def test_run_with_a_list_says_how_to_call_it(artifact):
+    model = runtime.load(artifact)
+    with pytest.raises(KilnError, match=r"run\(\) takes a dict of input name -> array, got a list \(pass \{'x': "
+                                        r"array\}, or call the model with the arrays in order: model\(\*arrays\)\)"):
+        model.run([np.zeros((1, 3, 8, 8), np.float32)])

@@ -7,6 +7,8 @@ import asyncio
 import concurrent.futures
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from compiler.references import onnxruntime_session
 from runtime.serve import ServeOptions, Server
+from tests.models import ROOT
 
 
 @contextmanager
@@ -100,3 +103,36 @@ def concurrent_infer(server, arrays, model="cnn"):
 
     with concurrent.futures.ThreadPoolExecutor(len(arrays)) as pool:
         return list(pool.map(one, arrays))
+
+
+class Address:
+    """Where a server listens, for the helpers above (they read `.port`)."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+
+@contextmanager
+def serving_process(sources, *flags: str):
+    """`kiln serve SOURCES FLAGS --port 0` in a process of its own; yields (process, Address). The process is
+    killed at the end if it still runs; callers check `process.poll()` to see whether it died."""
+    process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", *map(str, sources), "--port", "0",
+                                *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = process.stderr.readline()
+            assert line, "the server exited early"
+        yield process, Address(int(line.split("http://127.0.0.1:")[1].split()[0]))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process PID in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")

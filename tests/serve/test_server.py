@@ -15,7 +15,7 @@ import numpy as np
 import compiler
 from benchmarks.zoo import resnet
 from tests.models import ROOT, save
-from tests.serve.helpers import first_output, infer, request, running
+from tests.serve.helpers import first_output, infer, request, running, serving_process
 
 
 def test_metrics_count_requests_by_model_version_and_status(built):
@@ -35,22 +35,9 @@ def test_graceful_shutdown_finishes_requests_in_flight(built, tmp_path):
     # about 15 ms a run here: 16 requests keep the server busy for a quarter of a second
     heavy = compiler.compile(save(resnet((2, 2), width=64, size=224, classes=4, batch=1), tmp_path, "heavy"),
                              target="auto", output=tmp_path / "heavy.so")
-    process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", str(heavy.path), "--port", "0"],
-                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        while "serving" not in line:
-            line = process.stderr.readline()
-            assert line, "the server exited early"
-        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+    with serving_process([heavy.path]) as (process, probe):
         maps = Path(f"/proc/{process.pid}/maps").read_text()
         assert "libtvm_runtime.so" in maps and "libtvm_compiler.so" not in maps  # serving needs TVM's runtime only
-
-        class Probe:
-            pass
-
-        probe = Probe()
-        probe.port = port
         x = np.zeros((1, 3, 224, 224), np.float32)
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(infer, probe, x, "heavy") for _ in range(16)]
@@ -62,9 +49,6 @@ def test_graceful_shutdown_finishes_requests_in_flight(built, tmp_path):
         said = process.stderr.read()
         in_flight = int(said.split("shutting down: ")[1].split()[0])
         assert in_flight > 0, said
-    finally:
-        if process.poll() is None:
-            process.kill()
 
 
 def test_serve_cli_errors_are_one_line():
