@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve tune-zoo docs corpus clean
+.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve soak-serve tune-zoo docs corpus clean
 
 all: setup
 
@@ -79,6 +79,11 @@ fuzz: setup
 # benchmarks/RESULTS.md (about 3 minutes).
 bench-serve: setup
 	$(BIN)/python -m benchmarks.serve_load
+
+# kiln serve against a hostile client (aborted uploads, gzip bombs, 404 floods) and its served file rewritten under
+# load: the Serving soak section of benchmarks/RESULTS.md (about 3 minutes).
+soak-serve: setup
+	$(BIN)/python -m benchmarks.serve_soak
 
 # Regenerates the committed tuning records (tuning_logs/): resumes where the last run stopped.
 tune-zoo: setup

@@ -65,7 +65,6 @@ class Model:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _execute(self, arrays: list) -> dict[str, np.ndarray]:
-        tvm = tvm_runtime()
         _size_pool(self.threads)
         checked = [as_codes(a) if s.dtype in NARROW_DTYPES else a
                    for s, a in zip(self.inputs, check_inputs(self.inputs, arrays))]

@@ -129,10 +129,3 @@ def serving_process(sources, *flags: str):
             process.kill()
             process.wait(30)
 
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of process PID in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")

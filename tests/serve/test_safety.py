@@ -9,19 +9,16 @@ import json
 import os
 import shutil
 import socket
-import threading
-import time
-import zlib
 
 import numpy as np
 import pytest
 
 import compiler
+from benchmarks import serve_soak
 from benchmarks.zoo import resnet
 from runtime.bench import outputs_match
 from tests.models import save
-from tests.serve.helpers import (expected, first_output, infer, repository, request, rss_mb, running,
-                                 serving_process)
+from tests.serve.helpers import expected, first_output, infer, repository, request, running, serving_process
 
 
 def _raw(port: int, data: bytes, read: bool = True) -> tuple[int, dict]:
@@ -50,15 +47,9 @@ def _post(path: str, body: bytes, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def _infer_body(x: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.ravel().tolist()}]}).encode()
-
-
 def test_http_the_parser_refuses_and_every_refusal_is_json(built):
     _, artifact = built
-    x = np.zeros((1, 3, 16, 16), np.float32)
-    good = _infer_body(x)
+    good = serve_soak.infer_body()
     bomb = gzip.compress(b" " * 30_000_000)  # 30 KB that inflate to 30 MB
     with running([artifact], max_body_mb=1) as server:
         port, infer_path = server.port, "/v2/models/cnn/infer"
@@ -99,102 +90,36 @@ def test_unknown_models_share_one_metrics_label(built):
         assert 'kiln_requests_total{model="cnn",status="404",version="(unknown)"} 50.0' in text
 
 
-def _abort_upload(port: int, size: int) -> None:
-    """Send the headers and all but the last byte of a SIZE-byte body, then hang up."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(_post("/v2/models/cnn/infer", b"", f"Content-Length: {size}"))
-        piece = b" " * (1 << 20)
-        for _ in range(size // len(piece)):
-            sock.sendall(piece)
-        time.sleep(0.05)
-
-
-def _chunked_over_limit(port: int, size: int) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(_post("/v2/models/cnn/infer", b"", "Transfer-Encoding: chunked"))
-        piece = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))
-        try:
-            for _ in range(size >> 20):
-                sock.sendall(piece)
-        except OSError:  # the server answered 413 and closed: the rest is refused
-            pass
-        return int(sock.recv(1 << 16).split()[1])
-
-
 def test_soak_aborted_uploads_gzip_bombs_and_404_floods_hold_no_memory(built):
-    """A bounded soak against a real server process: RSS stays flat, /metrics stays small."""
+    """A bounded soak (benchmarks/serve_soak.py, 4 rounds) against a real server process: RSS stays flat,
+    /metrics stays small, every refusal is the right 4xx."""
     _, artifact = built
-    inflating = zlib.compressobj(9, zlib.DEFLATED, 31)
-    bomb = inflating.compress(b"\0" * (1 << 30)) + inflating.flush()  # 1 MB that inflate to 1 GB
-    with serving_process([artifact], "--max-body-mb", "40") as (process, address):
-        x = np.zeros((1, 3, 16, 16), np.float32)
-
-        def one_round():
-            _abort_upload(address.port, 30_000_000)
-            assert _chunked_over_limit(address.port, 48 << 20) == 413
-            status, _, raw = request(address, "/v2/models/cnn/infer", bomb, {"Content-Encoding": "gzip"})
-            assert status == 413 and "once inflated" in json.loads(raw)["error"], raw
-            for i in range(100):
-                assert request(address, f"/v2/models/{'n' * 4000}{i}/infer", b"{}")[0] == 404
-
-        one_round()  # the first round may grow the heap to what a request at the limit needs
-        time.sleep(0.3)
-        before = rss_mb(process.pid)
-        for _ in range(5):
-            one_round()
-        time.sleep(0.3)
-        after = rss_mb(process.pid)
-        assert first_output(infer(address, x)).shape == (1, 4)
-        metrics = request(address, "/metrics")[2]
+    with serving_process([artifact], "--max-body-mb", str(serve_soak.LIMIT_MB)) as (process, address):
+        result = serve_soak.soak(address.port, process.pid, rounds=4, progress=lambda _line: None)
+        assert first_output(infer(address, np.zeros((1, 3, 16, 16), np.float32))).shape == (1, 4)
         assert process.poll() is None
-    # 5 rounds of 30 MB aborted + 40 MB refused + 40 MB inflated: a leak of any of them is > 150 MB
-    assert after - before < 40, (before, after)
-    assert len(metrics) < 20_000, len(metrics)
+    assert result["statuses"] == {"aborted": ['"hung up"'], "chunked_over_limit": ["413"], "gzip_bomb": ["413"],
+                                  "gzip_bomb_json": ["true"], "unknown_models": ["[404]"]}
+    # each round: 30 MB aborted + 40 MB refused + 40 MB inflated: a leak of any of them is > 90 MB in 3 rounds
+    assert result["growth_after_first_round_mb"] < 30, result["rss_mb"]
+    assert result["metrics_bytes"] < 20_000 and result["live"]
 
 
 def test_rewriting_a_served_artifact_never_stops_the_server(built, tmp_path):
+    """cp of another artifact over the served file, truncation, random bytes, cp of the original back, while
+    requests run (benchmarks/serve_soak.py, 2 cycles): the server lives, answers 200 or 503, serves again."""
     onnx_path, artifact = built
-    other_onnx = save(resnet((1,), width=12, size=16, classes=4, batch="N"), tmp_path, "other")
-    other = compiler.compile(other_onnx, target="auto", output=tmp_path / "other.so").path
+    other = compiler.compile(save(resnet((1,), width=12, size=16, classes=4, batch="N"), tmp_path, "other"),
+                             target="auto", output=tmp_path / "other.so").path
     repo = repository(tmp_path / "repo", artifact, [1])
-    served = repo / "cnn" / "1" / "model.so"
-    x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    answers, stop = [], threading.Event()
     with serving_process([repo], "--poll-s", "0.1") as (process, address):
-        def hammer():
-            while not stop.is_set():
-                status, _, raw = request(address, "/v2/models/cnn/infer", _infer_body(x))
-                answers.append(status)
-
-        threads = [threading.Thread(target=hammer) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        rng = np.random.default_rng(6)
-        rewrites = [lambda: shutil.copyfile(other, served),  # cp writes in place: same inode, new bytes
-                    lambda: os.truncate(served, served.stat().st_size // 2),
-                    lambda: served.write_bytes(rng.bytes(served.stat().st_size)),
-                    lambda: shutil.copyfile(artifact, served)]
-        try:
-            for rewrite in rewrites:
-                time.sleep(0.5)
-                rewrite()
-                assert process.poll() is None, f"the server died ({process.returncode})"
-            deadline = time.monotonic() + 30
-            while True:  # the last rewrite restored the first artifact: it serves again
-                status, _, raw = request(address, "/v2/models/cnn/infer", _infer_body(x))
-                if status == 200 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(60)
+        result = serve_soak.rewrite_under_load(address.port, process.pid, repo / "cnn" / "1" / "model.so", artifact,
+                                               other, cycles=2, progress=lambda _line: None)
         assert process.poll() is None, f"the server died ({process.returncode})"
-        reply = json.loads(raw)
-        got = np.array(reply["outputs"][0]["data"], np.float32).reshape(reply["outputs"][0]["shape"])
-        assert outputs_match({"y": got}, {"y": expected(onnx_path, x)})[0]
-    assert answers and set(answers) <= {200, 503}, sorted(set(answers))
-    assert answers.count(200) > 10
+        x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
+        assert outputs_match({"y": first_output(infer(address, x))}, {"y": expected(onnx_path, x)})[0]
+    assert result["alive"] and result["recovered_cycles"] == 2
+    assert set(result["answers"]) <= {200, 503} and result["answers"][200] > 10, result["answers"]
 
 
 @pytest.mark.parametrize("rewrite", ["copy", "truncate"])
