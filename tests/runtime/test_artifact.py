@@ -132,3 +132,15 @@ def test_a_planted_copy_is_never_loaded_and_no_copy_stays(tmp_path, monkeypatch)
         assert Path(loaded).parent.parent == scratch and (folder_mode, file_mode) == (0o700, 0o600)
         assert sorted(p.name for p in scratch.iterdir()) == [planted.name]  # the copy went with its folder
         planted.unlink()
+
+
+def test_a_library_the_loader_refuses_is_named_by_the_artifact_path(artifact, tmp_path):
+    """A library whose hash matches but that the dynamic loader cannot map: the error names the artifact, not the
+    private copy it was loaded from."""
+    def zero_all_but_the_elf_header(library):
+        library[64:] = bytes(len(library) - 64)  # the program headers read as PT_NULL: no loadable segment
+
+    broken = _rewrite(artifact, tmp_path, edit_library=zero_all_but_the_elf_header)
+    with pytest.raises(KilnError, match="the library could not be loaded") as caught:
+        runtime.load(broken)
+    assert str(broken) in str(caught.value) and "kiln-load-" not in str(caught.value)
