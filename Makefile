@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS := models
 DEMO_MODEL := $(MODELS)/resnet18.onnx
 
-.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz test test-fast bench bench-quick bench-serve soak-serve tune-zoo docs corpus clean
+.PHONY: all setup cross-tools demo demo-rpi4 conformance fuzz fuzz-serve test test-fast bench bench-quick bench-serve soak-serve tune-zoo docs corpus clean
 
 all: setup
 
@@ -74,6 +74,10 @@ corpus: setup
 # number (about 2 minutes; CI runs 300).
 fuzz: setup
 	$(BIN)/python -m tests.fuzz.run --cases 5000
+
+# kiln serve against 20,000 random and mutated KServe v2 requests (tests/fuzz/requests.py; about 2 minutes).
+fuzz-serve: setup
+	$(BIN)/python -m tests.fuzz.requests --cases 20000
 
 # kiln serve under load (ResNet-18; 5,000 requests at concurrency 32, then 4x overload): the Serving section of
 # benchmarks/RESULTS.md (about 3 minutes).

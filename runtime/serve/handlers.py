@@ -13,6 +13,7 @@ import logging
 import time
 
 import tornado.httputil
+import tornado.iostream
 import tornado.web
 
 from .. import __version__
@@ -86,6 +87,11 @@ class Handler(tornado.web.RequestHandler):
         if self._headers_written:
             return
         error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, tornado.iostream.StreamClosedError):  # the client hung up before the answer
+            self.clear()
+            self.set_status(499, "Client Closed Request")  # nginx's code; not a server fault, nothing to send
+            self.finish()
+            return
         if isinstance(error, ProtocolError):
             status_code, message = error.status, error.message
         elif isinstance(error, tornado.web.HTTPError) and error.status_code == 405:
@@ -108,7 +114,7 @@ class Handler(tornado.web.RequestHandler):
                 if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
 
     def log_exception(self, typ, value, tb):
-        if not isinstance(value, (ProtocolError, tornado.web.HTTPError)):
+        if not isinstance(value, (ProtocolError, tornado.web.HTTPError, tornado.iostream.StreamClosedError)):
             super().log_exception(typ, value, tb)
 
 

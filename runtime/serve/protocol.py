@@ -9,6 +9,8 @@ in order, of the inputs / outputs whose parameters give a `binary_data_size`.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,7 +56,28 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
 
 
+MAX_JSON_DEPTH = 32  # nesting a request needs: object > inputs list > input object > data lists of any rank
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENS = np.zeros(256, np.int8)
+_OPENS[list(b"[{")], _OPENS[list(b"]}")] = 1, -1
+
+
+def check_depth(text: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """ProtocolError 400 when the JSON TEXT nests deeper than LIMIT; checked before parsing, in C-speed passes
+    and bounded memory (the parser itself would recurse once per level)."""
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    depth, step = 0, 1 << 20
+    for start in range(0, len(brackets), step):
+        running = np.cumsum(_OPENS[np.frombuffer(brackets, np.uint8, min(step, len(brackets) - start), start)],
+                            dtype=np.int32) + depth
+        if running.max(initial=0) > limit:
+            raise ProtocolError(400, f"the JSON nests deeper than {limit} levels")
+        depth = int(running[-1])
+
+
 def _loads(text: bytes) -> dict:
+    check_depth(text)
     try:
         body = json.loads(text)
     except (ValueError, UnicodeDecodeError) as err:
@@ -64,32 +87,50 @@ def _loads(text: bytes) -> dict:
     return body
 
 
-def _array(item: dict, binary: bytes | None) -> np.ndarray:
+def _array(item: dict, binary: bytes | None, body_size: int) -> np.ndarray:
+    """Input ITEM of a request as an array (from BINARY when the binary extension carries it). Everything is
+    checked before anything is allocated: the element count is computed exactly (Python integers) and must fit
+    what a body of BODY_SIZE bytes can carry."""
     name = item.get("name")
     datatype, shape = item.get("datatype"), item.get("shape")
-    if not isinstance(name, str) or datatype is None or not isinstance(shape, list):
-        raise ProtocolError(400, "each input needs 'name', 'datatype' and 'shape'")
+    if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
+        raise ProtocolError(400, "each input needs 'name' (a string), 'datatype' (a string) and 'shape' (a list)")
     if datatype not in DATATYPES:
-        raise ProtocolError(400, f"input '{name}': datatype {datatype} is not supported "
+        raise ProtocolError(400, f"input '{shown(name)}': datatype {shown(datatype)} is not supported "
                                  f"(use one of {', '.join(DATATYPES)})")
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ProtocolError(400, f"input '{name}': shape must be a list of non-negative integers")
+    if not all(type(d) is int and 0 <= d < 1 << 63 for d in shape):  # type(): True is an int to isinstance
+        raise ProtocolError(400, f"input '{shown(name)}': shape must be a list of non-negative integers, got "
+                                 f"{shown(json.dumps(shape))}")
     dtype = np.dtype(DATATYPES[datatype])
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
+    if binary is not None and count * dtype.itemsize > body_size:  # (JSON data is counted as it converts)
+        raise ProtocolError(400, f"input '{shown(name)}': shape {shown(json.dumps(shape))} holds {count} "
+                                 f"elements, more than a body of {body_size} bytes can carry")
     if binary is not None:
         if len(binary) != count * dtype.itemsize:
-            raise ProtocolError(400, f"input '{name}': {len(binary)} bytes of binary data for shape {shape} "
-                                     f"{datatype} ({count * dtype.itemsize} expected)")
+            raise ProtocolError(400, f"input '{shown(name)}': {len(binary)} bytes of binary data for shape "
+                                     f"{shape} {datatype} ({count * dtype.itemsize} expected)")
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
     if "data" not in item:
-        raise ProtocolError(400, f"input '{name}' has no 'data' (and no binary_data_size)")
+        raise ProtocolError(400, f"input '{shown(name)}' has no 'data' (and no binary_data_size)")
     try:
         array = np.asarray(item["data"], dtype=dtype)
     except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(400, f"input '{name}': data does not convert to {datatype}") from None
+        raise ProtocolError(400, f"input '{shown(name)}': data does not convert to {datatype}") from None
     if array.size != count:
-        raise ProtocolError(400, f"input '{name}': {array.size} values for shape {shape} ({count} expected)")
+        raise ProtocolError(400, f"input '{shown(name)}': {array.size} values for shape {shape} ({count} "
+                                 "expected)")
     return array.reshape(shape)
+
+
+def _parameters(owner: dict, what: str) -> dict:
+    """OWNER's 'parameters' (an object, or absent); ProtocolError 400 naming WHAT otherwise."""
+    parameters = owner.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(400, f"{what}: 'parameters' must be a JSON object")
+    return parameters
 
 
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
@@ -111,21 +152,21 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     for item in items:
         if not isinstance(item, dict):
             raise ProtocolError(400, "each input must be a JSON object")
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(item, f"input '{shown(str(item.get('name')))}'").get("binary_data_size")
         binary = None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
-                raise ProtocolError(400, f"input '{item.get('name')}': binary data is truncated "
+            if type(size) is not int or size < 0 or offset + size > len(tail):
+                raise ProtocolError(400, f"input '{shown(str(item.get('name')))}': binary data is truncated "
                                          f"(binary_data_size {size}, {len(tail) - offset} bytes left)")
             binary = bytes(tail[offset:offset + size])
             offset += size
-        array = _array(item, binary)
+        array = _array(item, binary, len(body))
         if item["name"] in inputs:
-            raise ProtocolError(400, f"input '{item['name']}' is given twice")
+            raise ProtocolError(400, f"input '{shown(item['name'])}' is given twice")
         inputs[item["name"]] = array
     if offset != len(tail):
         raise ProtocolError(400, f"{len(tail) - offset} bytes of binary data follow the inputs unused")
-    parameters = header.get("parameters") or {}
+    parameters = _parameters(header, "the request")
     wanted = header.get("outputs")
     outputs, binary_outputs = None, set()
     if wanted is not None:
@@ -133,10 +174,13 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
                                                    for o in wanted):
             raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
         outputs = [o["name"] for o in wanted]
-        binary_outputs = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data")}
+        binary_outputs = {o["name"] for o in wanted if _parameters(o, f"output '{shown(o['name'])}'")
+                          .get("binary_data")}
     request_id = header.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, inputs, outputs, binary_outputs,
-                        parameters if isinstance(parameters, dict) else {})
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(400, "'id' must be a string")
+    return InferRequest(request_id, inputs, outputs, binary_outputs,
+                        parameters)
 
 
 def infer_response(model: str, version: str, request: InferRequest, results: dict[str, np.ndarray]

@@ -56,28 +56,73 @@ def test_plain_json_request_and_gzip_body(built):
         assert status == 200, raw
 
 
-@pytest.mark.parametrize("body, headers, status, message", [
-    (b"{not json", {}, 400, "not valid JSON"),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}, {}, 400,
-     "has shape 1x3x8x8, expected Nx3x16x16"),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "INT32", "data": [0] * 768}]}, {}, 400,
-     "has dtype int32, expected float32"),
-    ({"inputs": [{"name": "other", "shape": [1], "datatype": "FP32", "data": [0.0]}]}, {}, 400,
-     "missing ['input'], unknown ['other']"),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 5}]}, {}, 400,
-     "5 values for shape"),
-    ({"inputs": []}, {}, 400, "no 'inputs'"),
-    ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "BYTES", "data": ["a"]}]}, {}, 400,
-     "datatype BYTES is not supported"),
-], ids=["malformed-json", "wrong-shape", "wrong-dtype", "missing-input", "too-few-values", "no-inputs", "bytes"])
-def test_bad_requests_get_their_status_and_the_server_keeps_serving(built, body, headers, status, message):
-    _, artifact = built
-    with running([artifact]) as server:
-        got, _, raw = request(server, "/v2/models/cnn/infer", body, headers)
-        assert got == status, raw
-        assert message in json.loads(raw)["error"]
-        assert str(artifact.parent) not in raw.decode()  # no file paths in errors
-        assert first_output(infer(server, np.zeros((1, 3, 16, 16), np.float32))).shape == (1, 4)
+def _input(**fields) -> dict:
+    return {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768,
+                        **fields}]}
+
+
+def _binary(shape, size: int, data: bytes = b"", **item) -> tuple[bytes, dict]:
+    header = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                                     "parameters": {"binary_data_size": size}, **item}]}).encode()
+    return header + data, {"Inference-Header-Content-Length": str(len(header))}
+
+
+_DEEP = 5000
+BAD_REQUESTS = {  # class: (body, headers, status, what the error names)
+    "malformed-json": (b"{not json", {}, 400, "not valid JSON"),
+    "wrong-shape": (_input(shape=[1, 3, 8, 8], data=[0.0] * 192), {}, 400, "has shape 1x3x8x8, expected Nx3x16x16"),
+    "wrong-dtype": (_input(datatype="INT32", data=[0] * 768), {}, 400, "has dtype int32, expected float32"),
+    "missing-input": (_input(name="other", shape=[1], data=[0.0]), {}, 400, "missing ['input'], unknown ['other']"),
+    "too-few-values": (_input(data=[0.0] * 5), {}, 400, "5 values for shape"),
+    "no-inputs": ({"inputs": []}, {}, 400, "no 'inputs'"),
+    "bytes": (_input(datatype="BYTES", data=["a"]), {}, 400, "datatype BYTES is not supported"),
+    "nested-lists": (b"[" * _DEEP + b"]" * _DEEP, {}, 400, "nests deeper than 32 levels"),
+    "nested-inputs": (b'{"inputs": ' + b"[" * _DEEP + b"]" * _DEEP + b"}", {}, 400, "nests deeper than 32"),
+    "nested-objects": (b'{"a": ' * _DEEP + b"1" + b"}" * _DEEP, {}, 400, "nests deeper than 32 levels"),
+    "nested-data": (_input(data=json.loads("[" * 40 + "]" * 40)), {}, 400, "nests deeper than 32 levels"),
+    "count-overflows-int64": (_input(shape=[2 ** 62, 4]), {}, 400, "(18446744073709551616 expected)"),
+    "count-overflows-to-zero": (_input(shape=[2 ** 32, 2 ** 32, 3, 1]), {}, 400, "(55340232221128654848 expected)"),
+    "dim-2**64": (_input(shape=[2 ** 64]), {}, 400, "shape must be a list of non-negative integers"),
+    "dim-10**30": (_input(shape=[10 ** 30, 1]), {}, 400, "shape must be a list of non-negative integers"),
+    "dim-negative": (_input(shape=[-1, 3, 16, 16]), {}, 400, "shape must be a list of non-negative integers"),
+    "dim-bool": (_input(shape=[True, 3, 16, 16]), {}, 400, "got [true, 3, 16, 16]"),
+    "dim-float": (_input(shape=[1.0, 3, 16, 16]), {}, 400, "got [1.0, 3, 16, 16]"),
+    "shape-not-a-list": (_input(shape="1x3x16x16"), {}, 400, "'shape' (a list)"),
+    "datatype-not-a-string": (_input(datatype=["FP32"]), {}, 400, "'datatype' (a string)"),
+    "data-not-numbers": (_input(data=[{"a": 1}] * 768), {}, 400, "data does not convert to FP32"),
+    "data-out-of-range": (_input(datatype="INT8", data=[1000] * 768), {}, 400, "data does not convert to INT8"),
+    "parameters-not-an-object": (_input(parameters=[1]), {}, 400, "'parameters' must be a JSON object"),
+    "output-parameters-not-an-object": ({**_input(), "outputs": [{"name": "y", "parameters": "binary"}]}, {}, 400,
+                                        "output 'y': 'parameters' must be a JSON object"),
+    "id-not-a-string": ({**_input(), "id": {"a": 1}}, {}, 400, "'id' must be a string"),
+    "binary-overflows-to-zero": (*_binary([2 ** 32, 2 ** 32], 0), 400, "holds 18446744073709551616 elements"),
+    "binary-size-mismatch": (*_binary([1, 3, 16, 16], 3072, bytes(3071)), 400, "binary data is truncated"),
+    "binary-extra-bytes": (*_binary([1, 3, 16, 16], 3072, bytes(3080)), 400, "8 bytes of binary data follow"),
+    "binary-size-bool": (*_binary([1, 3, 16, 16], True, bytes(1)), 400, "binary data is truncated"),
+    "binary-wrong-count": (*_binary([1, 3, 16, 15], 2880, bytes(2880)), 400, "has shape 1x3x16x15"),
+    "header-length-not-a-number": (b"{}", {"Inference-Header-Content-Length": "x"}, 400, "is not an integer"),
+    "header-length-too-long": (b"{}", {"Inference-Header-Content-Length": "99"}, 400, "does not fit a body"),
+}
+
+
+@pytest.fixture(scope="module")
+def served(built):
+    with running([built[1]]) as server:
+        yield server
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_requests_get_their_status_and_the_server_keeps_serving(served, built, case):
+    body, headers, status, message = BAD_REQUESTS[case]
+    got, _, raw = request(served, "/v2/models/cnn/infer", body, headers)
+    assert got == status, raw
+    assert message in json.loads(raw)["error"], raw
+    assert str(built[1].parent) not in raw.decode()  # no file paths in errors
+    assert request(served, "/v2/health/live")[0] == 200
+
+
+def test_the_server_serves_after_every_bad_request(served):
+    assert first_output(infer(served, np.zeros((1, 3, 16, 16), np.float32))).shape == (1, 4)
 
 
 def test_truncated_binary_payload_unknown_model_and_version_oversized_body(built):
