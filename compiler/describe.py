@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from runtime.artifact import MAGIC, read_manifest
+from runtime.artifact import MAGIC, UNSEALED_MAGIC, read_manifest
 
 from . import frontend
 
@@ -88,7 +88,7 @@ def is_artifact(path: str | Path) -> bool:
     try:
         with open(path, "rb") as f:
             f.seek(-len(MAGIC), 2)
-            return f.read() == MAGIC
+            return f.read() in (MAGIC, UNSEALED_MAGIC)
     except OSError:
         return False
 

@@ -1,7 +1,10 @@
 """The artifact: one shared library with its manifest appended as a trailer, so the two cannot drift apart.
 
-Layout of NAME.so: [library bytes][manifest JSON][8-byte little-endian JSON length][MAGIC].
-The dynamic loader reads only the library part; `library_sha256` in the manifest covers exactly that part.
+Layout of NAME.so: [library bytes][manifest JSON][32-byte seal][8-byte little-endian JSON length][MAGIC].
+The dynamic loader reads only the library part; `library_sha256` in the manifest covers exactly that part, and
+the seal is the sha256 of library and manifest together, so an edit of the manifest (renamed inputs, other
+shapes) is refused at load as a damaged library is. Artifacts of format 1 (magic KILNMF01, no seal) are read by
+`read_manifest` but refused by `verify`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from pathlib import Path
 from .atomic import atomic_path
 from .errors import KilnError
 
-MAGIC = b"KILNMF01"
-FORMAT_VERSION = 1
-_TRAILER = struct.Struct("<Q8s")
+MAGIC = b"KILNMF02"
+UNSEALED_MAGIC = b"KILNMF01"  # format 1: no seal
+FORMAT_VERSION = 2
+_TRAILER = struct.Struct("<32sQ8s")  # seal, manifest length, magic
+_UNSEALED_TRAILER = struct.Struct("<Q8s")
 # ELF e_machine values of the architectures Kiln builds for, by the names platform.machine() reports.
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "armv7l"}
 
@@ -79,18 +84,28 @@ def write_artifact(library: Path, manifest: Manifest, out: Path) -> Path:
     lib_bytes = Path(library).read_bytes()
     manifest.library_sha256 = hashlib.sha256(lib_bytes).hexdigest()
     meta = manifest.to_json().encode()
+    seal = hashlib.sha256(lib_bytes + meta).digest()
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(lib_bytes)
             f.write(meta)
-            f.write(_TRAILER.pack(len(meta), MAGIC))
+            f.write(_TRAILER.pack(seal, len(meta), MAGIC))
     return Path(out)
 
 
 def _locate(path: Path) -> tuple[int, Manifest]:
     """(length of the library part, manifest) of the artifact at PATH, reading only its tail."""
     with _open(path) as f:
-        return _read_tail(f, path)
+        tail = _read_tail(f, path)
+        return tail.library_size, tail.manifest
+
+
+@dataclass
+class _Tail:
+    library_size: int
+    manifest: Manifest
+    text: bytes  # the manifest as stored
+    seal: bytes | None  # None in a format-1 artifact
 
 
 def _open(path: Path):
@@ -104,20 +119,27 @@ def _open(path: Path):
                         "pass the .so file written by `kiln compile`") from None
 
 
-def _read_tail(f, path: Path) -> tuple[int, Manifest]:
-    """(length of the library part, manifest) of the artifact open as F."""
+def _read_tail(f, path: Path) -> _Tail:
+    """The manifest (and where the library ends) of the artifact open as F."""
     size = f.seek(0, 2)
-    if size < _TRAILER.size:
+    f.seek(max(0, size - _TRAILER.size))
+    end = f.read()
+    if end[-8:] == MAGIC and len(end) == _TRAILER.size:
+        seal, length, _magic = _TRAILER.unpack(end)
+    elif end[-8:] == UNSEALED_MAGIC and len(end) >= _UNSEALED_TRAILER.size:
+        seal, (length, _magic) = None, _UNSEALED_TRAILER.unpack(end[-_UNSEALED_TRAILER.size:])
+    elif size < _UNSEALED_TRAILER.size:
         raise KilnError(f"{path} is not a Kiln artifact (too short)", "build one with `kiln compile`")
-    f.seek(size - _TRAILER.size)
-    length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
-    if magic != MAGIC or length > size - _TRAILER.size:
+    else:
         raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
-    library_size = size - _TRAILER.size - length
+    trailer = _TRAILER.size if seal is not None else _UNSEALED_TRAILER.size
+    if length > size - trailer:
+        raise KilnError(f"{path} is not a Kiln artifact (no manifest)", "build one with `kiln compile`")
+    library_size = size - trailer - length
     f.seek(library_size)
     text = f.read(length)
     try:
-        return library_size, Manifest.from_json(text.decode())
+        return _Tail(library_size, Manifest.from_json(text.decode()), text, seal)
     except (ValueError, TypeError, KeyError) as err:
         raise KilnError(f"{path} has a damaged manifest ({err})", "rebuild it with `kiln compile`") from None
 
@@ -125,14 +147,15 @@ def _read_tail(f, path: Path) -> tuple[int, Manifest]:
 def split_artifact(path: Path) -> tuple[bytes, Manifest]:
     """(library bytes, manifest) of the artifact at PATH."""
     with _open(Path(path)) as f:
-        library_size, manifest = _read_tail(f, Path(path))
+        tail = _read_tail(f, Path(path))
         f.seek(0)
-        return f.read(library_size), manifest
+        return f.read(tail.library_size), tail.manifest
 
 
-def _library_facts(f, library_size: int, copy_to=None) -> tuple[str, bytes]:
-    """(sha256, first 64 bytes) of the library part of the artifact open as F, hashed in chunks (no copy of the
-    library in memory); each chunk is also written to COPY_TO when given, so the copy is exactly what was hashed."""
+def _library_facts(f, library_size: int, copy_to=None):
+    """(running sha256, first 64 bytes) of the library part of the artifact open as F, hashed in chunks (no copy
+    of the library in memory); each chunk is also written to COPY_TO when given, so the copy is exactly what was
+    hashed."""
     digest = hashlib.sha256()
     f.seek(0)
     head = f.read(min(64, library_size))
@@ -143,7 +166,7 @@ def _library_facts(f, library_size: int, copy_to=None) -> tuple[str, bytes]:
             copy_to.write(chunk)
         left -= len(chunk)
         chunk = f.read(min(1 << 20, left)) if left > 0 else b""
-    return digest.hexdigest(), head
+    return digest, head
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -172,16 +195,24 @@ def verify(path: str | Path, copy_to=None) -> Manifest:
     slipping a different library past it."""
     path = Path(path)
     with _open(path) as f:
-        library_size, manifest = _read_tail(f, path)
+        tail = _read_tail(f, path)
+        manifest = tail.manifest
         if not isinstance(manifest.format_version, int) or manifest.format_version > FORMAT_VERSION:
             raise KilnError(f"{path} has artifact format {manifest.format_version}; this Kiln runtime reads format "
                             f"{FORMAT_VERSION} and older", "upgrade Kiln, or rebuild the artifact with this version")
-        digest, library = _library_facts(f, library_size, copy_to)
-    if digest != manifest.library_sha256:
+        if tail.seal is None:
+            raise KilnError(f"{path} has artifact format 1, whose manifest is not sealed to its library",
+                            "rebuild it with `kiln compile` (this Kiln writes format 2)")
+        digest, library = _library_facts(f, tail.library_size, copy_to)
+    if digest.hexdigest() != manifest.library_sha256:
         raise KilnError(
             f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",
             "rebuild it with `kiln compile`",
         )
+    digest.update(tail.text)
+    if digest.digest() != tail.seal:
+        raise KilnError(f"{path}: the manifest does not match the seal written with it (edited after "
+                        "`kiln compile`)", "rebuild it with `kiln compile`; edit the model, never the manifest")
     is_elf = library[:4] == b"\x7fELF" and len(library) >= 20
     elf_arch = ELF_MACHINES.get(struct.unpack_from("<H", library, 18)[0], "unknown") if is_elf else "unknown"
     host = platform.machine()

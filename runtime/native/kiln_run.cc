@@ -29,7 +29,9 @@ namespace ffi = tvm::ffi;
 
 namespace {
 
-constexpr char kMagic[] = "KILNMF01";  // the artifact trailer: [library][manifest JSON][u64 length][magic]
+// the artifact trailer: [library][manifest JSON][32-byte seal: sha256 of library + manifest][u64 length][magic]
+constexpr char kMagic[] = "KILNMF02";
+constexpr char kUnsealedMagic[] = "KILNMF01";  // format 1: no seal, refused
 constexpr int kDeviceCPU = 1;
 constexpr int kPooledAllocator = 2;
 
@@ -74,7 +76,8 @@ std::vector<Spec> ReadSpecs(const ffi::json::Array& list) {
   return specs;
 }
 
-// SHA-256 (FIPS 180-4) of the library part, checked against the manifest as runtime.load does.
+// SHA-256 (FIPS 180-4), hex: of the library part (checked against the manifest) and of library and manifest
+// together (the seal), as runtime.load checks them.
 std::string Sha256Hex(const char* data, size_t size) {
   static const uint32_t k[64] = {
       0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
@@ -117,14 +120,17 @@ std::string Sha256Hex(const char* data, size_t size) {
   return out;
 }
 
-constexpr int64_t kFormatVersion = 1;  // the newest artifact format this runner reads (runtime/artifact.py)
+constexpr int64_t kFormatVersion = 2;  // the newest artifact format this runner reads (runtime/artifact.py)
 
 Manifest ReadManifest(const std::string& artifact) {
-  const size_t trailer = 16;
+  const size_t trailer = 48;
+  if (artifact.size() >= 8 && artifact.compare(artifact.size() - 8, 8, kUnsealedMagic) == 0)
+    Fail("artifact format 1, whose manifest is not sealed to its library",
+         "rebuild it with `kiln compile` (this kiln-run reads format 2)");
   if (artifact.size() < trailer || artifact.compare(artifact.size() - 8, 8, kMagic) != 0)
     Fail("not a Kiln artifact (no manifest)", "build one with `kiln compile`");
   uint64_t length;
-  std::memcpy(&length, artifact.data() + artifact.size() - trailer, sizeof(length));
+  std::memcpy(&length, artifact.data() + artifact.size() - 16, sizeof(length));
   if (length > artifact.size() - trailer) Fail("damaged artifact trailer", "rebuild it with `kiln compile`");
   ffi::String error;
   ffi::json::Value parsed =
@@ -139,6 +145,15 @@ Manifest ReadManifest(const std::string& artifact) {
   if (Sha256Hex(artifact.data(), library) != std::string(obj["library_sha256"].cast<ffi::String>()))
     Fail("the library does not match the sha256 recorded in its manifest (damaged or altered)",
          "rebuild it with `kiln compile`");
+  static const char* hex = "0123456789abcdef";
+  std::string seal;
+  for (size_t i = artifact.size() - trailer; i < artifact.size() - 16; ++i) {
+    seal += hex[(static_cast<unsigned char>(artifact[i]) >> 4) & 0xf];
+    seal += hex[static_cast<unsigned char>(artifact[i]) & 0xf];
+  }
+  if (Sha256Hex(artifact.data(), library + length) != seal)
+    Fail("the manifest does not match the seal written with it (edited after `kiln compile`)",
+         "rebuild it with `kiln compile`; edit the model, never the manifest");
   return {ReadSpecs(obj["inputs"].cast<ffi::json::Array>()), ReadSpecs(obj["outputs"].cast<ffi::json::Array>()),
           obj["target"].cast<ffi::String>(), obj["arch"].cast<ffi::String>()};
 }

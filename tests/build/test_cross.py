@@ -166,6 +166,11 @@ def test_kiln_run_on_this_machine_matches_and_rejects_bad_input(tmp_path):
     done = subprocess.run([str(made.folder / "kiln-run"), "tampered.so"], cwd=made.folder, capture_output=True,
                           text=True)
     assert done.returncode == 1 and "does not match the sha256 recorded in its manifest" in done.stderr
+    blob = (made.folder / "model.so").read_bytes()
+    (made.folder / "renamed.so").write_bytes(blob.replace(b'"name": "input"', b'"name": "inpux"'))  # same length
+    done = subprocess.run([str(made.folder / "kiln-run"), "renamed.so"], cwd=made.folder, capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and "the manifest does not match the seal written with it" in done.stderr
 
 
 def test_bundle_refuses_cuda_artifacts_clearly(tmp_path):

@@ -23,7 +23,7 @@ def test_manifest_fields(artifact):
     assert m.target and m.tvm_target["kind"] == "llvm" and m.arch == "x86_64"
     assert "kiln.FoldBatchNorm" in m.passes and m.tvm_version.startswith("0.27")
     assert set(m.tuning) == {"database", "records", "tasks_tuned", "tasks_default"}
-    assert m.format_version == 1 and m.quantization is None
+    assert m.format_version == 2 and m.quantization is None
 
 
 def _rewrite(artifact, tmp_path, edit_library=None, edit_manifest=None) -> Path:
@@ -74,7 +74,7 @@ def test_truncated_artifact_is_refused(artifact, tmp_path):
 
 def test_newer_format_version_is_refused(artifact, tmp_path):
     newer = _rewrite(artifact, tmp_path, edit_manifest=lambda m: setattr(m, "format_version", 99))
-    with pytest.raises(KilnError, match="has artifact format 99; this Kiln runtime reads format 1 and older"):
+    with pytest.raises(KilnError, match="has artifact format 99; this Kiln runtime reads format 2 and older"):
         runtime.load(newer)
 
 
@@ -144,3 +144,27 @@ def test_a_library_the_loader_refuses_is_named_by_the_artifact_path(artifact, tm
     with pytest.raises(KilnError, match="the library could not be loaded") as caught:
         runtime.load(broken)
     assert str(broken) in str(caught.value) and "kiln-load-" not in str(caught.value)
+
+
+@pytest.mark.parametrize("edit", [(b'"name": "x"', b'"name": "z"'), (b'"batch",\n        3', b'"batch",\n        4')],
+                         ids=["renamed-input", "other-shape"])
+def test_a_manifest_edited_in_place_is_refused(artifact, tmp_path, edit):
+    """Edits that keep the input count (and the manifest's length) still break the seal."""
+    blob = artifact.read_bytes()
+    assert blob.count(edit[0]) >= 1
+    edited = tmp_path / "edited.so"
+    edited.write_bytes(blob.replace(edit[0], edit[1], 1))
+    assert runtime.read_manifest(edited) != runtime.read_manifest(artifact)
+    with pytest.raises(KilnError, match=r"the manifest does not match the seal written with it \(edited after"):
+        runtime.load(edited)
+
+
+def test_an_unsealed_format_1_artifact_is_refused(artifact, tmp_path):
+    library, manifest = split_artifact(artifact)
+    manifest.format_version = 1
+    meta = manifest.to_json().encode()
+    old = tmp_path / "old.so"
+    old.write_bytes(library + meta + struct.pack("<Q8s", len(meta), b"KILNMF01"))
+    assert runtime.read_manifest(old).format_version == 1  # inspect still reads it
+    with pytest.raises(KilnError, match="has artifact format 1, whose manifest is not sealed to its library"):
+        runtime.load(old)
