@@ -145,13 +145,13 @@ def open_loop(client: Client, rate: float, seconds: float) -> dict:
             **_percentiles([ms for s, ms in results if s == 200] or [0.0])}
 
 
-def _start_server(artifact: Path, max_queue: int, log: Path) -> tuple[subprocess.Popen, int]:
-    """`kiln serve` on a free port, its messages going to the file LOG (a pipe nobody reads would fill and block
-    it); returns the process and its port."""
+def start_server(source: Path, flags: list[str], log: Path, root: Path = HERE.parent
+                 ) -> tuple[subprocess.Popen, int]:
+    """`kiln serve SOURCE FLAGS` on a free port, run from checkout ROOT, its messages going to the file LOG (a pipe
+    nobody reads would fill and block it); returns the process and its port."""
     with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", str(artifact), "--port", "0",
-                                    "--max-queue", str(max_queue), "--poll-s", "0"],
-                                   cwd=HERE.parent, stderr=sink)
+        process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", str(source), "--port", "0",
+                                    *flags], cwd=root, stderr=sink)
     deadline = time.monotonic() + 120
     while "serving" not in (text := log.read_text()):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -173,7 +173,8 @@ def run(model: str, requests: int, concurrency: int, overload_seconds: float, ma
         feeds = runtime.bench.random_inputs(loaded.inputs)
         in_process = measure(lambda: loaded.run(feeds), repeat=200, warmup=5)
         del loaded
-        server, port = _start_server(artifact, max_queue, Path(tmp) / "serve.log")
+        server, port = start_server(artifact, ["--max-queue", str(max_queue), "--poll-s", "0"],
+                                    Path(tmp) / "serve.log")
         try:
             client = Client(port, model, feeds)
             for _ in range(10):

@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -33,7 +32,7 @@ import compiler
 from runtime.atomic import atomic_write
 from runtime.scratch import scratch_dir
 
-from . import machine, report
+from . import machine, report, serve_load
 from .zoo import resnet
 
 HERE = Path(__file__).resolve().parent
@@ -178,17 +177,10 @@ def rewrite_under_load(port: int, pid: int, served: Path, original: Path, other:
             "recovered_cycles": recovered, "alive": request(port, "/v2/health/live")[0] == 200}
 
 
-def start_server(source: Path, root: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    """`kiln serve SOURCE` (rescanned every 0.1 s) run from checkout ROOT on a free port; (process, port)."""
-    with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "serve", str(source), "--port", "0",
-                                    "--max-body-mb", str(LIMIT_MB), "--poll-s", "0.1"], cwd=root, stderr=sink)
-    deadline = time.monotonic() + 120
-    while "serving" not in (text := log.read_text()):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"kiln serve did not start: {text.strip()[-300:]}")
-        time.sleep(0.1)
-    return process, int(text.split("http://127.0.0.1:")[1].split()[0])
+def start_server(source: Path, log: Path, root: Path = HERE.parent) -> tuple[subprocess.Popen, int]:
+    """`kiln serve SOURCE` as the soak runs it (--max-body-mb LIMIT_MB, rescanned every 0.1 s), from checkout
+    ROOT; (process, port)."""
+    return serve_load.start_server(source, ["--max-body-mb", str(LIMIT_MB), "--poll-s", "0.1"], log, root)
 
 
 def soak_section(result: dict) -> list[str]:
@@ -228,7 +220,7 @@ def main(argv=None) -> None:
         served = tmp / "repo" / "cnn" / "1" / "model.so"
         served.parent.mkdir(parents=True)
         shutil.copyfile(built["cnn"], served)
-        server, port = start_server(tmp / "repo", args.server_root.resolve(), tmp / "serve.log")
+        server, port = start_server(tmp / "repo", tmp / "serve.log", args.server_root.resolve())
         try:
             result = soak(port, server.pid, args.rounds)
             result["rewrite"] = rewrite_under_load(port, server.pid, served, built["cnn"], built["other"],

@@ -233,7 +233,7 @@ def main(argv=None) -> None:
     with scratch_dir("kiln-fuzz-serve-") as tmp:
         onnx.save(resnet((1,), width=8, size=16, classes=4, batch="N"), str(tmp / "cnn.onnx"))
         artifact = compiler.compile(tmp / "cnn.onnx", target="auto", output=tmp / "cnn.so").path
-        server, port = serve_soak.start_server(artifact, serve_soak.HERE.parent, tmp / "serve.log")
+        server, port = serve_soak.start_server(artifact, tmp / "serve.log")
         try:
             result = fuzz(port, range(args.start, args.start + args.cases))
         finally:
