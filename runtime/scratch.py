@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def stamped(prefix: str) -> str:
-    """PREFIX with this process's pid appended: the prefix of a scratch name `sweep` can judge."""
-    return f"{prefix}{os.getpid()}-"
+def stamped(prefix: str, pid: int | None = None) -> str:
+    """PREFIX with PID (default: this process's) appended: the prefix of a scratch name `sweep` can judge."""
+    return f"{prefix}{os.getpid() if pid is None else pid}-"
 
 
 def sweep(folder: str | os.PathLike, prefix: str, suffix: str = "") -> list[Path]:

@@ -12,6 +12,7 @@ from tvm.s_tir.dlight.analysis import get_sblock_info
 from .common import (IF_THEN_ELSE, KilnRule, const_extent, inline_forward, root_blocks, schedule_injective,
                      sub_exprs, uses, vector_factor)
 
+
 class Injective(KilnRule):
     """Inline every block into the last; fuse its loops, vectorize the inner run, parallelize the outer."""
 

@@ -12,14 +12,15 @@ from pathlib import Path
 from tvm.s_tir import meta_schedule as ms
 
 from runtime.errors import KilnError
+from runtime.scratch import stamped
 
 log = logging.getLogger(__name__)
 
 from ..targets import TargetPreset
 
+KERNEL_DIRS = "kiln-kernel-"  # prefix of the folder each candidate kernel is built in (see runtime.scratch)
 # Each candidate runs at least this long per measurement: long enough for 2 threads to be timed reliably,
 # short enough that a trial costs well under a second.
-KERNEL_DIRS = "kiln-kernel-"  # prefix of the folder each candidate kernel is built in (see runtime.scratch)
 EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=30, enable_cpu_cache_flush=False)
 RUN_TIMEOUT_S = 30
 
@@ -44,7 +45,7 @@ def export_kernel(rt_mod, cc: str, options: list[str]) -> str:
     from tvm.support import cc as tvm_cc  # noqa: PLC0415
 
     # named for the tuning process (this worker's parent), so a killed tune's folders are swept by the next one
-    path = os.path.join(tempfile.mkdtemp(prefix=f"{KERNEL_DIRS}{os.getppid()}-"), "kernel.so")
+    path = os.path.join(tempfile.mkdtemp(prefix=stamped(KERNEL_DIRS, os.getppid())), "kernel.so")
     rt_mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc, options=options))
     return path
 

@@ -76,26 +76,62 @@ std::vector<Spec> ReadSpecs(const ffi::json::Array& list) {
   return specs;
 }
 
-// SHA-256 (FIPS 180-4), hex: of the library part (checked against the manifest) and of library and manifest
-// together (the seal), as runtime.load checks them.
-std::string Sha256Hex(const char* data, size_t size) {
-  static const uint32_t k[64] = {
-      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
-      0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-      0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
-      0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-      0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
-      0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-      0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-      0xc67178f2};
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
-  std::string tail(data + size - size % 64, size % 64);
-  tail += static_cast<char>(0x80);
-  while (tail.size() % 64 != 56) tail += '\0';
-  uint64_t bits = static_cast<uint64_t>(size) * 8;
-  for (int i = 7; i >= 0; --i) tail += static_cast<char>((bits >> (8 * i)) & 0xff);
-  auto block = [&](const unsigned char* p) {
+// SHA-256 (FIPS 180-4), fed in pieces: one pass over the artifact gives both the library's digest (checked
+// against the manifest) and the digest of library and manifest together (the seal), as runtime.load checks them.
+class Sha256 {
+ public:
+  void Update(const char* data, size_t size) {
+    length_ += size;
+    if (!pending_.empty()) {
+      size_t take = std::min(size, 64 - pending_.size());
+      pending_.append(data, take);
+      data += take;
+      size -= take;
+      if (pending_.size() < 64) return;
+      Block(reinterpret_cast<const unsigned char*>(pending_.data()));
+      pending_.clear();
+    }
+    for (; size >= 64; data += 64, size -= 64) Block(reinterpret_cast<const unsigned char*>(data));
+    pending_.assign(data, size);
+  }
+
+  // The 32-byte digest of everything fed so far; the state stays open for more.
+  std::string Digest() const {
+    Sha256 done = *this;
+    std::string tail = pending_ + static_cast<char>(0x80);
+    while (tail.size() % 64 != 56) tail += '\0';
+    uint64_t bits = length_ * 8;
+    for (int i = 7; i >= 0; --i) tail += static_cast<char>((bits >> (8 * i)) & 0xff);
+    for (size_t at = 0; at < tail.size(); at += 64)
+      done.Block(reinterpret_cast<const unsigned char*>(tail.data() + at));
+    std::string out;
+    for (uint32_t v : done.h_)
+      for (int i = 24; i >= 0; i -= 8) out += static_cast<char>((v >> i) & 0xff);
+    return out;
+  }
+
+  std::string Hex() const {
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : Digest()) {
+      out += hex[c >> 4];
+      out += hex[c & 0xf];
+    }
+    return out;
+  }
+
+ private:
+  void Block(const unsigned char* p) {
+    static const uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+        0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+        0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+        0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+        0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+        0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2};
+    auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
     uint32_t w[64];
     for (int i = 0; i < 16; ++i) w[i] = (p[4 * i] << 24) | (p[4 * i + 1] << 16) | (p[4 * i + 2] << 8) | p[4 * i + 3];
     for (int i = 16; i < 64; ++i) {
@@ -103,22 +139,19 @@ std::string Sha256Hex(const char* data, size_t size) {
       uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
       w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], hh = h_[7];
     for (int i = 0; i < 64; ++i) {
       uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
       uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
       hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
     }
-    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
-  };
-  for (size_t at = 0; at + 64 <= size; at += 64) block(reinterpret_cast<const unsigned char*>(data + at));
-  for (size_t at = 0; at < tail.size(); at += 64) block(reinterpret_cast<const unsigned char*>(tail.data() + at));
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (uint32_t v : h)
-    for (int i = 28; i >= 0; i -= 4) out += hex[(v >> i) & 0xf];
-  return out;
-}
+    h_[0] += a; h_[1] += b; h_[2] += c; h_[3] += d; h_[4] += e; h_[5] += f; h_[6] += g; h_[7] += hh;
+  }
+
+  uint32_t h_[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  std::string pending_;  // the bytes after the last whole 64-byte block
+  uint64_t length_ = 0;
+};
 
 constexpr int64_t kFormatVersion = 2;  // the newest artifact format this runner reads (runtime/artifact.py)
 
@@ -142,16 +175,13 @@ Manifest ReadManifest(const std::string& artifact) {
     Fail("artifact format " + std::to_string(format) + " is newer than this kiln-run reads (" +
              std::to_string(kFormatVersion) + ")", "rebuild kiln-run with `kiln bundle` from the same Kiln");
   size_t library = artifact.size() - trailer - length;
-  if (Sha256Hex(artifact.data(), library) != std::string(obj["library_sha256"].cast<ffi::String>()))
+  Sha256 digest;
+  digest.Update(artifact.data(), library);
+  if (digest.Hex() != std::string(obj["library_sha256"].cast<ffi::String>()))
     Fail("the library does not match the sha256 recorded in its manifest (damaged or altered)",
          "rebuild it with `kiln compile`");
-  static const char* hex = "0123456789abcdef";
-  std::string seal;
-  for (size_t i = artifact.size() - trailer; i < artifact.size() - 16; ++i) {
-    seal += hex[(static_cast<unsigned char>(artifact[i]) >> 4) & 0xf];
-    seal += hex[static_cast<unsigned char>(artifact[i]) & 0xf];
-  }
-  if (Sha256Hex(artifact.data(), library + length) != seal)
+  digest.Update(artifact.data() + library, length);
+  if (digest.Digest() != artifact.substr(artifact.size() - trailer, 32))
     Fail("the manifest does not match the seal written with it (edited after `kiln compile`)",
          "rebuild it with `kiln compile`; edit the model, never the manifest");
   return {ReadSpecs(obj["inputs"].cast<ffi::json::Array>()), ReadSpecs(obj["outputs"].cast<ffi::json::Array>()),

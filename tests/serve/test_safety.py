@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -17,27 +16,9 @@ import compiler
 from benchmarks import serve_soak
 from benchmarks.zoo import resnet
 from runtime.bench import outputs_match
+from tests.fuzz.requests import send
 from tests.models import save
 from tests.serve.helpers import expected, first_output, infer, repository, request, running, serving_process
-
-
-def _raw(port: int, data: bytes, read: bool = True) -> tuple[int, dict]:
-    """(status, JSON body) of the answer to the raw bytes DATA (sent as they are: no client fixes them up)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(data)
-        answer = b""
-        while read:
-            piece = sock.recv(1 << 16)
-            if not piece:
-                break
-            answer += piece
-            head, _, rest = answer.partition(b"\r\n\r\n")
-            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
-                b"content-length:")]
-            if length and len(rest) >= length[0]:
-                break
-    head, _, rest = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(rest)
 
 
 def _post(path: str, body: bytes, *headers: str) -> bytes:
@@ -67,7 +48,8 @@ def test_http_the_parser_refuses_and_every_refusal_is_json(built):
             (f"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: {'b' * 70_000}\r\n\r\n".encode(), 431, "request headers are"),
         ]
         for data, status, message in cases:
-            got, body = _raw(port, data)
+            got, raw = send(port, data)
+            body = json.loads(raw)
             assert (got, message in body["error"]) == (status, True), (data[:80], got, body)
             assert len(body["error"]) < 400  # client-chosen text is cut, not echoed whole
         status, _, raw = request(server, infer_path, gzip.compress(good), {"Content-Encoding": "gzip"})
