@@ -38,6 +38,7 @@ class State:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     def update_gauge(self) -> None:
         self.metrics.models.set(sum(v.state == READY for v in self.repository.versions.values()))

@@ -11,7 +11,7 @@ UNKNOWN = "(unknown)"  # the model / version label of a request for one the serv
 
 class ServerMetrics:
     """Requests by model/version/status, latency by phase (queue, inference, total), batch sizes, models
-    loaded."""
+    loaded, requests in flight."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -22,6 +22,8 @@ class ServerMetrics:
         self.batch = Histogram("kiln_batch_size", "Size of the batch each request ran in", ["model", "version"],
                                buckets=_BATCH_BUCKETS, registry=self.registry)
         self.models = Gauge("kiln_models_loaded", "Model versions loaded and ready", registry=self.registry)
+        self.in_flight = Gauge("kiln_requests_in_flight", "HTTP requests being served (this scrape included)",
+                               registry=self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
