@@ -14,6 +14,7 @@ from tvm import relax, tirx
 
 import runtime
 from runtime.artifact import Manifest, TensorSpec
+from runtime.errors import KilnError
 
 from ..frontend import LoadedModel
 from ..targets import TargetPreset
@@ -32,6 +33,9 @@ def output_specs(mod: tvm.IRModule, names: list[str]) -> list[TensorSpec]:
     fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     specs = []
     for name, ty in zip(names, fields):
+        if not isinstance(ty, relax.TensorType):
+            raise KilnError(f"output {name} compiled to a {type(ty).__name__} ({ty}), not a tensor",
+                            "report the model with --debug's output")
         shape = [_dim(d) for d in ty.shape.values] if ty.shape is not None else []
         specs.append(TensorSpec(name, str(ty.dtype), shape))
     return specs

@@ -356,7 +356,7 @@ def import_relax(loaded: LoadedModel):
             # TVM's importer prints the failing node's inputs to stdout before raising: the error says it in one line
             with kiln_converters(), contextlib.redirect_stdout(io.StringIO()):  # Kiln's own for a few ops
                 mod = from_onnx(loaded.proto, keep_params_in_input=False)
-            return _shape_outputs_as_tensors(resolve_shape_values(mod))  # run-time dims: shape_values.py
+            return _outputs_as_tensors(resolve_shape_values(mod))  # run-time dims: shape_values.py
         except KilnError:
             raise
         except Exception as err:  # the importer raises many error types; one line names the failing op
@@ -364,23 +364,44 @@ def import_relax(loaded: LoadedModel):
                             bind_hint(loaded.proto) or "run with --debug for the full trace") from err
 
 
-def _shape_outputs_as_tensors(mod):
-    """MOD with each output that TVM's importer made a shape value (a graph output that is a Shape of a static
-    tensor) returned as an int64 tensor, which is what the model's output is."""
+def _outputs_as_tensors(mod):
+    """MOD with each output that TVM's importer made a shape value (a Shape of a static tensor) or a scalar value
+    (a Squeeze of one) returned as a tensor, which is what the model's output is."""
     from tvm import relax  # noqa: PLC0415
 
     func = mod["main"]
     out = func.body.body
     several = isinstance(out.ty, relax.TupleType)
     types = list(out.ty.fields) if several else [out.ty]
-    if not any(isinstance(t, relax.ShapeType) for t in types):
+    if all(isinstance(t, relax.TensorType) for t in types):
         return mod
-    fields = [out.fields[i] if isinstance(out, relax.Tuple) else relax.TupleGetItem(out, i) for i in
+    bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    value = bound.get(out, out)
+    fields = [value.fields[i] if isinstance(value, relax.Tuple) else relax.TupleGetItem(out, i) for i in
               range(len(types))] if several else [out]
-    fields = [relax.op.shape_to_tensor(f) if isinstance(t, relax.ShapeType) else f for f, t in zip(fields, types)]
+    fields = [_as_tensor(f, bound.get(f, f), t, i) for i, (f, t) in enumerate(zip(fields, types))]
     body = relax.SeqExpr(func.body.blocks, relax.Tuple(fields) if several else fields[0])
     mod["main"] = relax.Function(func.params, relax.BlockBuilder().normalize(body), attrs=func.attrs)
     return relax.transform.Normalize()(mod)
+
+
+def _as_tensor(expr, value, ty, index: int):
+    """EXPR (of type TY, output INDEX, bound to VALUE) as a tensor: shapes through shape_to_tensor, scalar values
+    as 0-d tensors."""
+    from tvm import relax, tirx  # noqa: PLC0415
+
+    if isinstance(ty, relax.TensorType):
+        return expr
+    if isinstance(ty, relax.ShapeType):
+        return relax.op.shape_to_tensor(expr)
+    if isinstance(value, (tirx.IntImm, tirx.FloatImm)):  # a scalar value TVM knows at compile time
+        return relax.const(np.array(value.value, dtype=str(ty.dtype)))
+    if str(getattr(ty, "dtype", "")) == "int64":  # a run-time one, through a 1-element shape
+        with contextlib.suppress(Exception):
+            return relax.op.reshape(relax.op.shape_to_tensor(relax.ShapeExpr([value])), [])
+    raise KilnError(f"output {index} of the model is a {type(ty).__name__} value ({ty}) that Kiln cannot return "
+                    "as a tensor", "report the model; making the output a tensor op (e.g. Identity of a "
+                                   "tensor) works around it")
 
 
 def error_line(err: Exception) -> str:

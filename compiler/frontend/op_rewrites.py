@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from runtime.errors import KilnError
+
 from . import recurrent, spatial_rewrites
 from .opsets import DEFAULT_DOMAINS, default_opset
 
@@ -115,6 +117,7 @@ def _skip_layer_norm(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProt
     inputs = list(node.input) + [""] * (5 - len(node.input))
     outputs = list(node.output) + [""] * (4 - len(node.output))
     epsilon = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-12)
+    _check_skip_shape(node, context)
     total = outputs[3] or fresh("skip_sum")
     nodes = []
     if inputs[4]:
@@ -129,6 +132,26 @@ def _skip_layer_norm(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProt
     while norm.output and not norm.output[-1]:
         del norm.output[-1]
     return nodes + _layer_norm_statistics(norm, fresh, context)
+
+
+def _check_skip_shape(node: onnx.NodeProto, context) -> None:
+    """Refuse a skip that does not broadcast to the input's shape (ONNX Runtime's contract for the op: it reads
+    past a larger skip instead of refusing it); record the outputs' shapes, which ONNX shape inference cannot."""
+    data, skip = context.shape(node.input[0]), context.shape(node.input[1])
+    if data is None:
+        return
+    if skip is not None and all(isinstance(d, int) for d in data + skip):
+        try:
+            fits = list(np.broadcast_shapes(tuple(data), tuple(skip))) == data
+        except ValueError:
+            fits = False
+        if not fits:
+            raise KilnError(f"SkipLayerNormalization {node.name or node.output[0]!r}: skip of shape {skip} does not "
+                            f"broadcast to the input's shape {data}",
+                            "the skip must have the input's shape, or (1, seq, hidden) / (seq, hidden)")
+    elem_type = context.elem_type(node.input[0])
+    for index, name in enumerate(node.output):
+        context.learn(name, elem_type, data if index in (0, 3) else data[:-1] + [1])
 
 
 MAX_CUMPROD_STEPS = 256  # longer axes would write out too many nodes
@@ -211,6 +234,11 @@ class _Context:
     def elem_type(self, name: str) -> int:
         found = self.types.get(name)
         return found.elem_type if found is not None else onnx.TensorProto.FLOAT
+
+    def learn(self, name: str, elem_type: int, shape: list[int | str]) -> None:
+        """Record NAME's type where a rewrite knows it and shape inference did not (a contrib op's outputs)."""
+        if name and name not in self.types:
+            self.types[name] = helper.make_tensor_type_proto(elem_type, shape).tensor_type
 
     def shape(self, name: str) -> list[int | str] | None:
         """NAME's dims (ints where static, else their names), or None where its rank is unknown."""

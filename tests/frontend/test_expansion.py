@@ -224,6 +224,19 @@ def test_shape_output_is_a_tensor(tmp_path):
     assert runtime.load(path).run({"x": np.zeros((2, 3, 4), np.float32)})["shape"].tolist() == [3, 4]
 
 
+@pytest.mark.parametrize("rows", [2, "n"])
+def test_scalar_output_of_a_shape_is_a_tensor(tmp_path, rows):
+    # a Squeeze of a Shape slice: TVM makes it a scalar value (a constant, or a run-time dim), not a tensor
+    nodes = [helper.make_node("Shape", ["x"], ["dims"], start=0, end=1), helper.make_node("Squeeze", ["dims"], ["n"]),
+             helper.make_node("Relu", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "scalar_out", [helper.make_tensor_value_info("x", F32, [rows, 3])],
+                              [helper.make_tensor_value_info("n", I64, []),
+                               helper.make_tensor_value_info("y", F32, [rows, 3])])
+    path = compile_and_check(finish(graph), tmp_path)
+    result = runtime.load(path).run({"x": np.zeros((2, 3), np.float32)})["n"]
+    assert result.shape == () and result.dtype == np.int64 and int(result) == 2
+
+
 @pytest.mark.parametrize("with_beta_bias", [True, False])
 def test_skip_layer_normalization_from_onnxruntime(tmp_path, with_beta_bias):
     # com.microsoft SkipLayerNormalization, as ONNX Runtime's transformer optimizer writes it, all four outputs
@@ -244,3 +257,18 @@ def test_skip_layer_normalization_from_onnxruntime(tmp_path, with_beta_bias):
                                                     helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     compile_and_check(model, tmp_path)
+
+
+def test_skip_layer_normalization_refuses_a_skip_larger_than_its_input(tmp_path):
+    # ONNX Runtime reads the first rows of such a skip; the op's contract is a skip that broadcasts to the input
+    node = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph([node], "skip_ln", [helper.make_tensor_value_info("x", F32, [1, 3, 8]),
+                                                  helper.make_tensor_value_info("skip", F32, [4, 3, 8])],
+                              [helper.make_tensor_value_info("y", F32, [1, 3, 8])],
+                              [numpy_helper.from_array(np.ones(8, np.float32), "gamma")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    with pytest.raises(KilnError, match=r"skip of shape \[4, 3, 8\] does not broadcast to the input's shape "
+                                        r"\[1, 3, 8\]"):
+        compiler.compile(save(model, tmp_path), target="auto", output=tmp_path / "m.so")

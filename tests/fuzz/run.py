@@ -1,8 +1,11 @@
-"""Fuzz `kiln compile` with mutated models: python -m tests.fuzz.run [--cases 300] [--start 0] [--workers 2]
+"""Fuzz `kiln compile`: python -m tests.fuzz.run [--kind fuzz|structured] [--cases 300] [--start 0] [--workers 2]
 
-Each case (tests/fuzz/mutate.py; the case number is its seed) is compiled, and run when it compiles, in worker
-processes with a time limit; a worker that dies (segfault, abort) or hangs is replaced and the case counted.
-Prints the outcome counts and every finding (internal errors, crashes, hangs) with its case number.
+Each case (the case number is its seed) is compiled, and run when it compiles, in worker processes with a time
+limit (tests/fuzz/worker.py); a worker that dies (segfault, abort) or hangs is replaced and the case counted.
+'fuzz' cases are protobuf and byte mutations of three small models (tests/fuzz/mutate.py); 'structured' cases are
+windows of the real-model corpus with mutations that keep them valid ONNX (tests/fuzz/structured.py), checked
+against ONNX Runtime. Prints the outcome counts, how many cases reached TVM, and every finding (internal errors,
+crashes, hangs, wrong answers) with its case number.
 """
 
 from __future__ import annotations
@@ -12,24 +15,41 @@ from collections import Counter
 
 from tests.conformance.run import run_engine
 
+FINDINGS = ("internal", "crash", "mismatch")
 
-def fuzz(cases: range, workers: int = 2, timeout: float = 60.0, say=print) -> dict[str, dict]:
-    """Outcome of every case in CASES: ok, refused, internal, or crash (process died or timed out)."""
-    return run_engine("fuzz", [str(c) for c in cases], workers, timeout, say=say, module="tests.fuzz.worker")
+
+def fuzz(cases: range, workers: int = 2, timeout: float = 60.0, say=print, kind: str = "fuzz") -> dict[str, dict]:
+    """Outcome of every case in CASES: ok, refused, mismatch, internal, or crash (process died or timed out)."""
+    return run_engine(kind, [str(c) for c in cases], workers, timeout, say=say, module="tests.fuzz.worker")
+
+
+def summary(results: dict[str, dict]) -> list[str]:
+    """Lines for a report: outcome counts, cases that reached TVM's importer, refusals of models ONNX Runtime runs,
+    and each finding with its case number."""
+    outcomes = Counter(r["outcome"] for r in results.values())
+    reached = sum(bool(r.get("reached_tvm")) for r in results.values())
+    lines = [f"{len(results)} cases: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()),
+             f"reached TVM's importer: {reached} ({reached / max(len(results), 1):.1%})"]
+    if any("ort_runs" in r for r in results.values()):
+        runs = sum(bool(r.get("ort_runs")) for r in results.values())
+        gaps = [r for r in results.values() if r["outcome"] == "refused" and r.get("ort_runs")]
+        lines.append(f"ONNX Runtime runs {runs}; of those Kiln refuses {len(gaps)} in one line")
+    for name, result in sorted(results.items(), key=lambda kv: int(kv[0])):
+        if result["outcome"] in FINDINGS:
+            lines.append(f"case {name}: {result['outcome']}: {result['detail']} ({result.get('case', '')})")
+    return lines
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", choices=["fuzz", "structured"], default="fuzz")
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
-    results = fuzz(range(args.start, args.start + args.cases), args.workers, args.timeout)
-    print(dict(Counter(r["outcome"] for r in results.values())))
-    for name, result in sorted(results.items(), key=lambda kv: int(kv[0])):
-        if result["outcome"] in ("internal", "crash"):
-            print(f"case {name}: {result['outcome']}: {result['detail']}")
+    results = fuzz(range(args.start, args.start + args.cases), args.workers, args.timeout, kind=args.kind)
+    print("\n".join(summary(results)))
 
 
 if __name__ == "__main__":

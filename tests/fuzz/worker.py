@@ -1,42 +1,115 @@
-"""A fuzz worker: reads case numbers (one per line), compiles each mutated model (and runs it when it compiles),
-answers one JSON line per case: ok (compiled and ran), refused (a KilnError: the one-line error users see) or
-internal (any other exception: the CLI shows it as 'internal error', a bug to fix)."""
+"""A fuzz worker (`python -m tests.fuzz.worker KIND`): reads case numbers (one per line) and answers one JSON line
+per case. KIND 'fuzz' compiles protobuf and byte mutations of three small models (tests/fuzz/mutate.py) and runs
+what compiles; KIND 'structured' compiles a mutated window of a corpus model (tests/fuzz/structured.py), runs it
+on the window's feeds and compares with ONNX Runtime's outputs on the same model.
+
+Outcomes: ok (compiled, ran, and matched ONNX Runtime where it runs the model too), refused (a KilnError: the
+one-line error users see), mismatch (ran, outputs differ from ONNX Runtime's: a wrong answer, a finding) and
+internal (any other exception: the CLI shows it as 'internal error', a finding). A structured case also says
+whether it reached TVM's importer and whether ONNX Runtime runs the model."""
 
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from tests.conformance.run import worker_answers
+
+MATCH_OF_RANGE = 1e-3  # as the corpus: within this fraction of the reference output's range
+
+
+def differs(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> str | None:
+    """Why OURS is not REFERENCE (by output name): a missing output, another shape or dtype kind, an infinity
+    ONNX Runtime has and we do not, NaN or infinity where ONNX Runtime's value is finite, integers not equal,
+    floats off by more than MATCH_OF_RANGE of the range; None when they agree. Where ONNX Runtime has NaN any value
+    is accepted: how NaN passes through max and min (Relu, Clip, MaxPool) is not defined by ONNX, and TVM's
+    max(x, 0) turns it into 0 where ONNX Runtime keeps it."""
+    for name, want in reference.items():
+        got = ours.get(name)
+        if got is None:
+            return f"output {name} missing"
+        got, want = np.asarray(got), np.asarray(want)
+        if got.shape != want.shape:
+            return f"output {name}: shape {list(got.shape)}, ONNX Runtime {list(want.shape)}"
+        if want.dtype.kind in "fc":
+            if got.dtype.kind not in "fc":
+                return f"output {name}: dtype {got.dtype}, ONNX Runtime {want.dtype}"
+            g, w = got.astype(np.float64), want.astype(np.float64)
+            finite = np.isfinite(w)
+            if not np.array_equal(g[np.isinf(w)], w[np.isinf(w)]):
+                return f"output {name}: infinity in other places"
+            if not np.isfinite(g[finite]).all():
+                return f"output {name}: NaN or infinity where ONNX Runtime has none"
+            spread = float(w[finite].max() - w[finite].min()) if finite.any() else 0.0
+            error = float(np.abs(g[finite] - w[finite]).max(initial=0.0)) / (spread or 1.0)
+            if error > MATCH_OF_RANGE:
+                return f"output {name}: error {error:.3g} of the range"
+        elif not np.array_equal(got.astype(want.dtype), want):
+            return f"output {name}: {int((got.astype(want.dtype) != want).sum())} element(s) differ"
+    return None
 
 
 def main() -> None:
     answer = worker_answers()  # before the heavy imports: anything they print goes to stderr
+    kind = sys.argv[1] if len(sys.argv) > 1 else "fuzz"
+    import onnxruntime  # noqa: PLC0415
+    import tvm.relax.frontend.onnx as tvm_onnx  # noqa: PLC0415
+
     import compiler  # noqa: PLC0415
     import runtime  # noqa: PLC0415
+    from compiler.references import onnxruntime_session  # noqa: PLC0415
     from runtime.bench import random_inputs  # noqa: PLC0415
     from runtime.errors import KilnError  # noqa: PLC0415
+    from runtime.scratch import scratch_dir  # noqa: PLC0415
     from tests.fuzz.mutate import mutate, seed_models  # noqa: PLC0415
+    from tests.fuzz.structured import structured_case  # noqa: PLC0415
+    from tests.fuzz.windows import load_seed, seed_names  # noqa: PLC0415
 
-    seeds = seed_models()
+    onnxruntime.set_default_logger_severity(3)
+    reached = []
+    importer = tvm_onnx.from_onnx
+
+    def counted_import(*args, **kwargs):
+        reached.append(True)
+        return importer(*args, **kwargs)
+
+    tvm_onnx.from_onnx = counted_import  # import_relax looks it up at each call: the count of cases that got there
+    seeds = {name: load_seed(name) for name in seed_names()} if kind == "structured" else {}
+    mutate_seeds = seed_models() if kind == "fuzz" else []
     answer({"ready": True})
     for line in sys.stdin:
         case = line.strip()
-        with tempfile.TemporaryDirectory(prefix="kiln-fuzz-") as tmp:
+        reached.clear()
+        reference, what = None, ""
+        with scratch_dir("kiln-fuzz-") as tmp:
             path = Path(tmp) / "model.onnx"
-            path.write_bytes(mutate(int(case), seeds))
+            if kind == "structured":
+                data, feeds, what = structured_case(int(case), seeds)
+                try:
+                    session = onnxruntime_session(data, threads=1)
+                    reference = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+                except Exception:  # noqa: BLE001 - ONNX Runtime refusing the model is an answer too
+                    reference = None
+            else:
+                data, feeds = mutate(int(case), mutate_seeds), None
+            path.write_bytes(data)
             try:
                 artifact = compiler.compile(path, target="auto", output=Path(tmp) / "m.so", tuning_log="none")
                 model = runtime.load(artifact.path, threads=1)
-                model.run(random_inputs(model.inputs))
-                outcome, detail = "ok", ""
+                inputs = {s.name: feeds[s.name] for s in model.inputs} if feeds is not None else \
+                    random_inputs(model.inputs)
+                ours = model.run(inputs)
+                wrong = differs(ours, reference) if reference is not None else None
+                outcome, detail = ("mismatch", wrong) if wrong else ("ok", "")
             except KilnError as err:
-                outcome, detail = "refused", str(err).replace(tmp, "TMP").splitlines()[0][:300]
+                outcome, detail = "refused", str(err).replace(str(tmp), "TMP").splitlines()[0][:300]
             except Exception as err:  # noqa: BLE001 - recorded: the fuzzer's findings
                 first = (str(err).strip().splitlines() or [""])[0]
-                outcome, detail = "internal", f"{type(err).__name__}: {first.replace(tmp, 'TMP')[:300]}"
-        answer({"name": case, "outcome": outcome, "detail": detail})
+                outcome, detail = "internal", f"{type(err).__name__}: {first.replace(str(tmp), 'TMP')[:300]}"
+        answer({"name": case, "outcome": outcome, "detail": detail, "reached_tvm": bool(reached),
+                "ort_runs": reference is not None, "case": what})
 
 
 if __name__ == "__main__":
