@@ -26,6 +26,7 @@ from runtime.errors import KilnError
 
 from . import frontend
 from .kernels.dot_product import VNNI
+from .passes.bound_indices import bound_indices
 from .passes.concat_in_place import concat_in_place
 from .passes.convert_layout import convert_conv_layout
 from .passes.fold_batch_norm import fold_batch_norm
@@ -37,6 +38,7 @@ from .passes.raise_clamps import raise_clamps
 from .passes.read_inputs_in_place import read_inputs_in_place
 from .passes.row_strips import fuse_row_strips
 from .passes.split_activations import split_activations_over_concat
+from .passes.static_shape_tensors import static_shape_tensors
 from .quantize import int8, plan
 from .quantize.fake_quant import lower_qdq
 from .targets import TargetPreset
@@ -56,6 +58,10 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
     """From the imported module to a simplified float graph in Kiln's layout: the stage quantization works on.
     Channel padding to the vector width (LANES) is for CPU DEVICEs only."""
     return [
+        # No gather or scatter index may leave its tensor (a client's token id, a corrupt constant): before
+        # folding, which would run them.
+        bound_indices,
+        static_shape_tensors,
         # Simplify the graph while it is still made of high-level ops.
         fold_constants,
         # A QDQ model's quantize -> dequantize pairs as fake-quant chains of plain ops (layout conversion

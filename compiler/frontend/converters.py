@@ -11,6 +11,11 @@ for the time of one import (importer.import_relax) and puts TVM's back after.
 - Resize whose `sizes` keep a symbolic batch or channel dim (`[1, batch, 2, 2]`: DETR's mask interpolation):
   TVM's converter reads every entry as an integer although it uses only the spatial ones (it never resizes the
   batch or channel axes). Where the leading entries are the input's own dims, they are given to it as 0s.
+- Equal of a shape value and a constant (or two shape values): TVM's converter answers at import time with a
+  structural comparison, which calls a dim unequal to the number it is (an IntImm against a Python int: a
+  `Where(Equal(shape, -1), ...)` picks the wrong branch) and a symbolic dim unequal to anything else, though it
+  may equal it at run time. This one answers at import time only where both sides are numbers (or the same
+  expression), and compares at run time otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -78,7 +84,47 @@ class SpatialResize:
         return convert
 
 
-KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize}
+class ShapeEqual:
+    """Equal with a shape value on either side, decided at import time only where it can be (module docstring)."""
+
+    @classmethod
+    def get_converter(cls, opset: int):
+        tvm_converter = onnx_frontend.Equal.get_converter(opset)
+
+        def convert(bb, inputs, attr, params):
+            kinds = (tvm.ir.GenericConst, relax.ShapeExpr)
+            if not any(isinstance(i, relax.ShapeExpr) for i in inputs) or \
+                    not all(isinstance(i, kinds) for i in inputs):
+                return tvm_converter(bb, inputs, attr, params)
+            lhs, rhs = (_entries(i) for i in inputs)
+            if lhs is not None and rhs is not None and len(lhs) == len(rhs):
+                known = [_known_equal(a, b) for a, b in zip(lhs, rhs)]
+                if all(k is not None for k in known):
+                    return relax.const(known, "bool")
+            tensors = [relax.op.shape_to_tensor(i) if isinstance(i, relax.ShapeExpr) else i for i in inputs]
+            return relax.op.equal(*tensors)
+
+        return convert
+
+
+def _entries(value) -> list | None:
+    """The entries of a shape value or a 1-D integer constant (ints or PrimExprs); None for anything else."""
+    if isinstance(value, relax.ShapeExpr):
+        return [int(v) if isinstance(v, tirx.IntImm) else v for v in value.values]
+    array = value.value.numpy()
+    return [int(v) for v in array] if array.ndim == 1 and array.dtype.kind in "iu" else None
+
+
+def _known_equal(a, b) -> bool | None:
+    """Whether dims A and B are equal, where that is known before run time; else None."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    if not isinstance(a, int) and not isinstance(b, int) and tvm_ffi.structural_equal(a, b):
+        return True
+    return None
+
+
+KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize, "Equal": ShapeEqual}
 
 
 @contextlib.contextmanager

@@ -113,3 +113,21 @@ def test_tile_over_a_symbolic_batch_and_pads_from_static_dims(tmp_path):
     ops = [n.op_type for n in load_model(path).proto.graph.node]
     assert "Tile" not in ops and "Expand" in ops and "Mod" not in ops  # the pads folded: width 6 is static
     _check_at(path, tmp_path, [{"x": [1, 3, 6]}, {"x": [4, 3, 6]}])
+
+
+def test_equal_of_a_shape_is_decided_at_run_time_where_a_dim_is_symbolic(tmp_path):
+    # Where(Equal(Shape(x), [1, -1]), ones, shape), as exporters write for expand: TVM's converter compared the
+    # dims structurally at import time (the symbolic n never equal to 1, the 3 never equal to a Python 3)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Equal", ["shape", "probe"], ["same"]),
+             helper.make_node("Where", ["same", "ones", "shape"], ["picked"]),
+             helper.make_node("Equal", ["shape", "three"], ["is_three"])]
+    graph = helper.make_graph(nodes, "shape_equal", [helper.make_tensor_value_info("x", F32, ["n", 3])],
+                              [helper.make_tensor_value_info("same", TensorProto.BOOL, [2]),
+                               helper.make_tensor_value_info("picked", I64, [2]),
+                               helper.make_tensor_value_info("is_three", TensorProto.BOOL, [2])],
+                              [_const("probe", [1, -1]), _const("ones", [7, 7]), _const("three", [3, 3])])
+    path = save(finish(graph), tmp_path)
+    model = runtime.load(compiler.compile(path, output=tmp_path / "m.so").path)
+    for rows in (1, 2):
+        ours = assert_matches_onnxruntime(path, model, {"x": np.zeros((rows, 3), np.float32)})
+        assert ours["same"].tolist() == [rows == 1, False] and ours["is_three"].tolist() == [rows == 3, True]
