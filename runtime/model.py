@@ -69,7 +69,14 @@ class Model:
         checked = [as_codes(a) if s.dtype in NARROW_DTYPES else a
                    for s, a in zip(self.inputs, check_inputs(self.inputs, arrays))]
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
-            result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)])
+            try:
+                result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)])
+            except Exception as err:  # TVM's errors have no common base here; only allocation failures are named
+                if "bad_alloc" in str(err) or "Failed to allocate" in str(err):
+                    raise KilnError("running the model failed: out of memory (a tensor larger than this machine "
+                                    "can hold: an Expand or ConstantOfShape to a huge shape, or inputs too big)",
+                                    "run it on smaller inputs, or check the model's shapes") from err
+                raise
             values = [result] if hasattr(result, "numpy") else list(result)
             return {spec.name: from_codes(value.numpy(), spec.dtype) if spec.dtype in NARROW_DTYPES
                     else value.numpy() for spec, value in zip(self.outputs, values)}

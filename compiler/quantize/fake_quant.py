@@ -58,7 +58,7 @@ def build(x: relax.Expr, params: QuantParams) -> relax.Expr:
 
 def _scalar(expr) -> float | None:
     value = const_value(expr)
-    return float(value) if value is not None and value.size == 1 else None
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
 def match(expr: relax.Expr, lookup: Callable) -> tuple[relax.Expr, QuantParams] | None:

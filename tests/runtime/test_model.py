@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 import runtime
@@ -141,3 +141,15 @@ def test_run_with_a_list_says_how_to_call_it(artifact):
     with pytest.raises(KilnError, match=r"run\(\) takes a dict of input name -> array, got a list \(pass \{'x': "
                                         r"array\}, or call the model with the arrays in order: model\(\*arrays\)\)"):
         model.run([np.zeros((1, 3, 8, 8), np.float32)])
+
+
+def test_an_allocation_past_the_address_space_is_a_one_line_error(tmp_path):
+    # Expand of a bool to 2^24 x 2^24 (256 TB, more than x86-64's 128 TB of user address space: it fails on any
+    # machine): TVM's std::bad_alloc becomes a KilnError that says out of memory
+    graph = helper.make_graph([helper.make_node("Expand", ["x", "shape"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.BOOL, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.BOOL, [2**24, 2**24])],
+                              [numpy_helper.from_array(np.array([2**24, 2**24], np.int64), "shape")])
+    model = runtime.load(compiler.compile(save(finish(graph), tmp_path), output=tmp_path / "m.so").path)
+    with pytest.raises(KilnError, match="running the model failed: out of memory"):
+        model.run({"x": np.ones((1, 1), bool)})
