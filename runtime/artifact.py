@@ -30,11 +30,13 @@ ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "armv7l"}
 
 @dataclass
 class TensorSpec:
-    """Name, dtype and shape of one model input or output; symbolic dimensions are strings."""
+    """Name, dtype and shape of one model input or output; symbolic dimensions are strings. An integer input
+    that indexes a tensor (token ids) also has the range its values must keep to."""
 
     name: str
     dtype: str
     shape: list[int | str]
+    valid_range: list[int] | None = None  # [lowest, highest] an integer input may hold (it indexes a tensor)
 
     def shape_text(self) -> str:
         return "x".join(str(d) for d in self.shape) or "scalar"
@@ -68,7 +70,11 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        for spec in data["inputs"] + data["outputs"]:
+            if spec["valid_range"] is None:  # only index inputs have one: the others read as before
+                del spec["valid_range"]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:

@@ -189,8 +189,21 @@ def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
                 f"input '{spec.name}' has shape {shape}, expected {spec.shape_text()}",
                 "reshape the input, or recompile with --input-shape",
             )
+        if spec.valid_range is not None and array.size:
+            _check_range(spec, array)
         checked.append(array)
     return checked
+
+
+def _check_range(spec: TensorSpec, array: np.ndarray) -> None:
+    """Refuse values of ARRAY outside SPEC's valid_range (the axis an index input reads), naming the first."""
+    low, high = spec.valid_range
+    outside = (array < low) | (array > high)
+    if outside.any():
+        where = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise KilnError(f"input '{spec.name}' holds {array[where]} at {list(where)}, outside [{low}, {high}]: "
+                        "the model indexes a tensor with it (a token id past the vocabulary?)",
+                        f"pass values from {low} to {high}")
 
 
 @contextmanager

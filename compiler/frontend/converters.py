@@ -14,8 +14,8 @@ for the time of one import (importer.import_relax) and puts TVM's back after.
 - Equal of a shape value and a constant (or two shape values): TVM's converter answers at import time with a
   structural comparison, which calls a dim unequal to the number it is (an IntImm against a Python int: a
   `Where(Equal(shape, -1), ...)` picks the wrong branch) and a symbolic dim unequal to anything else, though it
-  may equal it at run time. This one answers at import time only where both sides are numbers (or the same
-  expression), and compares at run time otherwise.
+  may equal it at run time. This one answers at import time only where both sides are numbers, the same
+  expression, or a dim and a negative number (never equal), and compares at run time otherwise.
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def _known_equal(a, b) -> bool | None:
     """Whether dims A and B are equal, where that is known before run time; else None."""
     if isinstance(a, int) and isinstance(b, int):
         return a == b
+    if isinstance(a, int) != isinstance(b, int) and min(v for v in (a, b) if isinstance(v, int)) < 0:
+        return False  # a dim is never negative: the exporters' Equal(shape, -1)
     if not isinstance(a, int) and not isinstance(b, int) and tvm_ffi.structural_equal(a, b):
         return True
     return None

@@ -24,6 +24,7 @@ from .control_flow import unroll_control_flow
 from .converters import kiln_converters
 from .fold_shapes import fold_shape_computations
 from .functions import expand_functions, has_function_body
+from .index_ranges import input_index_ranges
 from .narrow_types import rewrite_narrow_types
 from .op_rewrites import rewrite_model
 from .opsets import DEFAULT_DOMAINS, default_opset
@@ -267,7 +268,11 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
     model, narrow = rewrite_narrow_types(model)  # float8 / float4 / int4 tensors as bytes: narrow_types.py
     model = _prepare(model, path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    index_ranges = input_index_ranges(model)
     inputs = [tensor_spec(v, narrow.get(v.name)) for v in model.graph.input]
+    for spec in inputs:  # what a token id may be: the kernels clamp indices, the runtime refuses these
+        if spec.name not in narrow:  # float8 / int4 codes index their lookup table, and every code is in it
+            spec.valid_range = index_ranges.get(spec.name)
     return LoadedModel(model, path, digest, inputs, default_opset(model), bound, narrow)
 
 

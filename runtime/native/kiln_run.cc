@@ -38,6 +38,8 @@ constexpr int kPooledAllocator = 2;
 struct Spec {
   std::string name, dtype;
   std::vector<int64_t> shape;  // -1 for a symbolic dimension
+  bool ranged = false;         // an integer input that indexes a tensor: its values stay in [low, high]
+  int64_t low = 0, high = 0;
 };
 
 struct Manifest {
@@ -70,6 +72,13 @@ std::vector<Spec> ReadSpecs(const ffi::json::Array& list) {
     for (const ffi::Any& dim : obj["shape"].cast<ffi::json::Array>()) {
       auto size = dim.try_cast<int64_t>();
       spec.shape.push_back(size.has_value() ? *size : -1);
+    }
+    auto range = obj.find("valid_range");
+    if (range != obj.end() && (*range).second != nullptr) {
+      auto bounds = (*range).second.cast<ffi::json::Array>();
+      spec.ranged = true;
+      spec.low = bounds[0].cast<int64_t>();
+      spec.high = bounds[1].cast<int64_t>();
     }
     specs.push_back(spec);
   }
@@ -221,6 +230,29 @@ std::string HeaderValue(const std::string& header, const std::string& key) {
   return header.substr(at, end - at);
 }
 
+template <typename T>
+void CheckValues(const T* values, size_t count, const Spec& spec, const std::string& path) {
+  for (size_t i = 0; i < count; ++i) {
+    auto value = static_cast<int64_t>(values[i]);
+    if (value < spec.low || value > spec.high)
+      Fail("input '" + spec.name + "' in " + path + " holds " + std::to_string(value) + " at flat index " +
+               std::to_string(i) + ", outside [" + std::to_string(spec.low) + ", " + std::to_string(spec.high) +
+               "]: the model indexes a tensor with it",
+           "pass values from " + std::to_string(spec.low) + " to " + std::to_string(spec.high));
+  }
+}
+
+// The Python runtime's check of TensorSpec.valid_range: a token id past the vocabulary is refused, not clamped.
+void CheckRange(const ffi::Tensor& tensor, const Spec& spec, const std::string& path) {
+  size_t count = ffi::GetDataSize(*tensor.GetDLTensorPtr()) / ((tensor.dtype().bits + 7) / 8);
+  const void* data = tensor.data_ptr();
+  if (spec.dtype == "int64") CheckValues(static_cast<const int64_t*>(data), count, spec, path);
+  else if (spec.dtype == "int32") CheckValues(static_cast<const int32_t*>(data), count, spec, path);
+  else if (spec.dtype == "int16") CheckValues(static_cast<const int16_t*>(data), count, spec, path);
+  else if (spec.dtype == "int8") CheckValues(static_cast<const int8_t*>(data), count, spec, path);
+  else if (spec.dtype == "uint8") CheckValues(static_cast<const uint8_t*>(data), count, spec, path);
+}
+
 ffi::Tensor LoadNpy(const std::string& path, const Spec& spec) {
   std::string data = ReadFile(path);
   if (data.size() < 10 || data.compare(0, 6, "\x93NUMPY") != 0) Fail(path + " is not a .npy file", "use numpy.save");
@@ -258,6 +290,7 @@ ffi::Tensor LoadNpy(const std::string& path, const Spec& spec) {
   size_t bytes = ffi::GetDataSize(*tensor.GetDLTensorPtr());
   if (data.size() - offset - header_len != bytes) Fail(path + " is truncated", "write it again with numpy.save");
   std::memcpy(tensor.data_ptr(), data.data() + offset + header_len, bytes);
+  if (spec.ranged) CheckRange(tensor, spec, path);
   return tensor;
 }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 import runtime
@@ -23,7 +24,7 @@ from compiler.targets import all_targets, get_target
 from runtime.artifact import split_artifact
 from runtime.bench import outputs_match, random_inputs
 from runtime.errors import KilnError
-from tests.models import kiln, save
+from tests.models import finish, kiln, save
 
 ARM_PRESETS = sorted(t.name for t in all_targets().values() if t.arch == "aarch64" and t.device == "cpu")
 CUDA_PRESETS = sorted(t.name for t in all_targets().values() if t.device == "cuda")
@@ -171,6 +172,31 @@ def test_kiln_run_on_this_machine_matches_and_rejects_bad_input(tmp_path):
     done = subprocess.run([str(made.folder / "kiln-run"), "renamed.so"], cwd=made.folder, capture_output=True,
                           text=True)
     assert done.returncode == 1 and "the manifest does not match the seal written with it" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build kiln-run")
+def test_kiln_run_refuses_a_token_id_past_the_vocabulary(tmp_path):
+    # an embedding lookup: ids from -50 to 49 are valid (ONNX counts negatives from the end), 50 is refused in
+    # one line as the Python runtime refuses it, instead of being clamped into the table
+    table = numpy_helper.from_array(np.random.default_rng(1).standard_normal((50, 4)).astype(np.float32), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "embed",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4])], [table])
+    path = save(finish(graph), tmp_path)
+    artifact = compiler.compile(path, target="host", output=tmp_path / "model.so")
+    assert artifact.manifest.inputs[0].valid_range == [-50, 49]
+    made = bundle(artifact.path, tmp_path / "bundle")
+    feeds = {"ids": np.array([[0, 49, -50, -1, 7, 3]], np.int64)}
+    ours = _run_bundle(made.folder, artifact.path, feeds, emulate=False)
+    ok, error = outputs_match(_onnxruntime(path, feeds), ours, rtol=1e-5, atol=1e-6)
+    assert ok, error
+    np.save(made.folder / "far.npy", np.array([[0, 1, 2, 50, 4, 5]], np.int64))
+    done = subprocess.run([str(made.folder / "kiln-run"), "model.so", "-i", "far.npy"], cwd=made.folder,
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "input 'ids' in far.npy holds 50 at flat index 3, outside [-50, 49]" in done.stderr
+    with pytest.raises(KilnError, match=r"input 'ids' holds 50 at \[0, 3\], outside \[-50, 49\]"):
+        runtime.load(artifact.path).run({"ids": np.load(made.folder / "far.npy")})
 
 
 def test_bundle_refuses_cuda_artifacts_clearly(tmp_path):

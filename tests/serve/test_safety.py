@@ -129,3 +129,26 @@ def test_a_rewrite_during_the_copy_fails_the_check(built, tmp_path, rewrite, mon
 
     with pytest.raises(KilnError, match="does not match the sha256"):
         runtime.load(target)
+
+
+def test_a_token_id_past_the_vocabulary_is_a_400_naming_the_input(tmp_path):
+    # a served BERT once segfaulted on such an id; the kernels clamp indices, and the server refuses the request
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    from tests.models import finish  # noqa: PLC0415
+
+    table = numpy_helper.from_array(np.random.default_rng(2).standard_normal((30, 4)).astype(np.float32), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "embed",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])], [table])
+    artifact = compiler.compile(save(finish(graph), tmp_path, "embed"), output=tmp_path / "embed.so").path
+    body = {"inputs": [{"name": "ids", "shape": [1, 5], "datatype": "INT64", "data": [1, 2, 30, 4, 5]}]}
+    with running([artifact]) as server:
+        status, _, answer = request(server, "/v2/models/embed/infer", body)
+        assert status == 400
+        assert "input 'ids' holds 30 at [0, 2], outside [-30, 29]" in json.loads(answer)["error"]
+        body["inputs"][0]["data"][2] = -30
+        status, _, answer = request(server, "/v2/models/embed/infer", body)
+        assert status == 200, answer
+        assert np.allclose(json.loads(answer)["outputs"][0]["data"][8:12],
+                           numpy_helper.to_array(table)[-30].tolist())
