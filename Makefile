@@ -70,10 +70,12 @@ conformance: setup
 corpus: setup
 	$(BIN)/python -m tests.corpus.run
 
-# kiln compile on 5,000 mutated models (tests/fuzz/): prints every crash, hang or internal error with its case
-# number (about 2 minutes; CI runs 300).
+# kiln compile on 5,000 damaged models and 10,000 structure-aware cases (windows of the real-model corpus mutated
+# as valid ONNX, checked against ONNX Runtime; tests/fuzz/): prints every crash, hang, internal error or wrong
+# answer with its case number (about 15 minutes; CI runs 300 of each).
 fuzz: setup
 	$(BIN)/python -m tests.fuzz.run --cases 5000
+	$(BIN)/python -m tests.fuzz.run --kind structured --cases 10000
 
 # kiln serve against 20,000 random and mutated KServe v2 requests (tests/fuzz/requests.py; about 2 minutes).
 fuzz-serve: setup

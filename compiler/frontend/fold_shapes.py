@@ -10,8 +10,9 @@ replaced by an initializer (Shape and Size of tensors whose shape is static coun
 dims a Gather or Slice picks out of a partly known Shape: Swin's window paddings over a dynamic batch), where the node
 computes shapes or other integer / boolean values or float scalars, or fills a tensor from a shape
 (ConstantOfShape, Range, ...). Float arithmetic on weights is left to TVM's FoldConstant, and QuantizeLinear /
-DequantizeLinear pairs stay (Kiln reads a QDQ model's scales from them). Nodes with subgraphs, random ones and
-graph outputs are never folded.
+DequantizeLinear pairs stay (Kiln reads a QDQ model's scales from them). Nodes with subgraphs and random ones are
+never folded; a node that computes a graph output stays, but the nodes that read its value fold with it (a
+window of a ViT export returned a Slice of its shape that a Reshape also read).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _fold_round(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in graph.output}
     kept, folded = [], {}
     for node in graph.node:
-        if node.op_type in NEVER or node.domain not in DEFAULT_DOMAINS or set(node.output) & outputs \
+        if node.op_type in NEVER or node.domain not in DEFAULT_DOMAINS \
                 or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             kept.append(node)
             continue
@@ -119,6 +120,10 @@ def _fold_round(model: onnx.ModelProto) -> int:
         if values is None or len(values) != len(node.output) or \
                 (node.op_type not in ("Shape", "Size", "Constant") and not _foldable(node, values)):
             kept.append(node)
+            continue
+        if set(node.output) & outputs:  # a graph output stays a node's; the nodes that read it see its value
+            kept.append(node)
+            known.update((name, value) for name, value in zip(node.output, values) if name)
             continue
         for name, value in zip(node.output, values):
             if name:

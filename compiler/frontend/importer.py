@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
+from .containment import ChildDied, bounded_memory, in_child, inference_budget
 from .control_flow import unroll_control_flow
 from .converters import kiln_converters
 from .fold_shapes import fold_shape_computations
@@ -219,22 +220,40 @@ def tensor_spec(value: onnx.ValueInfoProto, dtype: str | None = None) -> TensorS
 def _check(model: onnx.ModelProto, path: Path) -> None:
     """Raise the checker's first complaint about MODEL as a KilnError. A model whose structure is valid but whose
     shapes onnx's strict inference cannot follow (it trips over some ops' own function bodies, e.g.
-    MeanVarianceNormalization's) goes on with a warning: its shapes are inferred again, leniently, later."""
+    MeanVarianceNormalization's) goes on with a warning: its shapes are inferred again, leniently, later. The
+    checks run in a child process: a model that kills onnx's C++ is refused, not fatal (containment.py)."""
+    try:
+        complaint, inference = in_child(lambda: _checker_findings(model), inference_budget(model))
+    except ChildDied as died:
+        raise KilnError(f"{path}: onnx's checker died on this model ({died.signal_name}) instead of naming a problem: "
+                        "an attribute or shape outside what its op allows (a negative batch_dims, say)",
+                        "fix the node's attributes, or re-export the model") from None
+    except MemoryError:
+        raise KilnError(f"{path}: onnx's checker ran out of memory on this model",
+                        "look for a tensor of absurd size in the model, or re-export it") from None
+    if complaint:
+        raise KilnError(f"{path} fails the ONNX checker: {complaint}", "fix or re-export the model")
+    if inference:
+        log.warning("%s: ONNX's strict shape inference fails (%s); going on with lenient inference", path.name,
+                    inference[:200])
+
+
+def _checker_findings(model: onnx.ModelProto) -> tuple[str | None, str | None]:
+    """(the checker's first complaint, or None; strict shape inference's complaint where only it fails, inside an
+    op's function body, or None)."""
     try:
         onnx.checker.check_model(model, full_check=True)
-        return
+        return None, None
     except Exception as err:  # ValidationError, InferenceError, and for damaged fields ValueError / UnicodeError
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if not (isinstance(err, onnx.shape_inference.InferenceError) and _in_function_body(first, model)):
-            raise KilnError(f"{path} fails the ONNX checker: {first}", "fix or re-export the model") from None
+            return first, None
         inference = first
     try:
         onnx.checker.check_model(model)
     except Exception as err:  # noqa: BLE001 - as above
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise KilnError(f"{path} fails the ONNX checker: {first}", "fix or re-export the model") from None
-    log.warning("%s: ONNX's strict shape inference fails (%s); going on with lenient inference", path.name,
-                inference[:200])
+        return (str(err).strip().splitlines() or [type(err).__name__])[0], None
+    return None, inference
 
 
 def _in_function_body(message: str, model: onnx.ModelProto) -> bool:
@@ -283,13 +302,19 @@ def _prepare(model: onnx.ModelProto, path: Path, expand_everything: bool = False
     model = expand_functions(model, supported_op_types(), everything=expand_everything)
     rewrite_model(model)  # ops TVM's importer lacks, cannot build or gets wrong, as other ONNX ops: op_rewrites.py
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
-        if unroll_control_flow(model):  # Loop / Scan with trip counts known now: control_flow.py
-            model = fold_shape_computations(onnx.shape_inference.infer_shapes(model, data_prop=True))
-        if rebuild_symbolic_shapes(model):  # what stays symbolic, from the inputs' named dims: symbolic_shapes.py
+        # onnx's data propagation can build a 2**31-entry shape, folding a huge constant: containment.py
+        with bounded_memory(inference_budget(model)):
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+            model = fold_shape_computations(model)  # exporters' run-time shape arithmetic, where shapes are known
+            if unroll_control_flow(model):  # Loop / Scan with trip counts known now: control_flow.py
+                model = fold_shape_computations(onnx.shape_inference.infer_shapes(model, data_prop=True))
+            if rebuild_symbolic_shapes(model):  # what stays symbolic, from the inputs' named dims: symbolic_shapes.py
+                model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         return model
+    except MemoryError:
+        raise KilnError(f"{path}: ONNX shape inference ran out of memory: the model computes a tensor too large for "
+                        "this machine from its constants (a ConstantOfShape, Expand or Tile of a huge size?)",
+                        "fix the constant that sets the size, or re-export the model") from None
     except Exception as err:  # inference raises C++ errors of several kinds
         raise KilnError(f"{path}: ONNX shape inference failed ({str(err).splitlines()[0]})",
                         "fix the model, or give static shapes with --input-shape") from None
@@ -382,9 +407,13 @@ def _outputs_as_tensors(mod):
         return mod
     bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     value = bound.get(out, out)
-    fields = [value.fields[i] if isinstance(value, relax.Tuple) else relax.TupleGetItem(out, i) for i in
-              range(len(types))] if several else [out]
-    fields = [_as_tensor(f, bound.get(f, f), t, i) for i, (f, t) in enumerate(zip(fields, types))]
+    # Each output is read from OUT, never from the tuple's fields: those may be variables of the dataflow block,
+    # which cannot be used after it (a constant output beside a computed one left the computed one undefined).
+    # The fields' values only say what the output is (a scalar known at compile time, say).
+    fields = [relax.TupleGetItem(out, i) for i in range(len(types))] if several else [out]
+    values = [value.fields[i] if isinstance(value, relax.Tuple) else f for i, f in enumerate(fields)] \
+        if several else [value]
+    fields = [_as_tensor(f, bound.get(v, v), t, i) for i, (f, v, t) in enumerate(zip(fields, values, types))]
     body = relax.SeqExpr(func.body.blocks, relax.Tuple(fields) if several else fields[0])
     mod["main"] = relax.Function(func.params, relax.BlockBuilder().normalize(body), attrs=func.attrs)
     return relax.transform.Normalize()(mod)

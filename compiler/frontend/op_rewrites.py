@@ -6,7 +6,9 @@ graph is untouched.
   LLVM codegen does not know once they are vectorized ("unknown intrinsic tirx.cosh"). Mean needs no constant of
   x's dtype, so the rewrite works at every opset.
 - LayerNormalization's optional Mean and InvStdDev outputs: TVM's importer returns placeholders for them. When a
-  model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y.
+  model uses them they are computed with ReduceMean / Sqrt / Reciprocal beside the node, which keeps Y. A Scale
+  or B that broadcasts to the normalized axes without having their shape (TVM's converter refuses it) is applied
+  by Mul and Add after a LayerNormalization with a Scale of ones.
 - LpNormalization (no converter in TVM's importer): x divided by its L1 or L2 norm over the axis.
 - com.microsoft SkipLayerNormalization (ONNX Runtime's transformer optimizer): Add + LayerNormalization, its
   optional outputs included (TVM's converter takes neither a missing beta / bias nor the optional outputs).
@@ -88,6 +90,43 @@ def _layer_norm_statistics(node: onnx.NodeProto, fresh, context) -> list[onnx.No
                   helper.make_node("Add", [variance, eps], [shifted]),
                   helper.make_node("Sqrt", [shifted], [std]),
                   helper.make_node("Reciprocal", [std], [outputs[2]])]
+    return nodes
+
+
+def _layer_norm(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
+    """LayerNormalization as TVM's converter takes it: its statistics outputs by plain ops
+    (_layer_norm_statistics), and a Scale or B that only broadcasts to the normalized shape applied after it."""
+    kept, *statistics = _layer_norm_statistics(node, fresh, context)
+    return _layer_norm_broadcast(kept, fresh, context) + statistics
+
+
+def _layer_norm_broadcast(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
+    """NODE, or where its Scale or B has another shape than the normalized axes (one that broadcasts to them, as
+    ONNX's Mul and Add do; ONNX Runtime takes it, TVM's layer_norm wants them equal) a LayerNormalization with a
+    Scale of ones and no B, then Mul by Scale and Add of B."""
+    shape, rank = context.shape(node.input[0]), context.rank(node.input[0])
+    if shape is None or not rank:
+        return [node]
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1) % rank
+    normalized = shape[axis:]
+    operands = [name for name in node.input[1:3] if name]
+    if not all(isinstance(d, int) for d in normalized) or \
+            all(context.shape(name) == normalized for name in operands):
+        return [node]
+    dtype = context.elem_type(node.input[0])
+    ones, plain, scaled = fresh("ln_ones"), fresh("ln_plain"), fresh("ln_scaled")
+    y = node.output[0]
+    kept = onnx.NodeProto()
+    kept.CopyFrom(node)
+    kept.input[:] = [node.input[0], ones]
+    kept.output[0] = plain
+    nodes = [helper.make_node("Constant", [], [ones], value=numpy_helper.from_array(
+                 np.ones(normalized, helper.tensor_dtype_to_np_dtype(dtype)), ones)), kept]
+    if len(node.input) > 2 and node.input[2]:
+        nodes += [helper.make_node("Mul", [plain, node.input[1]], [scaled]),
+                  helper.make_node("Add", [scaled, node.input[2]], [y])]
+    else:
+        nodes.append(helper.make_node("Mul", [plain, node.input[1]], [y]))
     return nodes
 
 
@@ -258,7 +297,7 @@ class _Context:
         return None
 
 
-REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm_statistics,
+REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _layer_norm,
             "LpNormalization": _lp_normalization, "CumProd": _cumulative_product,
             "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll,
             "Resize": spatial_rewrites.resize, "ConvTranspose": spatial_rewrites.conv_transpose}

@@ -237,6 +237,23 @@ def test_scalar_output_of_a_shape_is_a_tensor(tmp_path, rows):
     assert result.shape == () and result.dtype == np.int64 and int(result) == 2
 
 
+def test_a_constant_shape_output_beside_a_linear_layer(tmp_path):
+    # a window of the DistilBERT export (structured fuzzing): a Concat of constant dims returned beside a MatMul +
+    # Add; the shape output's conversion read the layer's result from inside the dataflow block, where it was
+    # undefined once the kernels were fused ("Var lv1 is not defined" in lowering)
+    rng = np.random.default_rng(5)
+    dims = [numpy_helper.from_array(np.array([v], np.int64), f"d{i}") for i, v in enumerate([1, 16, -1, 16])]
+    nodes = [helper.make_node("Concat", ["d0", "d1", "d2", "d3"], ["dims"], axis=0),
+             helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "const_shape_out", [helper.make_tensor_value_info("x", F32, [1, 16, 64])],
+                              [helper.make_tensor_value_info("dims", I64, [4]),
+                               helper.make_tensor_value_info("y", F32, [1, 16, 64])],
+                              dims + [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w"),
+                                      numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")])
+    path = compile_and_check(finish(graph), tmp_path)
+    assert runtime.load(path).run({"x": np.zeros((1, 16, 64), np.float32)})["dims"].tolist() == [1, 16, -1, 16]
+
+
 @pytest.mark.parametrize("with_beta_bias", [True, False])
 def test_skip_layer_normalization_from_onnxruntime(tmp_path, with_beta_bias):
     # com.microsoft SkipLayerNormalization, as ONNX Runtime's transformer optimizer writes it, all four outputs

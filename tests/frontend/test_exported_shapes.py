@@ -40,6 +40,26 @@ def test_shape_arithmetic_is_folded_where_the_shapes_are_fixed(tmp_path):
     assert_matches_onnxruntime(path, artifact.path)
 
 
+def test_a_shape_value_that_is_also_a_graph_output_still_folds_into_the_reshape(tmp_path):
+    # a window of the ViT export (structured fuzzing): the batch dim sliced out of the shape is returned and also
+    # read by the Reshape's target; the Slice stays (it makes an output), the target folds all the same
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+             helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    consts = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("zero", 0), ("one", 1),
+                                                                              ("minus_one", -1))]
+    graph = helper.make_graph(nodes, "shape_output", [helper.make_tensor_value_info("x", F32, [2, 4, 5])],
+                              [helper.make_tensor_value_info("batch", TensorProto.INT64, [1]),
+                               helper.make_tensor_value_info("y", F32, [2, 20])], consts)
+    path = save(finish(graph, 13), tmp_path)
+    loaded = load_model(path).proto.graph
+    assert [n.op_type for n in loaded.node] == ["Slice", "Reshape"]
+    assert numpy_helper.to_array(next(t for t in loaded.initializer if t.name == "target")).tolist() == [2, -1]
+    out = assert_matches_onnxruntime(path, compiler.compile(path, output=tmp_path / "m.so").path)
+    assert out["batch"].tolist() == [2]
+
+
 def test_paddle_style_dims_are_dynamic_and_can_be_set(tmp_path):
     path = save(finish(helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "paddle_dims",

@@ -132,6 +132,24 @@ def test_cosh_and_sinh_are_rewritten_and_match_onnxruntime(tmp_path):
     assert "Cosh" not in ops and "Sinh" not in ops and "Mean" in ops
 
 
+@pytest.mark.parametrize("scale_shape,bias_shape,outputs", [([4], [1, 4], 1), ([1, 4], None, 1), ([3, 1], [4], 3)])
+def test_layer_norm_whose_scale_and_bias_broadcast_matches_onnxruntime(tmp_path, scale_shape, bias_shape, outputs):
+    # axis -2 normalizes [3, 4]; Scale and B only broadcast to it (a fuzzed window of DistilBERT, axis changed):
+    # ONNX Runtime takes it, TVM's layer_norm wants [3, 4] exactly
+    rng = np.random.default_rng(9)
+    weights = [numpy_helper.from_array(rng.standard_normal(scale_shape).astype(np.float32), "scale")]
+    inputs = ["x", "scale"]
+    if bias_shape:
+        weights.append(numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "bias"))
+        inputs.append("bias")
+    names = ["y", "mean", "inv_std"][:outputs]
+    node = helper.make_node("LayerNormalization", inputs, names, axis=-2, epsilon=1e-3)
+    shapes = {"y": [2, 3, 4], "mean": [2, 1, 1], "inv_std": [2, 1, 1]}
+    graph = helper.make_graph([node], "ln", [helper.make_tensor_value_info("x", F32, [2, 3, 4])],
+                              [helper.make_tensor_value_info(n, F32, shapes[n]) for n in names], weights)
+    compile_and_check(finish(graph, 17), tmp_path, {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)})
+
+
 @pytest.mark.parametrize("opset", [17, 18])
 def test_layer_norm_mean_and_inv_std_outputs_match_onnxruntime(tmp_path, opset):
     rng = np.random.default_rng(8)

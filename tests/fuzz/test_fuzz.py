@@ -1,7 +1,8 @@
 """Fuzzed models (tests/fuzz/): `kiln compile` never crashes, hangs or fails without a clear one-line error.
 
-300 mutated models run in worker processes by default (a worker that dies or hangs is a failure of its case);
-`make fuzz` runs thousands. A sample also goes through the real command line, checking its output."""
+300 mutated models and 300 structure-aware cases (windows of the real-model corpus, mutated as valid ONNX and
+checked against ONNX Runtime) run in worker processes (a worker that dies or hangs is a failure of its case);
+`make fuzz` runs thousands of each. A sample also goes through the real command line, checking its output."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def test_three_hundred_mutated_models_fail_cleanly_or_work():
     assert not findings, f"{outcomes}; " + "; ".join(f"case {n}: {r['outcome']} {r['detail']}"
                                                      for n, r in sorted(findings.items())[:10])
     assert outcomes["ok"] > 0 and outcomes["refused"] > 0  # the mutations reach both ends
+
+
+def test_three_hundred_structured_cases_reach_tvm_and_match_onnxruntime_or_fail_cleanly():
+    results = fuzz(range(300), workers=2, timeout=120, say=lambda _m: None, kind="structured")
+    outcomes = Counter(r["outcome"] for r in results.values())
+    findings = {n: r for n, r in results.items() if r["outcome"] not in ("ok", "refused", "ort_differs")}
+    assert not findings, f"{outcomes}; " + "; ".join(f"case {n}: {r['outcome']} {r['detail']} ({r['case']})"
+                                                     for n, r in sorted(findings.items())[:10])
+    reached = sum(r["reached_tvm"] for r in results.values())
+    assert reached > len(results) / 2, f"only {reached} of {len(results)} cases reached TVM's importer"
+    assert outcomes["ok"] > len(results) / 3  # most windows compile, run and match ONNX Runtime
 
 
 @pytest.mark.parametrize("case", [3, 7, 42, 279, 868, 1422])
