@@ -33,7 +33,7 @@ from .passes.fold_batch_norm import fold_batch_norm
 from .passes.fold_constants import fold_constants
 from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
-from .passes.pad_channels import pad_channels
+from .passes.pad_channels import pad_channels, pad_rows
 from .passes.raise_clamps import raise_clamps
 from .passes.read_inputs_in_place import read_inputs_in_place
 from .passes.row_strips import fuse_row_strips
@@ -56,7 +56,7 @@ def when(condition: bool, *passes: tvm.transform.Pass) -> list[tvm.transform.Pas
 
 def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:
     """From the imported module to a simplified float graph in Kiln's layout: the stage quantization works on.
-    Channel padding to the vector width (LANES) is for CPU DEVICEs only."""
+    Channel padding to the vector width (LANES) and row padding to the register tiles are for CPU DEVICEs only."""
     return [
         # No gather or scatter index may leave its tensor (a client's token id, a corrupt constant): before
         # folding, which would run them.
@@ -78,7 +78,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
         # Weights are transposed once here and folded; only the model's borders get a transpose.
         *when(layout == "NHWC", convert_conv_layout, fold_constants),
-        *when(device == "cpu", pad_channels(lanes), fold_constants),
+        *when(device == "cpu", pad_channels(lanes), fold_constants, pad_rows()),
         split_activations_over_concat,
         relax.transform.DeadCodeElimination(["main"]),
     ]

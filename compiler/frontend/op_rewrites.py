@@ -251,14 +251,19 @@ class _Context:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.opset = default_opset(model)
+        self.learned: list[onnx.ValueInfoProto] = []  # contrib ops' outputs, typed by what the ops do
+        self.stale = False  # learned types that inference has not yet carried to the ops after them
 
     @functools.cached_property
     def types(self) -> dict:
         """Tensor types by name, inferred on first use (most models need no rule that asks)."""
+        return self._inferred(self.model)
+
+    def _inferred(self, model: onnx.ModelProto) -> dict:
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model)
+            inferred = onnx.shape_inference.infer_shapes(model)
         except Exception:  # noqa: BLE001 - without inferred types, rewrites that need them are skipped
-            inferred = self.model
+            inferred = model
         graph = inferred.graph
         types = {v.name: v.type.tensor_type for v in list(graph.input) + list(graph.value_info)
                  + list(graph.output) if v.type.HasField("tensor_type")}
@@ -275,13 +280,28 @@ class _Context:
         return found.elem_type if found is not None else onnx.TensorProto.FLOAT
 
     def learn(self, name: str, elem_type: int, shape: list[int | str]) -> None:
-        """Record NAME's type where a rewrite knows it and shape inference did not (a contrib op's outputs)."""
-        if name and name not in self.types:
-            self.types[name] = helper.make_tensor_type_proto(elem_type, shape).tensor_type
+        """Record NAME's type where a rewrite knows it and shape inference did not (a contrib op's outputs). What
+        the op computes overrides what the model declares for it (a value_info or graph output of another shape)."""
+        if name and self.types.get(name) != (known := helper.make_tensor_type_proto(elem_type, shape).tensor_type):
+            self.types[name] = known
+            self.learned.append(helper.make_tensor_value_info(name, elem_type, shape))
+            self.stale = True
 
     def shape(self, name: str) -> list[int | str] | None:
-        """NAME's dims (ints where static, else their names), or None where its rank is unknown."""
+        """NAME's dims (ints where static, else their names), or None where its rank is unknown. An unknown one
+        is looked for again once rewrites have learned contrib ops' outputs: inference carries those on (a MatMul
+        after a BiasGelu)."""
         found = self.types.get(name)
+        if (found is None or not found.HasField("shape")) and self.stale:
+            self.stale = False
+            informed = onnx.ModelProto()
+            informed.CopyFrom(self.model)
+            informed.graph.value_info.extend(self.learned)
+            for key, value in self._inferred(informed).items():
+                self.types.setdefault(key, value)
+                if not self.types[key].HasField("shape") and value.HasField("shape"):
+                    self.types[key] = value
+            found = self.types.get(name)
         if found is None or not found.HasField("shape"):
             return None
         return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in found.shape.dim]
@@ -302,6 +322,9 @@ REWRITES = {"Cosh": _hyperbolic, "Sinh": _hyperbolic, "LayerNormalization": _lay
             "LSTM": recurrent.unroll, "GRU": recurrent.unroll, "RNN": recurrent.unroll,
             "Resize": spatial_rewrites.resize, "ConvTranspose": spatial_rewrites.conv_transpose}
 CONTRIB_REWRITES = {("com.microsoft", "SkipLayerNormalization"): _skip_layer_norm}
+# contrib ops (kept for TVM's converters) whose output has their first input's shape, which ONNX shape inference
+# does not know: recorded, so a SkipLayerNormalization after them can check its skip
+SHAPE_KEEPING_CONTRIB = {("com.microsoft", op) for op in ("BiasGelu", "FastGelu", "Gelu")}
 
 
 def rewrite_model(model: onnx.ModelProto) -> int:
@@ -334,6 +357,8 @@ def rewrite_ops(graph: onnx.GraphProto, context: _Context, counter: itertools.co
                 done += rewrite_ops(attr.g, context, counter)
         rule = REWRITES.get(node.op_type) if node.domain in DEFAULT_DOMAINS else \
             CONTRIB_REWRITES.get((node.domain, node.op_type))
+        if (node.domain, node.op_type) in SHAPE_KEEPING_CONTRIB and context.shape(node.input[0]) is not None:
+            context.learn(node.output[0], context.elem_type(node.input[0]), context.shape(node.input[0]))
         if rule is None:
             rewritten.append(node)
         else:

@@ -63,6 +63,17 @@ def register_tile(rows: int | None, cols: int, lanes: int, group: int | None = N
     return best[2], best[3]
 
 
+ROW_PADDING = 8  # rows a matmul with no usable row tile is padded to a multiple of (kiln.PadRows)
+
+
+def needs_row_padding(rows: int) -> bool:
+    """Whether a contraction over ROWS rows gets only a guarded register tile (register_tile: no divisor of 4 to
+    12 rows; 197 ViT tokens, 13, 19, ...). The guard on every row of the tile kept LLVM from keeping the
+    accumulators in registers: ViT-B/16's 197 x 768 -> 2304 projection ran 2,150 ms, so such rows are padded
+    to a multiple of ROW_PADDING instead (kiln.PadRows) and the extra rows sliced off."""
+    return rows > 12 and max(d for d in range(1, 13) if rows % d == 0) < 4
+
+
 def single_row_width(cols: int, base: int) -> int:
     """Width of a one-row register tile (a matrix-vector product: one accumulator per vector) in vectors of BASE
     columns: up to SINGLE_ROW_VECTORS of them, so as many accumulators hide the FMA latency, while COLS still

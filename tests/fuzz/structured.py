@@ -13,6 +13,7 @@ import onnx
 import onnx.defs
 from onnx import AttributeProto, helper, numpy_helper
 
+from compiler.frontend.containment import in_child
 from tests.fuzz.windows import Seed, window
 
 # ops that take and give the same signature: swapping one for another keeps the graph well typed
@@ -195,10 +196,17 @@ def _op_swap(rng, model, feeds):
             del node.input[schema.max_input:]
 
 
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """MODEL with onnx's inferred shapes, inferred in a child process: some mutants kill onnx's inference (a
+    GatherND with a negative batch_dims), which raises ChildDied here instead."""
+    data = in_child(lambda: onnx.shape_inference.infer_shapes(model).SerializeToString())
+    return onnx.load_from_string(data)
+
+
 def _types(model: onnx.ModelProto, feeds) -> dict[str, int]:
     """The element type of every value whose type is known without shape inference, plus inferred ones."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = _inferred(model)
     except Exception:  # noqa: BLE001 - a mutated model may not infer; rewire then sticks to what is declared
         inferred = model
     graph = inferred.graph
@@ -288,7 +296,7 @@ def _redeclare_outputs(model: onnx.ModelProto) -> None:
     for value in bare.graph.output:
         value.ClearField("type")
     try:
-        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(bare).graph.output}
+        inferred = {v.name: v for v in _inferred(bare).graph.output}
     except Exception:  # noqa: BLE001 - inference fails on some mutants: the checker will say why
         return
     for value in model.graph.output:

@@ -218,3 +218,55 @@ def test_pack_weights_rewrites_dense_and_plain_convs(tmp_path):
     compile_and_check(packable_model(), tmp_path, input_shapes={"x": [2, 3, 13, 11]})
     (tmp_path / "dynamic").mkdir()
     compile_and_check(packable_model(), tmp_path / "dynamic")  # symbolic batch reaches the packed kernels too
+
+
+def _linear(rows: int, depth: int, cols: int, gelu: bool = True):
+    """x [1, ROWS, DEPTH] @ W [DEPTH, COLS] + b (then GELU): a transformer's projection."""
+    rng = np.random.default_rng(rows * 7 + cols)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "b"], ["u"])]
+    nodes.append(helper.make_node("Gelu", ["u"], ["y"]) if gelu else helper.make_node("Identity", ["u"], ["y"]))
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", F32, [1, rows, depth])],
+                              [helper.make_tensor_value_info("y", F32, [1, rows, cols])],
+                              [numpy_helper.from_array(rng.standard_normal((depth, cols)).astype(np.float32) * 0.1,
+                                                       "w"),
+                               numpy_helper.from_array(rng.standard_normal(cols).astype(np.float32), "b")])
+    return finish(graph, 20)
+
+
+@pytest.mark.parametrize("rows,depth,cols", [(197, 64, 96), (13, 48, 40), (17, 64, 192), (50, 32, 48), (1, 8, 33)])
+def test_row_and_column_remainders_match_onnxruntime(tmp_path, rows, depth, cols):
+    # rows no register tile divides (197 ViT tokens, 13, 17) are padded to 8 (kiln.PadRows), columns to the vector
+    # width (kiln.PadChannels); 50 rows take 10-row tiles, 1 row the matrix-vector tile
+    from compiler.schedules.tiles import needs_row_padding
+
+    assert needs_row_padding(rows) == (rows in (197, 13, 17))
+    compile_and_check(_linear(rows, depth, cols), tmp_path)
+
+
+def test_pad_rows_pads_the_activations_and_slices_back():
+    from compiler.passes.pad_channels import pad_rows
+
+    with tvm.target.Target({"kind": "llvm"}):
+        graph = graph_passes("NHWC")
+        before = tvm.transform.Sequential(graph[: pass_names(graph).index("kiln.PadRows")])(
+            from_onnx(_linear(197, 64, 96)))
+        after = pad_rows()(before)
+    assert _ops(after).count("relax.nn.pad") == 1 and _ops(after).count("relax.strided_slice") == 1
+    rows = []
+    relax.analysis.post_order_visit(after["main"].body, lambda e: rows.append(int(e.ty.shape.values[-2]))
+                                    if _op_name_of(e) == "relax.matmul" else None)
+    assert rows == [200]
+
+
+@pytest.mark.parametrize("heads,tokens", [(4, 197), (2, 50), (3, 13)])
+def test_attention_over_token_counts_no_vector_divides_matches_onnxruntime(tmp_path, heads, tokens):
+    # Q.K^T's columns are the tokens: a computed right operand, padded to the vector width (kiln.PadChannels);
+    # P.V's rows are the tokens too (a guarded tile: padding P would copy it)
+    shape = [1, heads, tokens, 16]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(n, F32, shape) for n in "qkv"],
+                              [helper.make_tensor_value_info("y", F32, shape)])
+    compile_and_check(finish(graph), tmp_path)
