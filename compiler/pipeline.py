@@ -30,6 +30,7 @@ from .passes.bound_indices import bound_indices
 from .passes.concat_in_place import concat_in_place
 from .passes.convert_layout import convert_conv_layout
 from .passes.fold_batch_norm import fold_batch_norm
+from .passes.flatten_rows import flatten_rows
 from .passes.fold_constants import fold_constants
 from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
@@ -78,7 +79,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
         # Weights are transposed once here and folded; only the model's borders get a transpose.
         *when(layout == "NHWC", convert_conv_layout, fold_constants),
-        *when(device == "cpu", pad_channels(lanes), fold_constants, pad_rows()),
+        *when(device == "cpu", pad_channels(lanes), fold_constants, flatten_rows, pad_rows()),
         split_activations_over_concat,
         relax.transform.DeadCodeElimination(["main"]),
     ]
