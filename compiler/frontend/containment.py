@@ -85,24 +85,12 @@ def in_child(function: Callable[[], Result], budget: int | None = None) -> Resul
     return value
 
 
-def _available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+def _kilobytes(path: str, key: str) -> int | None:
+    """The value of KEY (a line `KEY: N kB`) in the /proc file PATH, in bytes; None where it cannot be read."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _mapped_bytes() -> int | None:
-    """This process's address space (VmSize) in bytes."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -114,7 +102,7 @@ def bounded_memory(budget: int | None = None) -> Iterator[None]:
     """While open, the address space may grow by BUDGET bytes at most, and never past what the machine has
     available: a larger allocation fails (MemoryError) instead of growing until the OOM killer ends the process.
     Does nothing where the limits cannot be read or set."""
-    available, mapped = _available_bytes(), _mapped_bytes()
+    available, mapped = _kilobytes("/proc/meminfo", "MemAvailable"), _kilobytes("/proc/self/status", "VmSize")
     if available is None or mapped is None:
         yield
         return

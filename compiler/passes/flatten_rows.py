@@ -16,7 +16,7 @@ import math
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import const_value, mutator_pass, op_name
+from .relax_util import linear_operands, mutator_pass
 
 FEW_ROWS = 4  # a second-last axis shorter than this gives the register tile too few rows to work with
 
@@ -27,13 +27,10 @@ class _RowFlattener(PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if op_name(call) != "relax.matmul":
+        operands = linear_operands(call)
+        if operands is None or len(operands[1]) < 3 or not all(isinstance(d, tirx.IntImm) for d in operands[1]):
             return call
-        weight = const_value(call.args[1])
-        shape = getattr(call.args[0].ty, "shape", None)
-        if weight is None or weight.ndim != 2 or shape is None or len(shape) < 3 \
-                or not all(isinstance(d, tirx.IntImm) for d in shape):
-            return call
+        weight, shape = operands
         dims = [int(d) for d in shape]
         rows = math.prod(dims[:-1])
         if dims[-2] >= FEW_ROWS or rows == dims[-2]:

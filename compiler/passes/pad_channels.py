@@ -20,7 +20,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.tiles import ROW_PADDING, needs_row_padding
-from .relax_util import const_value, mutator_pass, op_name
+from .relax_util import const_value, linear_operands, mutator_pass, op_name
 
 
 @mutator
@@ -84,12 +84,9 @@ class _RowPadder(PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if op_name(call) != "relax.matmul":
-            return call
-        weight = const_value(call.args[1])
-        shape = getattr(call.args[0].ty, "shape", None)
-        if weight is None or weight.ndim != 2 or shape is None or len(shape) < 2 \
-                or not isinstance(shape[-2], tvm.tirx.IntImm) or not needs_row_padding(int(shape[-2])):
+        operands = linear_operands(call)
+        shape = operands[1] if operands else []
+        if len(shape) < 2 or not isinstance(shape[-2], tvm.tirx.IntImm) or not needs_row_padding(int(shape[-2])):
             return call
         rows = int(shape[-2])
         extra = -(-rows // ROW_PADDING) * ROW_PADDING - rows

@@ -19,6 +19,18 @@ def op_name(expr) -> str:
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
 
 
+def linear_operands(call) -> tuple[np.ndarray, list] | None:
+    """(constant 2-D weights, the activation's shape) of CALL where it is a matmul of an activation with constant
+    2-D weights and the activation's shape is known (its dims IntImm where static); else None."""
+    if op_name(call) != "relax.matmul":
+        return None
+    weight = const_value(call.args[1])
+    shape = getattr(call.args[0].ty, "shape", None)
+    if weight is None or weight.ndim != 2 or shape is None:
+        return None
+    return weight, list(shape)
+
+
 def rewrite_relax_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
     """Run the PyExprMutator that MAKE_MUTATOR(mod) builds over every Relax function of MOD; return the result."""
     mutator = make_mutator(mod)
