@@ -1,7 +1,9 @@
 """The frontend stage: ONNX file -> checked, shape-inferred ModelProto -> Relax IRModule.
 
 In: an ONNX file (external data too) and the input shapes the user fixed. Out: a LoadedModel (the checked
-proto, its input specs, opset, sha256) and, from it, the Relax module the pipeline starts from. Unsupported
+proto, its input specs, opset, sha256) and, from it, the Relax module the pipeline starts from. checker.py runs
+onnx's checker in a child process and containment.py bounds onnx's inference: a model that kills onnx's C++ is
+refused in one line. Unsupported
 operators are one error naming every one of them. Before TVM's importer sees the graph, op_rewrites.py
 replaces operators TVM cannot build or lacks (recurrent.py unrolls LSTM / GRU / RNN), qoperator.py turns
 QOperator-format int8 models into QDQ form, and fold_shapes.py folds the shape arithmetic exporters write where

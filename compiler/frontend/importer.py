@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from google.protobuf.message import DecodeError
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
-from .containment import ChildDied, bounded_memory, in_child, inference_budget
+from .checker import check_model
+from .containment import bounded_memory, inference_budget
 from .control_flow import unroll_control_flow
 from .converters import kiln_converters
 from .fold_shapes import fold_shape_computations
@@ -217,58 +217,6 @@ def tensor_spec(value: onnx.ValueInfoProto, dtype: str | None = None) -> TensorS
     return TensorSpec(value.name, dtype or str(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)), shape)
 
 
-def _check(model: onnx.ModelProto, path: Path) -> None:
-    """Raise the checker's first complaint about MODEL as a KilnError. A model whose structure is valid but whose
-    shapes onnx's strict inference cannot follow (it trips over some ops' own function bodies, e.g.
-    MeanVarianceNormalization's) goes on with a warning: its shapes are inferred again, leniently, later. The
-    checks run in a child process: a model that kills onnx's C++ is refused, not fatal (containment.py)."""
-    try:
-        complaint, inference = in_child(lambda: _checker_findings(model), inference_budget(model))
-    except ChildDied as died:
-        raise KilnError(f"{path}: onnx's checker died on this model ({died.signal_name}) instead of naming a problem: "
-                        "an attribute or shape outside what its op allows (a negative batch_dims, say)",
-                        "fix the node's attributes, or re-export the model") from None
-    except MemoryError:
-        raise KilnError(f"{path}: onnx's checker ran out of memory on this model",
-                        "look for a tensor of absurd size in the model, or re-export it") from None
-    if complaint:
-        raise KilnError(f"{path} fails the ONNX checker: {complaint}", "fix or re-export the model")
-    if inference:
-        log.warning("%s: ONNX's strict shape inference fails (%s); going on with lenient inference", path.name,
-                    inference[:200])
-
-
-def _checker_findings(model: onnx.ModelProto) -> tuple[str | None, str | None]:
-    """(the checker's first complaint, or None; strict shape inference's complaint where only it fails, inside an
-    op's function body, or None)."""
-    try:
-        onnx.checker.check_model(model, full_check=True)
-        return None, None
-    except Exception as err:  # ValidationError, InferenceError, and for damaged fields ValueError / UnicodeError
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if not (isinstance(err, onnx.shape_inference.InferenceError) and _in_function_body(first, model)):
-            return first, None
-        inference = first
-    try:
-        onnx.checker.check_model(model)
-    except Exception as err:  # noqa: BLE001 - as above
-        return (str(err).strip().splitlines() or [type(err).__name__])[0], None
-    return None, inference
-
-
-def _in_function_body(message: str, model: onnx.ModelProto) -> bool:
-    """Whether the inference error MESSAGE is about an op whose ONNX function body it failed inside."""
-    found = re.search(r"\(op_type:(\w+)\).*Inference error", message)
-    if not found:
-        return False
-    opset = default_opset(model)
-    try:
-        schema = onnx.defs.get_schema(found.group(1), opset, "")
-    except onnx.defs.SchemaError:
-        return False
-    return bool(schema.has_function or schema.has_context_dependent_function)
-
-
 def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None,
                input_values: dict[str, list[float]] | None = None) -> LoadedModel:
     """Read, check, opset-convert and shape-infer the ONNX model at PATH, with INPUT_SHAPES' dims fixed and the
@@ -278,7 +226,7 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         model = to_qdq(_read(path))  # ONNX Runtime's QLinear operators as QDQ: see qoperator.py
     except ValueError as err:
         raise KilnError(f"{path}: {err}", "quantize the model in QDQ format (quant_format=QuantFormat.QDQ)") from None
-    _check(model, path)
+    check_model(model, path)  # in a child process: checker.py
     model = _normalise_opset(model, path)
     _drop_initializer_inputs(model.graph)
     _name_unknown_dims(model.graph)

@@ -357,8 +357,9 @@ def rewrite_ops(graph: onnx.GraphProto, context: _Context, counter: itertools.co
                 done += rewrite_ops(attr.g, context, counter)
         rule = REWRITES.get(node.op_type) if node.domain in DEFAULT_DOMAINS else \
             CONTRIB_REWRITES.get((node.domain, node.op_type))
-        if (node.domain, node.op_type) in SHAPE_KEEPING_CONTRIB and context.shape(node.input[0]) is not None:
-            context.learn(node.output[0], context.elem_type(node.input[0]), context.shape(node.input[0]))
+        if (node.domain, node.op_type) in SHAPE_KEEPING_CONTRIB \
+                and (shape := context.shape(node.input[0])) is not None:
+            context.learn(node.output[0], context.elem_type(node.input[0]), shape)
         if rule is None:
             rewritten.append(node)
         else:
