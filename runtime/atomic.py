@@ -1,12 +1,11 @@
 """Writes that survive interruption: a temporary file in the same folder, then an atomic rename."""
 
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .scratch import stamped, sweep
+from .scratch import fresh_name, sweep
 
 
 def _umask() -> int:
@@ -22,14 +21,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep(final.parent, f".{final.name}.", ".tmp")
-    fd, tmp = tempfile.mkstemp(prefix=stamped(f".{final.name}."), suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    tmp = fresh_name(final.parent, f".{final.name}.", ".tmp")
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files 0600; give the mode any new file would get
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # the writer may have made it 0600; give the mode any new file would get
         os.replace(tmp, final)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,14 @@ from pathlib import Path
 def stamped(prefix: str, pid: int | None = None) -> str:
     """PREFIX with PID (default: this process's) appended: the prefix of a scratch name `sweep` can judge."""
     return f"{prefix}{os.getpid() if pid is None else pid}-"
+
+
+def fresh_name(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+    """FOLDER/PREFIX<pid>-<random>SUFFIX, a name nothing else uses (64 random bits behind this process's pid).
+
+    Callers create the entry inside the `try` whose `finally` removes it: a signal that arrives between the
+    creation and the `try` (SIGTERM unwinds as SystemExit) would otherwise leave it behind."""
+    return Path(folder, stamped(prefix) + secrets.token_hex(8) + suffix)
 
 
 def sweep(folder: str | os.PathLike, prefix: str, suffix: str = "") -> list[Path]:
@@ -64,8 +73,9 @@ def scratch_dir(prefix: str = "kiln-") -> Iterator[Path]:
     PREFIX left by dead processes are removed first."""
     root = tempfile.gettempdir()
     sweep(root, prefix)
-    folder = Path(tempfile.mkdtemp(prefix=stamped(prefix), dir=root))
+    folder = fresh_name(root, prefix)
     try:
+        os.mkdir(folder, 0o700)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)

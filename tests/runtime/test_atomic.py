@@ -64,3 +64,28 @@ def test_what_a_killed_process_left_is_removed_by_the_next_one(tmp_path, monkeyp
         assert folder.name.startswith(f"kiln-build-{os.getpid()}-") and folder.stat().st_mode & 0o777 == 0o700
         assert not (tmp_path / f"kiln-build-{dead}-abc").exists() and (tmp_path / f"kiln-build-{alive}-def").exists()
     assert not folder.exists()
+
+
+def _signal_right_after(create):
+    """CREATE, then a SIGTERM's SystemExit the moment it returns: the earliest a handler can run."""
+    def created_then_signalled(*args, **kwargs):
+        create(*args, **kwargs)
+        raise SystemExit(143)
+    return created_then_signalled
+
+
+def test_a_signal_right_after_the_scratch_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(os, "mkdir", _signal_right_after(os.mkdir))
+    with pytest.raises(SystemExit):
+        with scratch_dir("kiln-test-"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "open", _signal_right_after(os.open))
+    with pytest.raises(SystemExit):
+        with atomic_path(tmp_path / "model.so"):
+            pass
+    assert list(tmp_path.iterdir()) == []
