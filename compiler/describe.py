@@ -118,6 +118,13 @@ def _runs_on(manifest: dict) -> str:
             + (", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"))
 
 
+def _weights_text(weights: dict | None) -> str:
+    """'12 tensors, 3.4 MB beside the library (mapped at load)', or where an older artifact keeps them."""
+    if not weights:
+        return "all in the library (format 2, or none of 4 KB or more)"
+    return f"{len(weights['tensors'])} tensors, {weights['bytes'] / 1e6:.1f} MB beside the library (mapped at load)"
+
+
 def to_text(report: dict) -> str:
     """Human-readable form of a describe() report."""
     if report["kind"] == "artifact":
@@ -133,6 +140,7 @@ def to_text(report: dict) -> str:
             f"kernels    {k['tuned']} tuned, {k['default_rule']} default rule, {k['unscheduled']} naive",
             f"tuning     {m['tuning']['database'] or 'no database'} ({m['tuning']['records']} records)",
             f"quantized  {m['quantization'] or 'no (fp32)'}",
+            f"weights    {_weights_text(m.get('weights'))}",
             f"built      {m['created']} with Kiln {m['kiln_version']}, TVM {m['tvm_version']} "
             f"in {m['compile_seconds']} s",
             f"passes     {', '.join(m['passes'])}",

@@ -146,6 +146,6 @@ def compile_with(options: CompileOptions, progress: Progress | None = None) -> A
         if preset.device == "cuda":
             manifest.extra["device_code"] = cuda.check_device_code(library, preset.tvm_target["arch"])
         manifest.compile_seconds = round(time.perf_counter() - started, 2)
-        write_artifact(library, manifest, out)
+        write_artifact(library, manifest, out, built.weights)
     say(f"wrote {out}")
     return Artifact(out, manifest, timing, dumper.written)

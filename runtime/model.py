@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import Manifest, TensorSpec, verify
+from .artifact import TENSOR_ALIGNMENT, Manifest, TensorSpec, verify, weight_arrays
 from .errors import KilnError
 from .scratch import scratch_dir
 from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime, wrap_array
@@ -27,7 +28,8 @@ class Model:
     Safe to call from several threads: calls run one at a time (each uses every worker thread of TVM's pool),
     and each calling thread gets a pool of the size given to `load`."""
 
-    def __init__(self, path: Path, manifest: Manifest, library, vm, device=None, threads: int | None = None):
+    def __init__(self, path: Path, manifest: Manifest, library, vm, device=None, threads: int | None = None,
+                 weights: list | None = None):
         self.path = path
         self.threads = threads
         self.manifest = manifest
@@ -37,6 +39,7 @@ class Model:
         self._main = vm["main"]
         self._lock = threading.Lock()
         self._staging: dict[int, object] = {}  # input index -> its reusable device tensor (see _staged)
+        self._weights = weights or []  # main's parameters after the inputs (see compiler/build/weights.py)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -70,7 +73,7 @@ class Model:
                    for s, a in zip(self.inputs, check_inputs(self.inputs, arrays))]
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
             try:
-                result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)])
+                result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)], *self._weights)
             except Exception as err:  # TVM's errors have no common base here; only allocation failures are named
                 if "bad_alloc" in str(err) or "Failed to allocate" in str(err):
                     raise KilnError("running the model failed: out of memory (a tensor larger than this machine "
@@ -207,20 +210,43 @@ def _check_range(spec: TensorSpec, array: np.ndarray) -> None:
 
 
 @contextmanager
-def _private_copy(path: Path) -> Iterator[tuple[Path, Manifest]]:
-    """(copy, manifest): the library of the artifact at PATH, verified as it is copied into a folder made for this
-    load alone (mode 0700, a scratch_dir), and removed with the folder when the block ends.
+def _private_copy(path: Path) -> Iterator[tuple[Path, Path, Manifest]]:
+    """(library copy, weights copy, manifest): the library and weights parts of the artifact at PATH, verified as
+    they are copied into a folder made for this load alone (mode 0700, a scratch_dir), and removed with the
+    folder when the block ends.
 
-    The loader maps the copy, never PATH: a `cp` or truncation of a served file cannot pull pages from under
+    The loader maps the copies, never PATH: a `cp` or truncation of a served file cannot pull pages from under
     running code (SIGBUS / SIGSEGV), and no file anyone else can write or predict is ever loaded. Removing the copy
     once it is loaded is safe: the mapping keeps the file's inode, so its number cannot be handed to another file
     that the loader (which also knows libraries by device and inode) would then mistake for this one."""
     with scratch_dir("kiln-load-") as folder:
-        copy = folder / path.name
-        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            manifest = verify(path, copy_to=out)
-        yield copy, manifest
+        copy, weights = folder / path.name, folder / "weights"
+        with _private_file(copy) as library_out, _private_file(weights) as weights_out:
+            manifest = verify(path, copy_to=library_out, weights_to=weights_out)
+        yield copy, weights, manifest
+
+
+def _private_file(path: Path):
+    """PATH created for writing by this process alone (it must not exist: no link is followed)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
+
+
+def _map_weights(path: Path, manifest: Manifest, device) -> list:
+    """The weights main takes after the inputs, as TVM tensors: on the CPU over the pages of the file at PATH
+    mapped copy-on-write (the one copy a process holds; the kernels never write them), on a GPU copied there."""
+    if not manifest.weights:
+        return []
+    with open(path, "rb") as f:
+        pages = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    tvm = tvm_runtime()
+    on_cpu = device.dlpack_device_type() == _KDL_CPU
+    tensors = []
+    for spec, array in zip(manifest.weights["tensors"], weight_arrays(pages, manifest.weights)):
+        tensor = wrap_array(array, TENSOR_ALIGNMENT) if on_cpu else tvm.runtime.tensor(array, device=device)
+        if str(tensor.dtype) != spec["dtype"]:  # stored as codes of its width (bfloat16 as uint16)
+            tensor = tensor._create_view(tuple(array.shape), spec["dtype"])
+        tensors.append(tensor)
+    return tensors
 
 
 def load(path: str | Path, threads: int | None = None) -> Model:
@@ -230,7 +256,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     """
     path = Path(path)
     tvm = tvm_runtime()
-    with _private_copy(path) as (copy, manifest):
+    with _private_copy(path) as (copy, weights_copy, manifest):
         if "amx_tile" in manifest.cpu_features:
             enable_amx()
         device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
@@ -238,19 +264,20 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         try:
             lib = tvm.runtime.load_module(str(copy))
             vm = lib["vm_load_executable"]()
+            weights = _map_weights(weights_copy, manifest, device)
         except Exception as err:  # TVM raises its own error types; name them in one line
             reason = f"{type(err).__name__}: {err}".replace(str(copy), str(path)).splitlines()[0]
             raise KilnError(f"{path}: the library could not be loaded ({reason})",
                             "rebuild it with `kiln compile` for this machine") from None
     arity = int(vm["get_function_arity"]("main"))
-    if arity != len(manifest.inputs):  # the manifest was edited, or belongs to another library
-        raise KilnError(f"{path}: the manifest lists {len(manifest.inputs)} input(s) but the library's main takes "
-                        f"{arity}", "rebuild it with `kiln compile`")
+    if arity != len(manifest.inputs) + len(weights):  # the manifest was edited, or belongs to another library
+        raise KilnError(f"{path}: the manifest lists {len(manifest.inputs)} input(s) and {len(weights)} weight(s) "
+                        f"but the library's main takes {arity}", "rebuild it with `kiln compile`")
     if manifest.device == "cuda":  # kernels on the GPU, shape computations on the host
         vm["vm_initialization"](_KDL_CUDA, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
     else:
         vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
-    return Model(path, manifest, lib, vm, device, threads)
+    return Model(path, manifest, lib, vm, device, threads, weights)
 
 
 def _size_pool(threads: int | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.support import cc
@@ -19,6 +20,7 @@ from runtime.tvm_runtime import enable_amx
 from ..pipeline import lowering_passes, uses_amx
 from ..targets import TargetPreset
 from . import cuda
+from .weights import lift_weights
 
 
 def lowering_context(instruments: list | None = None) -> tvm.transform.PassContext:
@@ -29,16 +31,18 @@ def lowering_context(instruments: list | None = None) -> tvm.transform.PassConte
 
 
 def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
-                     instruments: list | None = None) -> tuple[relax.VMExecutable, int]:
+                     instruments: list | None = None) -> tuple[relax.VMExecutable, int, list[np.ndarray]]:
     """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing). Returns the
-    executable and the alignment in bytes its main needs of its inputs' data (manifest `input_alignment`)."""
+    executable, the alignment in bytes its main needs of its inputs' data (manifest `input_alignment`) and the
+    weights its main takes after the inputs (see weights.py)."""
+    mod, weights = lift_weights(mod)
     report = {"input_alignment": 64}
     pipeline = tvm.transform.Sequential(lowering_passes(target, report), name="kiln.lower")
     if target.kind.name == "cuda":
         cuda.prepare()
     # The CUDA device compiler reads the architecture from the current target.
     with lowering_context(instruments), target:
-        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report["input_alignment"]
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report["input_alignment"], weights
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:
@@ -49,11 +53,24 @@ def export(executable, preset: TargetPreset, path: Path) -> Path:
     return path
 
 
-def load_vm(executable: relax.VMExecutable, preset: TargetPreset) -> relax.VirtualMachine:
-    """A VM over EXECUTABLE as it will ship: exported and loaded back. (A VM made on the in-memory executable
-    records memory scopes into it, which every later load of the artifact then logs as a warning.)"""
+class LoadedBuild:
+    """A build loaded back as it will ship; calling it with the model's inputs (TVM tensors) runs main on them
+    and the build's weights."""
+
+    def __init__(self, vm: relax.VirtualMachine, weights: list[np.ndarray]):
+        self.vm = vm
+        self.weights = [tvm.runtime.tensor(w) for w in weights]
+
+    def __call__(self, *inputs):
+        return self.vm["main"](*inputs, *self.weights)
+
+
+def load_vm(executable: relax.VMExecutable, weights: list[np.ndarray], preset: TargetPreset) -> LoadedBuild:
+    """EXECUTABLE (with the WEIGHTS its main takes after the inputs) as it will ship: exported and loaded back.
+    (A VM made on the in-memory executable records memory scopes into it, which every later load of the
+    artifact then logs as a warning.)"""
     if uses_amx(preset):
         enable_amx()
     with scratch_dir("kiln-vm-") as tmp:
         library = tvm.runtime.load_module(str(export(executable, preset, Path(tmp) / "lib.so")))
-    return relax.VirtualMachine(library, tvm.cpu())
+    return LoadedBuild(relax.VirtualMachine(library, tvm.cpu()), weights)

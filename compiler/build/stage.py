@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tvm
 from tvm import relax
 
 from ..pipeline import fuse_kernels, stage_errors
 from ..targets import TargetPreset
 from ..tuning import database as tuning
-from .lower import build_executable
+from .lower import LoadedBuild, build_executable, load_vm
 from .schedule import KernelReport, schedule
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class StageBuild:
     executable: relax.VMExecutable
     records: int
     input_alignment: int
+    weights: list[np.ndarray]  # what main takes after the inputs (compiler/build/weights.py)
+
+    def loaded(self, preset: TargetPreset) -> LoadedBuild:
+        """This build exported and loaded back, as it will ship (see lower.load_vm)."""
+        return load_vm(self.executable, self.weights, preset)
 
 
 def build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path | None, say: Progress | None = None,
@@ -57,5 +63,5 @@ def build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path | 
         f"{len(report.tuned) + len(report.default_rule) + len(report.unscheduled)} kernels "
         f"({len(report.tuned)} tuned); building for {preset.name}")
     with stage_errors("kiln.lower"):
-        executable, input_alignment = build_executable(scheduled, target, instruments)
-    return StageBuild(fused, scheduled, report, executable, applied, input_alignment)
+        executable, input_alignment, weights = build_executable(scheduled, target, instruments)
+    return StageBuild(fused, scheduled, report, executable, applied, input_alignment, weights)

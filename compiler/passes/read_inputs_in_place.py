@@ -12,13 +12,15 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 
+from .relax_util import model_inputs
+
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 def _input_reads(main: relax.Function) -> list[tuple[tvm.ir.GlobalVar, int]] | None:
     """(kernel, parameter index) of each kernel argument that is a model input or a view of one; None when an
     input reaches anything else that could keep or write its memory (an in-place kernel, a packed call)."""
-    derived = set(main.params)
+    derived = set(model_inputs(main))  # weights lifted into parameters stay 64-byte aligned
     reads = []
     for block in main.body.blocks:
         for binding in block.bindings:

@@ -7,6 +7,13 @@ import tvm
 from tvm import relax, tirx
 
 OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: epilogues (bias, GELU) fuse into the kernel
+NUM_INPUT = "num_input"  # Relax's attribute: how many leading parameters of main are the model's inputs
+
+
+def model_inputs(main: relax.Function) -> list:
+    """MAIN's parameters that are the model's inputs (the rest, after NUM_INPUT of them, are lifted weights)."""
+    count = main.attrs.get(NUM_INPUT) if main.attrs is not None else None
+    return list(main.params) if count is None else list(main.params)[:int(count)]
 
 
 def const_value(expr) -> np.ndarray | None:

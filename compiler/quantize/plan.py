@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
@@ -19,7 +18,8 @@ from ..passes.relax_util import const_value
 from . import calibration, int8
 from .fake_quant import QuantParams
 
-BuildVM = Callable[[tvm.IRModule], relax.VirtualMachine]  # a graph-stage module -> a VM running it
+Runnable = Callable[..., object]  # a build loaded back (build.lower.LoadedBuild): model inputs -> its outputs
+BuildVM = Callable[[tvm.IRModule], Runnable]  # a graph-stage module -> that module built and loaded
 
 
 def _outputs(value) -> list[np.ndarray]:
@@ -29,9 +29,9 @@ def _outputs(value) -> list[np.ndarray]:
     return [value.numpy()]
 
 
-def run(vm: relax.VirtualMachine, inputs: list[TensorSpec], sample: dict[str, np.ndarray]):
+def run(vm: Runnable, inputs: list[TensorSpec], sample: dict[str, np.ndarray]):
     """Call `main` of VM on SAMPLE (arrays by input name)."""
-    return vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(sample[i.name])) for i in inputs))
+    return vm(*(tvm.runtime.tensor(np.ascontiguousarray(sample[i.name])) for i in inputs))
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Plan:
     latency_ms: list[float] | None = None  # [int8, float32] on a held-back sample, when timed
     chosen: str = "int8"
 
-    def measure(self, vm: relax.VirtualMachine, inputs: list[TensorSpec]) -> int8.Accuracy | None:
+    def measure(self, vm: Runnable, inputs: list[TensorSpec]) -> int8.Accuracy | None:
         """The quantized model (VM) against float32 on the held-back samples; None without them."""
         if not self.held_back:
             return None

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import tvm
-from tvm import relax
 
 from runtime.artifact import TensorSpec
 from runtime.bench import Engine, compare_engines
 from runtime.errors import KilnError
 
-from ..build.lower import load_vm
 from ..build.stage import StageBuild, build_stage
 from ..kernels.dot_product import BF16, VNNI
 from ..options import CompileOptions
@@ -41,7 +39,7 @@ class PrecisionBuild:
     quantization: dict | None
 
 
-def race(vms: list[relax.VirtualMachine], inputs: list[TensorSpec], sample: dict) -> list[float]:
+def race(vms: list[plan.Runnable], inputs: list[TensorSpec], sample: dict) -> list[float]:
     """Median ms per run of each of VMS on SAMPLE, timed the way `kiln bench` times engines (alternating blocks,
     retaken under outside load)."""
     engines = [Engine(str(i), lambda feeds, vm=vm: plan.run(vm, inputs, feeds)) for i, vm in enumerate(vms)]
@@ -86,7 +84,7 @@ def _plan(stage: tvm.IRModule, inputs: list[TensorSpec], options: CompileOptions
         for note in options.notes:
             say(note)
         return plan.calibrate(stage, inputs, options.calibration, options.calibration_method,
-                              lambda m: load_vm(build_stage(m, preset, None).executable, preset), say)
+                              lambda m: build_stage(m, preset, None).loaded(preset), say)
     found = plan.from_model(stage)
     if found:
         preset.require(VNNI.cpu_feature, "int8 dot-product instruction")
@@ -108,7 +106,7 @@ def _int8_build(stage: tvm.IRModule, int8_plan: plan.Plan, options: CompileOptio
         for quantize in quantize_passes(int8_plan, skip, amx):
             quantized = quantize(quantized)
         built = build_stage(quantized, preset, db_dir, say, timings, instruments)
-        measured = int8_plan.measure(load_vm(built.executable, preset), inputs)
+        measured = int8_plan.measure(built.loaded(preset), inputs)
         if measured is None or max_drop is None or measured.drop <= max_drop:
             break
         wider = int8_plan.fallback(skip)
@@ -122,7 +120,7 @@ def _int8_build(stage: tvm.IRModule, int8_plan: plan.Plan, options: CompileOptio
     if options.int8 and int8_plan.held_back:
         say("timing the int8 build against a float32 build")
         float_build = build_stage(stage, preset, db_dir, say)
-        int8_plan.latency_ms = race([load_vm(built.executable, preset), load_vm(float_build.executable, preset)],
+        int8_plan.latency_ms = race([built.loaded(preset), float_build.loaded(preset)],
                                     inputs, int8_plan.held_back[0])
         int8_ms, float_ms = int8_plan.latency_ms
         if int8_ms >= float_ms:

@@ -13,6 +13,11 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -29,7 +34,7 @@ namespace ffi = tvm::ffi;
 
 namespace {
 
-// the artifact trailer: [library][manifest JSON][32-byte seal: sha256 of library + manifest][u64 length][magic]
+// the artifact: [library][weights][manifest JSON][32-byte seal: sha256 of all before it][u64 length][magic]
 constexpr char kMagic[] = "KILNMF02";
 constexpr char kUnsealedMagic[] = "KILNMF01";  // format 1: no seal, refused
 constexpr int kDeviceCPU = 1;
@@ -42,9 +47,16 @@ struct Spec {
   int64_t low = 0, high = 0;
 };
 
+struct Weight {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  size_t offset;  // in the artifact file
+};
+
 struct Manifest {
   std::vector<Spec> inputs, outputs;
   std::string target, arch;
+  std::vector<Weight> weights;  // what main takes after the inputs (format 3), read where the artifact is mapped
 };
 
 struct CPUAlloc {
@@ -55,6 +67,45 @@ struct CPUAlloc {
 [[noreturn]] void Fail(const std::string& problem, const std::string& fix) {
   throw std::runtime_error(problem + " (" + fix + ")");
 }
+
+// A tensor over memory someone else owns (a weight in the mapped artifact).
+struct BorrowedAlloc {
+  void* data;
+  void AllocData(DLTensor* t) { t->data = data; }
+  void FreeData(DLTensor*) {}
+};
+
+// The artifact mapped copy-on-write (the kernels never write the weights): they are used where they lie, one copy
+// in memory.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) Fail("cannot read " + path, "check the path");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      close(fd);
+      Fail(path + " is not a regular file", "pass the .so file written by `kiln compile`");
+    }
+    size_ = static_cast<size_t>(st.st_size);
+    void* at = size_ ? mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) : nullptr;
+    close(fd);
+    if (at == MAP_FAILED) Fail("cannot map " + path, "check that it is readable");
+    data_ = static_cast<const char*>(at);
+  }
+  ~MappedFile() {
+    if (data_) munmap(const_cast<char*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const char* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::string Slice(size_t at, size_t length) const { return std::string(data_ + at, length); }
+
+ private:
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 std::string ReadFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -162,39 +213,96 @@ class Sha256 {
   uint64_t length_ = 0;
 };
 
-constexpr int64_t kFormatVersion = 2;  // the newest artifact format this runner reads (runtime/artifact.py)
+constexpr int64_t kFormatVersion = 3;  // the newest artifact format this runner reads (runtime/artifact.py)
+constexpr size_t kTensorAlignment = 64;  // of each weight, as runtime/artifact.py writes them
 
-Manifest ReadManifest(const std::string& artifact) {
-  const size_t trailer = 48;
-  if (artifact.size() >= 8 && artifact.compare(artifact.size() - 8, 8, kUnsealedMagic) == 0)
+[[noreturn]] void DamagedWeights() {
+  Fail("damaged manifest (its weights entry does not fit the file)", "rebuild it with `kiln compile`");
+}
+
+// The weights entry of a format-3 manifest, checked against the BODY bytes of library and weights.
+std::vector<Weight> ReadWeights(const ffi::json::Object& obj, size_t body, size_t* weights_bytes) {
+  std::vector<Weight> weights;
+  *weights_bytes = 0;
+  auto entry = obj.find("weights");
+  if (entry == obj.end() || (*entry).second == nullptr) return weights;
+  auto part = (*entry).second.cast<ffi::json::Object>();
+  if (part.empty()) return weights;
+  int64_t offset = part["offset"].cast<int64_t>(), size = part["bytes"].cast<int64_t>();
+  if (offset <= 0 || size < 0 || static_cast<size_t>(offset + size) != body) DamagedWeights();
+  for (const ffi::Any& item : part["tensors"].cast<ffi::json::Array>()) {
+    auto tensor = item.cast<ffi::json::Object>();
+    Weight weight{tensor["dtype"].cast<ffi::String>(), {}, 0};
+    int64_t at = tensor["offset"].cast<int64_t>(), count = 1;
+    for (const ffi::Any& dim : tensor["shape"].cast<ffi::json::Array>()) {
+      int64_t d = dim.cast<int64_t>();
+      if (d < 0 || (d > 0 && count > size / d)) DamagedWeights();
+      count *= d;
+      weight.shape.push_back(d);
+    }
+    DLDataType dl = ffi::StringToDLDataType(weight.dtype);
+    int64_t bytes = count * ((dl.bits * dl.lanes + 7) / 8);
+    if (at < 0 || at % kTensorAlignment != 0 || at > size || bytes > size - at) DamagedWeights();
+    weight.offset = static_cast<size_t>(offset + at);
+    weights.push_back(weight);
+  }
+  *weights_bytes = static_cast<size_t>(size);
+  return weights;
+}
+
+Manifest ReadManifest(const MappedFile& artifact) {
+  const size_t trailer = 48, size = artifact.size();
+  const char* data = artifact.data();
+  if (size >= 8 && std::memcmp(data + size - 8, kUnsealedMagic, 8) == 0)
     Fail("artifact format 1, whose manifest is not sealed to its library",
-         "rebuild it with `kiln compile` (this kiln-run reads format 2)");
-  if (artifact.size() < trailer || artifact.compare(artifact.size() - 8, 8, kMagic) != 0)
+         "rebuild it with `kiln compile` (this kiln-run reads formats 2 and 3)");
+  if (size < trailer || std::memcmp(data + size - 8, kMagic, 8) != 0)
     Fail("not a Kiln artifact (no manifest)", "build one with `kiln compile`");
   uint64_t length;
-  std::memcpy(&length, artifact.data() + artifact.size() - 16, sizeof(length));
-  if (length > artifact.size() - trailer) Fail("damaged artifact trailer", "rebuild it with `kiln compile`");
+  std::memcpy(&length, data + size - 16, sizeof(length));
+  if (length > size - trailer) Fail("damaged artifact trailer", "rebuild it with `kiln compile`");
   ffi::String error;
-  ffi::json::Value parsed =
-      ffi::json::Parse(artifact.substr(artifact.size() - trailer - length, length), &error);
+  ffi::json::Value parsed = ffi::json::Parse(artifact.Slice(size - trailer - length, length), &error);
   if (!error.empty()) Fail("damaged manifest: " + std::string(error), "rebuild it with `kiln compile`");
   auto obj = parsed.cast<ffi::json::Object>();
   int64_t format = obj["format_version"].cast<int64_t>();
   if (format > kFormatVersion)
     Fail("artifact format " + std::to_string(format) + " is newer than this kiln-run reads (" +
              std::to_string(kFormatVersion) + ")", "rebuild kiln-run with `kiln bundle` from the same Kiln");
-  size_t library = artifact.size() - trailer - length;
-  Sha256 digest;
-  digest.Update(artifact.data(), library);
-  if (digest.Hex() != std::string(obj["library_sha256"].cast<ffi::String>()))
+  size_t body = size - trailer - length, weights_bytes;
+  std::vector<Weight> weights = ReadWeights(obj, body, &weights_bytes);
+  size_t library = body - weights_bytes;
+  Sha256 seal;
+  seal.Update(data, library);
+  if (seal.Hex() != std::string(obj["library_sha256"].cast<ffi::String>()))
     Fail("the library does not match the sha256 recorded in its manifest (damaged or altered)",
          "rebuild it with `kiln compile`");
-  digest.Update(artifact.data() + library, length);
-  if (digest.Digest() != artifact.substr(artifact.size() - trailer, 32))
+  if (!weights.empty()) {
+    Sha256 part;
+    part.Update(data + library, weights_bytes);
+    auto recorded = obj["weights"].cast<ffi::json::Object>()["sha256"].cast<ffi::String>();
+    if (part.Hex() != std::string(recorded))
+      Fail("the weights do not match the sha256 recorded in its manifest (damaged or altered)",
+           "rebuild it with `kiln compile`");
+  }
+  seal.Update(data + library, weights_bytes + length);
+  if (seal.Digest() != artifact.Slice(size - trailer, 32))
     Fail("the manifest does not match the seal written with it (edited after `kiln compile`)",
          "rebuild it with `kiln compile`; edit the model, never the manifest");
   return {ReadSpecs(obj["inputs"].cast<ffi::json::Array>()), ReadSpecs(obj["outputs"].cast<ffi::json::Array>()),
-          obj["target"].cast<ffi::String>(), obj["arch"].cast<ffi::String>()};
+          obj["target"].cast<ffi::String>(), obj["arch"].cast<ffi::String>(), weights};
+}
+
+// The weights as tensors over the mapped artifact (no copy).
+std::vector<ffi::Tensor> MapWeights(const Manifest& manifest, const MappedFile& artifact) {
+  std::vector<ffi::Tensor> tensors;
+  for (const Weight& weight : manifest.weights) {
+    void* at = const_cast<char*>(artifact.data() + weight.offset);
+    tensors.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{at}, ffi::ShapeView(weight.shape.data(),
+                                               weight.shape.size()), ffi::StringToDLDataType(weight.dtype),
+                                               DLDevice{kDLCPU, 0}));
+  }
+  return tensors;
 }
 
 // numpy dtype string <-> DLPack dtype, for the dtypes Kiln models take and return.
@@ -352,13 +460,15 @@ int Run(int argc, char** argv) {
     else Fail("unexpected argument " + arg, "see --help");
   }
   if (model.empty()) Fail("no model given", "usage: kiln-run MODEL.so [-i INPUT.npy ...] [-o OUTDIR]");
-  Manifest manifest = ReadManifest(ReadFile(model));
+  MappedFile artifact(model);
+  Manifest manifest = ReadManifest(artifact);
   if (!inputs.empty() && inputs.size() != manifest.inputs.size())
     Fail("the model takes " + std::to_string(manifest.inputs.size()) + " input(s), got " +
              std::to_string(inputs.size()), "pass one -i FILE.npy per input, in manifest order");
   std::vector<ffi::Tensor> tensors;
   for (size_t i = 0; i < manifest.inputs.size(); ++i)
     tensors.push_back(inputs.empty() ? Zeros(manifest.inputs[i]) : LoadNpy(inputs[i], manifest.inputs[i]));
+  for (ffi::Tensor& weight : MapWeights(manifest, artifact)) tensors.push_back(weight);
   std::vector<ffi::AnyView> args(tensors.begin(), tensors.end());
 
   // dlopen() searches the library path for a name without a slash: make it a path.

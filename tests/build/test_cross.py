@@ -149,8 +149,9 @@ def test_demo_model_for_rpi4_runs_under_qemu_and_matches_onnxruntime(tmp_path):
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build kiln-run")
 def test_kiln_run_on_this_machine_matches_and_rejects_bad_input(tmp_path):
-    path = save(resnet((1,), width=8, size=16, classes=4), tmp_path)
+    path = save(resnet((1,), width=16, size=16, classes=4), tmp_path)
     artifact = compiler.compile(path, target="host", output=tmp_path / "model.so")
+    assert artifact.manifest.weights["tensors"], "no weights lifted: kiln-run's mapped weights go untested"
     made = bundle(artifact.path, tmp_path / "bundle")
     feeds = random_inputs(artifact.manifest.inputs)
     ours = _run_bundle(made.folder, artifact.path, feeds, emulate=False)
@@ -162,11 +163,17 @@ def test_kiln_run_on_this_machine_matches_and_rejects_bad_input(tmp_path):
     assert done.returncode == 1
     assert "input 'input' in bad.npy has the wrong shape" in done.stderr
     blob = bytearray((made.folder / "model.so").read_bytes())
-    blob[len(blob) // 3] ^= 0xFF  # inside the library part
+    blob[artifact.manifest.weights["offset"] // 3] ^= 0xFF  # inside the library part
     (made.folder / "tampered.so").write_bytes(bytes(blob))
     done = subprocess.run([str(made.folder / "kiln-run"), "tampered.so"], cwd=made.folder, capture_output=True,
                           text=True)
     assert done.returncode == 1 and "does not match the sha256 recorded in its manifest" in done.stderr
+    blob = bytearray((made.folder / "model.so").read_bytes())
+    blob[artifact.manifest.weights["offset"] + 100] ^= 0x01
+    (made.folder / "tampered.so").write_bytes(bytes(blob))
+    done = subprocess.run([str(made.folder / "kiln-run"), "tampered.so"], cwd=made.folder, capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and "the weights do not match the sha256 recorded" in done.stderr
     blob = (made.folder / "model.so").read_bytes()
     (made.folder / "renamed.so").write_bytes(blob.replace(b'"name": "input"', b'"name": "inpux"'))  # same length
     done = subprocess.run([str(made.folder / "kiln-run"), "renamed.so"], cwd=made.folder, capture_output=True,

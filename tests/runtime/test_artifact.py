@@ -1,6 +1,7 @@
 """Artifacts and their manifests: the fields, and every artifact runtime.load refuses (tampered, truncated,
 another architecture, missing CPU features, a newer format, a manifest that does not match), and a rebuilt one."""
 
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -10,20 +11,20 @@ import pytest
 
 import compiler
 import runtime
-from runtime.artifact import split_artifact, write_artifact
+from runtime.artifact import read_weights, split_artifact, write_artifact
 from runtime.errors import KilnError
-from tests.models import save
+from tests.models import assert_matches_onnxruntime, save
 
 
 def test_manifest_fields(artifact):
     m = runtime.read_manifest(artifact)
     assert m.inputs[0].name == "x" and m.inputs[0].shape == ["batch", 3, 8, 8] and m.inputs[0].dtype == "float32"
-    assert m.outputs[0].name == "y" and m.outputs[0].shape == ["batch", 4, 8, 8]
+    assert m.outputs[0].name == "y" and m.outputs[0].shape == ["batch", 48, 8, 8]
     assert m.source_model == "model.onnx" and len(m.source_sha256) == 64 and len(m.library_sha256) == 64
     assert m.target and m.tvm_target["kind"] == "llvm" and m.arch == "x86_64"
     assert "kiln.FoldBatchNorm" in m.passes and m.tvm_version.startswith("0.27")
     assert set(m.tuning) == {"database", "records", "tasks_tuned", "tasks_default"}
-    assert m.format_version == 2 and m.quantization is None
+    assert m.format_version == 3 and m.quantization is None
 
 
 def _rewrite(artifact, tmp_path, edit_library=None, edit_manifest=None) -> Path:
@@ -34,12 +35,12 @@ def _rewrite(artifact, tmp_path, edit_library=None, edit_manifest=None) -> Path:
     if edit_manifest:
         edit_manifest(manifest)
     (tmp_path / "lib.so").write_bytes(bytes(library))
-    return write_artifact(tmp_path / "lib.so", manifest, tmp_path / "edited.so")
+    return write_artifact(tmp_path / "lib.so", manifest, tmp_path / "edited.so", read_weights(artifact))
 
 
 def test_tampered_library_is_refused(artifact, tmp_path):
     blob = bytearray(artifact.read_bytes())
-    blob[len(blob) // 3] ^= 0xFF
+    blob[runtime.read_manifest(artifact).weights["offset"] // 3] ^= 0xFF  # inside the library part
     bad = tmp_path / "tampered.so"
     bad.write_bytes(bytes(blob))
     with pytest.raises(KilnError, match="does not match the sha256"):
@@ -74,7 +75,7 @@ def test_truncated_artifact_is_refused(artifact, tmp_path):
 
 def test_newer_format_version_is_refused(artifact, tmp_path):
     newer = _rewrite(artifact, tmp_path, edit_manifest=lambda m: setattr(m, "format_version", 99))
-    with pytest.raises(KilnError, match="has artifact format 99; this Kiln runtime reads format 2 and older"):
+    with pytest.raises(KilnError, match="has artifact format 99; this Kiln runtime reads format 3 and older"):
         runtime.load(newer)
 
 
@@ -83,7 +84,8 @@ def test_manifest_that_does_not_match_the_library_is_refused(artifact, tmp_path)
         manifest.inputs.append(runtime.artifact.TensorSpec("extra", "float32", [1]))
 
     edited = _rewrite(artifact, tmp_path, edit_manifest=add_input)
-    with pytest.raises(KilnError, match=r"the manifest lists 2 input\(s\) but the library's main takes 1"):
+    with pytest.raises(KilnError, match=r"the manifest lists 2 input\(s\) and 1 weight\(s\) but the library's "
+                                        r"main takes 2"):
         runtime.load(edited)
 
 
@@ -161,10 +163,66 @@ def test_a_manifest_edited_in_place_is_refused(artifact, tmp_path, edit):
 
 def test_an_unsealed_format_1_artifact_is_refused(artifact, tmp_path):
     library, manifest = split_artifact(artifact)
-    manifest.format_version = 1
+    manifest.format_version, manifest.weights = 1, {}  # format 1 kept every weight in the library
     meta = manifest.to_json().encode()
     old = tmp_path / "old.so"
     old.write_bytes(library + meta + struct.pack("<Q8s", len(meta), b"KILNMF01"))
     assert runtime.read_manifest(old).format_version == 1  # inspect still reads it
     with pytest.raises(KilnError, match="has artifact format 1, whose manifest is not sealed to its library"):
         runtime.load(old)
+
+
+def _mapped_ranges(name_part: str) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of files whose path contains NAME_PART."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and name_part in fields[5]:
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((low, high))
+    return ranges
+
+
+def test_weights_are_used_where_they_are_mapped_not_copied(artifact):
+    """The weights main takes after the inputs lie in the mapped weights file (one copy in memory); the library
+    holds none of them, and the results stay right."""
+    model = runtime.load(artifact, threads=1)
+    spec = runtime.read_manifest(artifact).weights
+    assert len(spec["tensors"]) == 1 and spec["offset"] % runtime.artifact.WEIGHTS_ALIGNMENT == 0
+    mapped = _mapped_ranges("/kiln-load-")
+    assert mapped, "the weights file is not mapped"
+    for tensor in model._weights:
+        assert any(low <= tensor.data_ptr() < high for low, high in mapped)
+    assert_matches_onnxruntime(artifact.parent / "model.onnx", model)
+
+
+def test_tampered_weights_are_refused(artifact, tmp_path):
+    spec = runtime.read_manifest(artifact).weights
+    blob = bytearray(artifact.read_bytes())
+    blob[spec["offset"] + spec["bytes"] // 2] ^= 0x01
+    bad = tmp_path / "tampered.so"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(KilnError, match="the weights do not match the sha256 recorded in its manifest"):
+        runtime.load(bad)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda w: w.update(offset=w["offset"] + 64),
+    lambda w: w.update(bytes=w["bytes"] * 2),
+    lambda w: w["tensors"][0].update(shape=[10 ** 9]),
+    lambda w: w["tensors"][0].update(offset=-64),
+    lambda w: w["tensors"][0].update(dtype="float4_e2m1fn"),
+    lambda w: w.update(tensors="all"),
+], ids=["offset", "size", "shape", "negative-offset", "sub-byte-dtype", "not-a-list"])
+def test_a_weights_entry_that_does_not_fit_the_file_is_one_line(artifact, tmp_path, damage):
+    """The entry is read before anything is hashed: an edit (resealed, as a forger would) is named in one line."""
+    blob = artifact.read_bytes()
+    (length,) = struct.unpack("<Q", blob[-16:-8])
+    body = blob[:len(blob) - 48 - length]
+    manifest = runtime.read_manifest(artifact)
+    damage(manifest.weights)
+    text = manifest.to_json().encode()
+    seal = hashlib.sha256(body + text).digest()
+    (tmp_path / "edited.so").write_bytes(body + text + struct.pack("<32sQ8s", seal, len(text), b"KILNMF02"))
+    with pytest.raises(KilnError, match="has a damaged manifest \\(its weights entry does not fit the file\\)"):
+        runtime.load(tmp_path / "edited.so")

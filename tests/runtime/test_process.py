@@ -44,7 +44,7 @@ print(json.dumps({{"banned": banned, "env": os.environ.get("TVM_USE_RUNTIME_LIB"
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["banned"] == []
     assert report["env"] is None, "TVM_USE_RUNTIME_LIB must not leak to child processes"
-    assert report["shape"] == [1, 4, 8, 8]
+    assert report["shape"] == [1, 48, 8, 8]
     print(f"runtime import+load+first run: {report['seconds']:.2f} s, peak RSS {report['rss_mb']:.0f} MB")
 
 
