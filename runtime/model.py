@@ -14,7 +14,8 @@ import numpy as np
 from .artifact import TENSOR_ALIGNMENT, Manifest, TensorSpec, verify, weight_arrays
 from .errors import KilnError
 from .scratch import scratch_dir
-from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, tvm_runtime, wrap_array
+from . import tvm_runtime as tvmrt
+from .tvm_runtime import enable_amx, load_cuda_runtime, set_num_threads, wrap_array
 
 _pool_threads = threading.local()  # the TVM pool size this thread configured (TVM's pool is per calling thread)
 _KDL_CPU = 1
@@ -34,7 +35,7 @@ class Model:
         self.threads = threads
         self.manifest = manifest
         self.library = library
-        self.device = device if device is not None else tvm_runtime().cpu()
+        self.device = device if device is not None else tvmrt.cpu()
         self._vm = vm
         self._main = vm["main"]
         self._lock = threading.Lock()
@@ -80,9 +81,9 @@ class Model:
                                     "can hold: an Expand or ConstantOfShape to a huge shape, or inputs too big)",
                                     "run it on smaller inputs, or check the model's shapes") from err
                 raise
-            values = [result] if hasattr(result, "numpy") else list(result)
-            return {spec.name: from_codes(value.numpy(), spec.dtype) if spec.dtype in NARROW_DTYPES
-                    else value.numpy() for spec, value in zip(self.outputs, values)}
+            values = [result] if isinstance(result, tvmrt.runtime_ffi().Tensor) else list(result)
+            return {spec.name: from_codes(tvmrt.to_numpy(value), spec.dtype) if spec.dtype in NARROW_DTYPES
+                    else tvmrt.to_numpy(value) for spec, value in zip(self.outputs, values)}
 
     def _device_input(self, index: int, array: np.ndarray):
         """ARRAY as the VM takes input INDEX: the array itself (zero copy) on the CPU when its address has the
@@ -102,8 +103,8 @@ class Model:
         on a tensor made once; copying into a kept one, 2.4% (interleaved blocks, 2 threads)."""
         tensor = self._staging.get(index)
         if tensor is None or tuple(tensor.shape) != array.shape or str(tensor.dtype) != str(array.dtype):
-            tensor = self._staging[index] = tvm_runtime().runtime.empty(array.shape, str(array.dtype), self.device)
-        tensor.copyfrom(array)
+            tensor = self._staging[index] = tvmrt.empty(array.shape, str(array.dtype), self.device)
+        tvmrt.copy_into(tensor, array)
         return tensor
 
 
@@ -238,13 +239,12 @@ def _map_weights(path: Path, manifest: Manifest, device) -> list:
         return []
     with open(path, "rb") as f:
         pages = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    tvm = tvm_runtime()
     on_cpu = device.dlpack_device_type() == _KDL_CPU
     tensors = []
     for spec, array in zip(manifest.weights["tensors"], weight_arrays(pages, manifest.weights)):
-        tensor = wrap_array(array, TENSOR_ALIGNMENT) if on_cpu else tvm.runtime.tensor(array, device=device)
+        tensor = wrap_array(array, TENSOR_ALIGNMENT) if on_cpu else tvmrt.to_device(array, device)
         if str(tensor.dtype) != spec["dtype"]:  # stored as codes of its width (bfloat16 as uint16)
-            tensor = tensor._create_view(tuple(array.shape), spec["dtype"])
+            tensor = tvmrt.as_dtype(tensor, spec["dtype"])
         tensors.append(tensor)
     return tensors
 
@@ -255,14 +255,13 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     THREADS sizes the process-wide worker pool (default: one thread per usable CPU).
     """
     path = Path(path)
-    tvm = tvm_runtime()
     with _private_copy(path) as (copy, weights_copy, manifest):
         if "amx_tile" in manifest.cpu_features:
             enable_amx()
-        device = _gpu(path, manifest) if manifest.device == "cuda" else tvm.cpu()
+        device = _gpu(path, manifest) if manifest.device == "cuda" else tvmrt.cpu()
         _size_pool(threads)
         try:
-            lib = tvm.runtime.load_module(str(copy))
+            lib = tvmrt.load_module(str(copy))
             vm = lib["vm_load_executable"]()
             weights = _map_weights(weights_copy, manifest, device)
         except Exception as err:  # TVM raises its own error types; name them in one line
@@ -297,8 +296,8 @@ def _gpu(path: Path, manifest: Manifest):
     except KilnError as err:
         raise KilnError(f"{path} was built for CUDA {arch} (target {manifest.target}): {err.message}",
                         err.hint) from None
-    gpu = tvm_runtime().cuda(0)
-    if not gpu.exist:
+    gpu = tvmrt.cuda(0)
+    if not tvmrt.device_exists(gpu):
         raise KilnError(f"{path} was built for CUDA {arch} (target {manifest.target}), this host has no CUDA GPU",
                         "run it on a machine with an NVIDIA GPU, or compile for a CPU target (see `kiln targets`)")
     return gpu

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import KilnError
-from .tvm_runtime import tvm_runtime
+from .tvm_runtime import to_device, tvm_package
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _arg(spec: dict, dims: dict[str, int], rng: np.random.Generator, device):
     shape = [d if isinstance(d, int) else dims.get(d, 1) for d in spec["shape"]]
     dtype = np.dtype(spec["dtype"])
     data = rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2, shape)
-    return tvm_runtime().runtime.tensor(np.asarray(data).astype(dtype), device=device)
+    return to_device(np.asarray(data).astype(dtype), device)
 
 
 def profile_kernels(model, dims: dict[str, int] | None = None, repeat: int = 10) -> list[KernelTime]:
@@ -50,7 +50,7 @@ def profile_kernels(model, dims: dict[str, int] | None = None, repeat: int = 10)
     times = []
     for kernel, call in first.items():
         args = [_arg(spec, dims or {}, rng, model.device) for spec in call["args"]]
-        timer = library.time_evaluator(kernel, model.device, number=repeat, repeat=3)
+        timer = tvm_package().runtime.Module.time_evaluator(library, kernel, model.device, number=repeat, repeat=3)
         times.append(KernelTime(kernel, counts[kernel], timer(*args).median * 1e3))
     total = sum(t.ms_per_run for t in times) or 1.0
     for t in times:

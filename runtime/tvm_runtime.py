@@ -1,10 +1,24 @@
-"""Import TVM's runtime alone (no compiler), once per process."""
+"""TVM's runtime, loaded once per process: the FFI (tvm_ffi) and libtvm_runtime.so.
 
+A process that only runs models never imports the `tvm` package: its import registers the Python classes of the
+whole compiler's object types and took 0.3 s of a 0.45 s start-up (MobileNetV2). The runtime library is loaded
+beside tvm_ffi instead, and the few runtime calls Kiln makes go through its registered functions (below). A
+process that imports the `compiler` package gets the whole of TVM (a process that loads a model and then
+compiles one needs it; TVM's compiler library links the same runtime library, so the order does not matter).
+"""
+
+import ctypes
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
-_tvm = None
+import numpy as np
+
+_ready = False
 _runtime_only_requested = False
+_cuda_library = None
+_KDL_CPU, _KDL_CUDA = 1, 2
 
 
 def use_runtime_only() -> None:
@@ -14,61 +28,138 @@ def use_runtime_only() -> None:
     _runtime_only_requested = True
 
 
-def tvm_runtime():
-    """Return the `tvm` module: TVM's runtime alone (TVM_USE_RUNTIME_LIB=1) in a process that does not use the
-    compiler, the whole of TVM once the `compiler` package is imported (a process that loads a model and then
-    compiles one needs the compiler, and TVM is imported once per process), unless use_runtime_only() was called.
+def runtime_ffi():
+    """The tvm_ffi module, with TVM's runtime library loaded (its VM, thread pool and tensor functions
+    registered): the whole `tvm` package where the compiler is imported, libtvm_runtime.so alone otherwise."""
+    global _ready
+    if not _ready:
+        if "compiler" in sys.modules and not _runtime_only_requested:
+            import tvm  # noqa: F401, PLC0415 - the whole of TVM, as the compiler will import it
+        elif "tvm" not in sys.modules:
+            import tvm_ffi  # noqa: PLC0415 - loads libtvm_ffi.so, which the runtime library links
 
-    The variable is set only around the import and removed at once: child processes that compile must not
-    inherit it.
-    """
-    global _tvm
-    if _tvm is None and "compiler" in sys.modules and not _runtime_only_requested:
-        import tvm  # noqa: PLC0415 - the whole of TVM, as the compiler will import it
+            ctypes.CDLL(str(runtime_library_dir() / "libtvm_runtime.so"), mode=ctypes.RTLD_GLOBAL)
+        _ready = True
+    import tvm_ffi  # noqa: PLC0415
 
-        _tvm = tvm
-    if _tvm is None:
+    return tvm_ffi
+
+
+def runtime_library_dir() -> Path:
+    """The folder of TVM's runtime libraries (TVM_LIBRARY_PATH, else the installed tvm package's lib/), found
+    without importing the package."""
+    configured = os.environ.get("TVM_LIBRARY_PATH")
+    if configured and (Path(configured) / "libtvm_runtime.so").is_file():
+        return Path(configured)
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("apache-tvm is not installed (pip install apache-tvm)")
+    return Path(list(spec.submodule_search_locations)[0]) / "lib"
+
+
+def tvm_package():
+    """The `tvm` package, for what only it has (kernel timing, dtypes numpy lacks): imported here with TVM's
+    runtime library alone unless the compiler already imported all of it. The variable that asks for that is set
+    only around the import: child processes that compile must not inherit it."""
+    runtime_ffi()
+    if "tvm" not in sys.modules:
         had = os.environ.get("TVM_USE_RUNTIME_LIB")
         os.environ["TVM_USE_RUNTIME_LIB"] = "1"
         try:
-            import tvm  # noqa: PLC0415 - deliberately late, see docstring
+            import tvm  # noqa: F401, PLC0415
         finally:
             if had is None:
                 os.environ.pop("TVM_USE_RUNTIME_LIB", None)
             else:
                 os.environ["TVM_USE_RUNTIME_LIB"] = had
-        _tvm = tvm
-    return _tvm
+    return sys.modules["tvm"]
+
+
+def _call(name: str, *args):
+    return runtime_ffi().get_global_func(name)(*args)
+
+
+def load_module(path: str):
+    """The TVM library at PATH, loaded."""
+    return runtime_ffi().load_module(str(path))
+
+
+def cpu():
+    """The CPU device."""
+    return runtime_ffi().device("cpu", 0)
+
+
+def cuda(index: int = 0):
+    """CUDA GPU INDEX (check it with device_exists)."""
+    return runtime_ffi().device("cuda", index)
+
+
+def device_exists(device) -> bool:
+    """Whether DEVICE is present on this machine."""
+    return _call("runtime.GetDeviceAttr", device.dlpack_device_type(), device.index, 0) != 0
+
+
+def empty(shape, dtype: str, device):
+    """An uninitialized tensor of SHAPE and DTYPE on DEVICE."""
+    return _call("runtime.TVMTensorAllocWithScope", runtime_ffi().Shape(tuple(shape)), dtype, device, None)
+
+
+def copy_into(tensor, array: np.ndarray):
+    """Copy the numpy ARRAY (same shape; its bytes as TENSOR's dtype holds them) into TENSOR."""
+    array = np.ascontiguousarray(array)
+    _call("runtime.TVMTensorCopyFromBytes", tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+
+
+def to_device(array: np.ndarray, device, dtype: str | None = None):
+    """A tensor on DEVICE holding a copy of ARRAY (as DTYPE, when given, where ARRAY holds its codes)."""
+    tensor = empty(array.shape, dtype or str(array.dtype), device)
+    copy_into(tensor, array)
+    return tensor
+
+
+def as_dtype(tensor, dtype: str):
+    """A view of TENSOR's memory as DTYPE (of the same width: bfloat16 over uint16 codes)."""
+    return _call("runtime.TVMTensorCreateView", tensor, tensor.shape, dtype, 0)
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A numpy copy of TENSOR (on any device). Dtypes numpy lacks go through TVM's own conversion."""
+    dtype = str(tensor.dtype)
+    try:
+        known = np.dtype(dtype)
+    except TypeError:
+        known = None
+    if known is None or known.kind not in "biuf" or str(known) != dtype:  # bfloat16, int4, float8 ...: rare
+        return tvm_package().runtime.Tensor.numpy(tensor)
+    out = np.empty(tuple(tensor.shape), known)
+    _call("runtime.TVMTensorCopyToBytes", tensor, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
+    return out
 
 
 def wrap_array(array, alignment: int):
     """A TVM tensor over the numpy ARRAY's own memory (no copy). TVM's own from_dlpack insists on 64-byte
     alignment; the FFI's takes the ALIGNMENT the model's kernels were compiled for."""
-    tvm_runtime()
-    import tvm_ffi  # noqa: PLC0415 - already loaded by tvm_runtime(); named here for its alignment argument
-
-    return tvm_ffi.from_dlpack(array, require_alignment=alignment, require_contiguous=True)
+    return runtime_ffi().from_dlpack(array, require_alignment=alignment, require_contiguous=True)
 
 
 def load_cuda_runtime() -> None:
     """Load TVM's CUDA runtime library (it registers the CUDA device and the loader of CUDA kernels); TVM's
     runtime-only import leaves it out. Raises KilnError when the NVIDIA driver or CUDA runtime it links is missing."""
-    tvm = tvm_runtime()
-    loaded = tvm.base._LOADED_LIBS
-    if "tvm_runtime_cuda" in loaded:
+    global _cuda_library
+    runtime_ffi()
+    tvm = sys.modules.get("tvm")
+    loaded = getattr(getattr(tvm, "base", None), "_LOADED_LIBS", {})
+    if _cuda_library is not None or "tvm_runtime_cuda" in loaded:
         return
-    import ctypes  # noqa: PLC0415 - only CUDA artifacts need it
-    from pathlib import Path  # noqa: PLC0415
-
     from .errors import KilnError  # noqa: PLC0415
 
-    library = Path(loaded["tvm_runtime"]._name).resolve().parent / "libtvm_runtime_cuda.so"
     try:
-        loaded["tvm_runtime_cuda"] = ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        _cuda_library = ctypes.CDLL(str(runtime_library_dir() / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
         raise KilnError(f"TVM's CUDA runtime cannot load ({err})".splitlines()[0],
                         "CUDA artifacts need an NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime "
                         "(libcudart.so.13, `pip install nvidia-cuda-runtime`)") from None
+    loaded["tvm_runtime_cuda"] = _cuda_library
 
 
 def usable_cpus() -> list[int]:
@@ -83,13 +174,17 @@ def set_num_threads(threads: int | None = None) -> int:
     ("big cores") counted one core of two here and ran single-threaded, and it pins the calling thread;
     the caller's affinity is put back so threads the application starts later are not squeezed onto one core.
     """
-    tvm = tvm_runtime()
     cpus = usable_cpus()
     affinity = set(cpus)
-    tvm.get_global_func("runtime.config_threadpool")(-3, int(threads or len(cpus)), [str(c) for c in cpus])
+    _call("runtime.config_threadpool", -3, int(threads or len(cpus)), [str(c) for c in cpus])
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, affinity)
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    return pool_size()
+
+
+def pool_size() -> int:
+    """Workers in the calling thread's TVM pool."""
+    return int(_call("runtime.NumThreads"))
 
 
 _ARCH_REQ_XCOMP_PERM = 0x1023  # arch_prctl: ask the Linux kernel for an extended state component
@@ -104,8 +199,6 @@ def enable_amx() -> None:
     global _amx_ready
     if _amx_ready:
         return
-    import ctypes  # noqa: PLC0415 - only AMX artifacts need it
-
     from .errors import KilnError  # noqa: PLC0415
 
     libc = ctypes.CDLL(None, use_errno=True)

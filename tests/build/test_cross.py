@@ -251,10 +251,10 @@ def test_device_code_reader_finds_nothing_in_cpu_libraries(tmp_path):
 def _gpu_arch() -> str | None:
     """sm_XX of this machine's first CUDA GPU, or None without a GPU and driver."""
     try:
-        from runtime.tvm_runtime import load_cuda_runtime, tvm_runtime  # noqa: PLC0415
+        from runtime.tvm_runtime import load_cuda_runtime, tvm_package  # noqa: PLC0415
 
         load_cuda_runtime()
-        gpu = tvm_runtime().cuda(0)
+        gpu = tvm_package().cuda(0)
         return f"sm_{gpu.compute_version.replace('.', '')}" if gpu.exist else None
     except KilnError:
         return None

@@ -114,13 +114,13 @@ def test_a_planted_copy_is_never_loaded_and_no_copy_stays(tmp_path, monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "same.so"
     seen = []
-    load_module = runtime.model.tvm_runtime().runtime.load_module
+    load_module = runtime.tvm_runtime.load_module
 
     def watching(path, *args):
         seen.append((path, os.stat(os.path.dirname(path)).st_mode & 0o777, os.stat(path).st_mode & 0o777))
         return load_module(path, *args)
 
-    monkeypatch.setattr(runtime.model.tvm_runtime().runtime, "load_module", watching)
+    monkeypatch.setattr(runtime.model.tvmrt, "load_module", watching)
     for scale in (2.0, 5.0):
         weights = {"s": np.array([scale], np.float32)}
         compiler.compile(save(single_op_model("Mul", {"x": [4]}, [4], weights), tmp_path, f"mul{scale}"),
