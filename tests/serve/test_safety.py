@@ -112,18 +112,21 @@ def test_a_rewrite_during_the_copy_fails_the_check(built, tmp_path, rewrite, mon
     _, artifact = built
     target = tmp_path / "model.so"
     shutil.copyfile(artifact, target)
-    facts = artifact_module._library_facts
+    hash_part = artifact_module._hash_part
+    parts = []
 
-    def rewritten_midway(f, size, copy_to=None):
-        if rewrite == "copy":
-            with open(target, "r+b") as out:
-                out.seek(size // 2)
-                out.write(b"\xff" * 4096)
-        else:
-            os.truncate(target, size // 2)
-        return facts(f, size, copy_to)
+    def rewritten_midway(f, size, digests, copy_to=None):
+        if not parts:  # the library part, the first one hashed
+            if rewrite == "copy":
+                with open(target, "r+b") as out:
+                    out.seek(size // 2)
+                    out.write(b"\xff" * 4096)
+            else:
+                os.truncate(target, size // 2)
+        parts.append(size)
+        return hash_part(f, size, digests, copy_to)
 
-    monkeypatch.setattr(artifact_module, "_library_facts", rewritten_midway)
+    monkeypatch.setattr(artifact_module, "_hash_part", rewritten_midway)
     import runtime  # noqa: PLC0415
     from runtime.errors import KilnError  # noqa: PLC0415
 
