@@ -276,3 +276,22 @@ def with_section(markdown: str, heading: str, lines: list[str]) -> str:
     while at > 0 and text[at - 1] == "":
         at -= 1
     return "\n".join(text[:at] + [""] + body + text[at:]) + "\n"
+
+
+def keep_sections(old: str, new: str) -> str:
+    """NEW with every `## ` section of OLD that NEW lacks (measurements other scripts or people added), in OLD's
+    order, placed as with_section places a new one: a `make bench` run replaces its own sections only."""
+    lines = old.rstrip("\n").split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    generated = set(new.split("\n"))
+    for n, start in enumerate(starts):
+        if lines[start] in generated:
+            continue
+        section = lines[start:starts[n + 1] if n + 1 < len(starts) else len(lines)]
+        section = section[:next((i for i, line in enumerate(section) if line.startswith("Regenerate with")),
+                                len(section))]
+        while section and section[-1] == "":
+            section.pop()
+        new = with_section(new, lines[start], [""] + section)
+    return new
+

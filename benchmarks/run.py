@@ -191,15 +191,18 @@ def run_suite(models: list[str], settings: Settings, progress=print) -> dict:
 
 
 def write(report: dict, out: Path) -> None:
-    """RESULTS.md, results.json and the plots into OUT, each replaced atomically."""
+    """RESULTS.md, results.json and the plots into OUT, each replaced atomically; sections of the old RESULTS.md
+    that this report does not write (serving, A/B runs, sweeps) are kept."""
     from .plots import latency_plot, roofline_plot, tuning_curve_plot  # noqa: PLC0415 - matplotlib is optional
-    from .report import to_markdown  # noqa: PLC0415
+    from .report import keep_sections, to_markdown  # noqa: PLC0415
 
     plots = {"latency": latency_plot(report, out / "latency.png"),
              "roofline": roofline_plot(report, out / "roofline.png"),
              "tuning_curve": tuning_curve_plot(HERE / "tuning" / "x86-avx512-resnet18.json", out / "tuning_curve.png")}
     atomic_write(out / "results.json", json.dumps(report, indent=2))
-    atomic_write(out / "RESULTS.md", to_markdown(report, {k: v.name for k, v in plots.items() if v}))
+    results_md = out / "RESULTS.md"
+    kept = results_md.read_text() if results_md.is_file() else ""
+    atomic_write(results_md, keep_sections(kept, to_markdown(report, {k: v.name for k, v in plots.items() if v})))
 
 
 def main() -> None:

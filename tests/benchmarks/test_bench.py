@@ -32,6 +32,21 @@ def test_flops_count_conv_matmul_and_gemm():
     assert model_flops(model, {"x": [3, 4, 12, 12]}) == 3 * per_item
 
 
+def test_a_bench_run_keeps_the_sections_it_does_not_write():
+    """`make bench` rewrites RESULTS.md: its own sections are replaced, those added by other scripts or by hand
+    (serving, A/B runs, sweeps) stay, before the closing line."""
+    from benchmarks.report import keep_sections  # noqa: PLC0415
+
+    old = "\n".join(["# Results", "", "## Batch 1", "", "old table", "", "## Serving", "", "served", "",
+                     "Regenerate with `make bench`.", "", "## Sweep (by hand)", "", "| a |", ""])
+    new = "\n".join(["# Results", "", "## Batch 1", "", "new table", "", "Regenerate with `make bench`.", ""])
+    kept = keep_sections(old, new).split("\n")
+    assert "new table" in kept and "old table" not in kept
+    assert kept.index("## Serving") < kept.index("## Sweep (by hand)") < kept.index("Regenerate with `make bench`.")
+    assert "served" in kept and "| a |" in kept
+    assert keep_sections("", new) == new and keep_sections(new, new) == new
+
+
 def test_reduced_precision_engines_get_a_range_tolerance():
     reference = {"y": np.linspace(-10, 10, 101, dtype=np.float32)}
     close = {"y": reference["y"] * 1.01}  # 1% off: what bf16 does, far outside fp32's tolerance
