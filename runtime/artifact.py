@@ -24,6 +24,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import KilnError
+from .tvm_runtime import numpy_dtype
 
 MAGIC = b"KILNMF02"
 UNSEALED_MAGIC = b"KILNMF01"  # format 1: no seal
@@ -102,12 +103,12 @@ def write_artifact(library: Path, manifest: Manifest, out: Path, weights: list |
     lib_bytes = Path(library).read_bytes()
     if weights:
         lib_bytes += bytes(-len(lib_bytes) % WEIGHTS_ALIGNMENT)
-    manifest.library_sha256 = hashlib.sha256(lib_bytes).hexdigest()
-    seal = hashlib.sha256(lib_bytes)
+    seal = hashlib.sha256(lib_bytes)  # goes on over the weights and the manifest
+    manifest.library_sha256 = seal.hexdigest()
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(lib_bytes)
-            manifest.weights = _write_weights(f, weights or [], seal) if weights else {}
+            manifest.weights = _write_weights(f, weights, seal) if weights else {}
             meta = manifest.to_json().encode()
             seal.update(meta)
             f.write(meta)
@@ -219,11 +220,8 @@ def _tensor_bytes(tensor: dict) -> int:
 def weight_dtype(name: str) -> np.dtype:
     """The numpy dtype a weight of TVM dtype NAME is stored as: its own, or unsigned codes of its width for one
     numpy lacks (bfloat16 as uint16, float8_e4m3fn as uint8)."""
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is not None and dtype.kind in "biuf":  # not ml_dtypes' types, which DLPack cannot carry
+    dtype = numpy_dtype(name) if isinstance(name, str) else None
+    if dtype is not None:
         return dtype
     width = re.search(r"\d+", name) if isinstance(name, str) else None
     codes = {"8": np.uint8, "16": np.uint16, "32": np.uint32, "64": np.uint64}.get(width and width.group())
@@ -308,11 +306,12 @@ def verify(path: str | Path, copy_to=None, weights_to=None) -> Manifest:
         if tail.seal is None:
             raise KilnError(f"{path} has artifact format 1, whose manifest is not sealed to its library",
                             "rebuild it with `kiln compile` (this Kiln writes format 3)")
-        seal, library_digest, weights_digest = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+        seal, weights_digest = hashlib.sha256(), hashlib.sha256()
         f.seek(0)
-        library = _hash_part(f, tail.library_size, [seal, library_digest], copy_to)
+        library = _hash_part(f, tail.library_size, [seal], copy_to)
+        library_sha256 = seal.hexdigest()  # the seal's digest goes on over the weights and the manifest
         _hash_part(f, tail.weights_size, [seal, weights_digest], weights_to)
-    if library_digest.hexdigest() != manifest.library_sha256:
+    if library_sha256 != manifest.library_sha256:
         raise KilnError(
             f"{path}: the library does not match the sha256 recorded in its manifest (damaged or altered)",
             "rebuild it with `kiln compile`",

@@ -8,6 +8,7 @@ compiles one needs it; TVM's compiler library links the same runtime library, so
 """
 
 import ctypes
+import functools
 import importlib.util
 import os
 import sys
@@ -75,8 +76,23 @@ def tvm_package():
     return sys.modules["tvm"]
 
 
+@functools.cache
+def _function(name: str):
+    return runtime_ffi().get_global_func(name)
+
+
 def _call(name: str, *args):
-    return runtime_ffi().get_global_func(name)(*args)
+    return _function(name)(*args)  # looked up once: copies and conversions run on every model call
+
+
+def numpy_dtype(name: str) -> np.dtype | None:
+    """The numpy dtype that is TVM's dtype NAME exactly (float32, int8, bool, ...); None for one numpy lacks or
+    holds only through ml_dtypes (bfloat16, float8_e4m3fn, int4: DLPack and raw copies cannot carry those)."""
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        return None
+    return dtype if dtype.kind in "biuf" and str(dtype) == name else None
 
 
 def load_module(path: str):
@@ -124,12 +140,8 @@ def as_dtype(tensor, dtype: str):
 
 def to_numpy(tensor) -> np.ndarray:
     """A numpy copy of TENSOR (on any device). Dtypes numpy lacks go through TVM's own conversion."""
-    dtype = str(tensor.dtype)
-    try:
-        known = np.dtype(dtype)
-    except TypeError:
-        known = None
-    if known is None or known.kind not in "biuf" or str(known) != dtype:  # bfloat16, int4, float8 ...: rare
+    known = numpy_dtype(str(tensor.dtype))
+    if known is None:  # bfloat16, int4, float8 ...: rare outputs
         return tvm_package().runtime.Tensor.numpy(tensor)
     out = np.empty(tuple(tensor.shape), known)
     _call("runtime.TVMTensorCopyToBytes", tensor, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)

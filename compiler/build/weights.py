@@ -28,7 +28,7 @@ class _ConstantLifter(PyExprMutator):
         super().__init__(mod)
         self.params: list[relax.Var] = []
         self.arrays: list[np.ndarray] = []
-        self._lifted: dict[int, list[tuple[tvm.ir.expr.Constant, relax.Var]]] = {}
+        self._lifted: dict[tvm.ir.expr.Constant, relax.Var] = {}  # by identity: a constant used twice is one weight
 
     def visit_generic_const_(self, const) -> relax.Expr:
         value = getattr(const, "value", None)
@@ -36,15 +36,11 @@ class _ConstantLifter(PyExprMutator):
             return const
         if int(np.prod(value.shape, dtype=np.int64)) * np.dtype(str(value.dtype)).itemsize < LIFT_BYTES:
             return const
-        same = self._lifted.setdefault(hash(const), [])
-        for seen, var in same:
-            if seen.same_as(const):
-                return var
-        var = relax.Var(f"kiln_weight{len(self.params)}", const.ty)
-        same.append((const, var))
-        self.params.append(var)
-        self.arrays.append(value.numpy())
-        return var
+        if const not in self._lifted:
+            self._lifted[const] = relax.Var(f"kiln_weight{len(self.params)}", const.ty)
+            self.params.append(self._lifted[const])
+            self.arrays.append(value.numpy())
+        return self._lifted[const]
 
 
 def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
@@ -56,7 +52,6 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
         return mod, []
     lifted = relax.Function(list(main.params) + lifter.params, body, main.ret_ty, main.is_pure, main.attrs,
                             main.span).with_attr(NUM_INPUT, len(main.params))
-    out = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(dict(mod.functions_items()),
-                                                                              attrs=mod.attrs)
+    out = mod.clone()  # MOD itself stays as it was (the caller's scheduled module)
     out["main"] = lifted
     return out, lifter.arrays
