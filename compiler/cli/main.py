@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from runtime import __version__
+from runtime import __version__, signals
 from runtime.errors import KilnError
 
 
@@ -26,6 +26,7 @@ class KilnGroup(click.Group):
     def invoke(self, ctx):
         for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind like Ctrl-C, so scratch folders and temp files go
             signal.signal(sig, _exit_on_signal)
+        signals.unblock()  # after the handlers: an inherited mask would keep these signals pending forever
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

@@ -7,6 +7,8 @@ import signal
 import threading
 import time
 
+from runtime import signals
+
 log = logging.getLogger(__name__)
 
 
@@ -22,8 +24,11 @@ class StopSignal:
     def __init__(self, deadline: float | None):
         self.deadline = deadline
         self.reason: str | None = None
+        self.mask: set | None = None
 
     def check(self) -> None:
+        if self.mask is not None:  # a library may have blocked it since; a pending Ctrl-C is handled right here
+            signals.unblock((signal.SIGINT,))
         if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = "time"
         if self.reason:
@@ -38,8 +43,10 @@ class StopSignal:
         self.previous = None
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, first_interrupt)
+            self.mask = signals.unblock((signal.SIGINT,))
         return self
 
     def __exit__(self, *_exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+            signals.restore(self.mask)

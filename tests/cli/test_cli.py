@@ -217,8 +217,10 @@ def test_a_terminated_compile_leaves_no_scratch_behind(tmp_path):
     scratch.mkdir()
     out.mkdir()
     model = save(resnet((1,), width=16, size=32, classes=4, batch=1), tmp_path, "cnn")
+    # started with SIGTERM blocked, as from a parent that blocks it: kiln unblocks the signals it acts on
     process = subprocess.Popen([sys.executable, "-m", "compiler.cli", "compile", str(model), "-o", str(out / "m.so")],
-                               cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)}, stderr=subprocess.PIPE)
+                               cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)}, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}))
     deadline = time.monotonic() + 120
     while not any(p.name.startswith("kiln-") for p in scratch.iterdir()):  # it is building: kill it now
         assert process.poll() is None and time.monotonic() < deadline, "the compile ended before it was killed"
