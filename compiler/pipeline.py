@@ -31,6 +31,7 @@ from .passes.concat_in_place import concat_in_place
 from .passes.convert_layout import convert_conv_layout
 from .passes.fold_batch_norm import fold_batch_norm
 from .passes.flatten_rows import flatten_rows
+from .passes.fit_pool_windows import fit_pool_windows
 from .passes.fold_constants import fold_constants
 from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
@@ -69,6 +70,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # understands those); its quantized weights were folded back to float by FoldConstant.
         lower_qdq,
         inference_ops,
+        fit_pool_windows,
         raise_clamps,
         fold_batch_norm,
         relax.transform.DecomposeOpsForInference(),
