@@ -31,6 +31,7 @@ from .passes.concat_in_place import concat_in_place
 from .passes.convert_layout import convert_conv_layout
 from .passes.fold_batch_norm import fold_batch_norm
 from .passes.flatten_rows import flatten_rows
+from .passes.fast_sigmoid import fast_sigmoid_pass
 from .passes.fit_pool_windows import fit_pool_windows
 from .passes.fold_constants import fold_constants
 from .passes.inference_ops import inference_ops
@@ -108,6 +109,7 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         # exp / erf / tanh as TVM's polynomial approximations, which vectorize (erf was a scalar libm call per
         # element: 4.8 ms of BERT-mini's 9.8). It rewrites Relax ops, so it runs before LegalizeOps.
         relax.transform.FastMathTransform(),
+        fast_sigmoid_pass,  # sigmoid too (SiLU / swish): TVM's pass leaves it a scalar libm exp per element
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
