@@ -34,6 +34,7 @@ from .passes.flatten_rows import flatten_rows
 from .passes.fast_sigmoid import fast_sigmoid_pass
 from .passes.fit_pool_windows import fit_pool_windows
 from .passes.fold_constants import fold_constants
+from .passes.fold_pad_into_conv import fold_pad_into_conv
 from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
 from .passes.pad_channels import pad_channels, pad_rows
@@ -74,6 +75,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         fit_pool_windows,
         raise_clamps,
         fold_batch_norm,
+        fold_pad_into_conv,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.EliminateCommonSubexpr(),

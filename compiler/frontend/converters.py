@@ -16,6 +16,10 @@ for the time of one import (importer.import_relax) and puts TVM's back after.
   `Where(Equal(shape, -1), ...)` picks the wrong branch) and a symbolic dim unequal to anything else, though it
   may equal it at run time. This one answers at import time only where both sides are numbers, the same
   expression, or a dim and a negative number (never equal), and compares at run time otherwise.
+- Pad (opset 11 on) in constant mode of a float tensor: Relax's `nn.pad` op, where TVM's converter emits an opaque
+  TIR kernel. Kiln's passes can then see it: kiln.FoldPadIntoConv moves a zero pad into the convolution after it
+  (torch's ZeroPad2d before a stride-2 depthwise convolution in EfficientNet: each was a kernel of its own, with a
+  transpose on either side, since layout conversion could not look into it).
 """
 
 from __future__ import annotations
@@ -107,6 +111,19 @@ class ShapeEqual:
         return convert
 
 
+class ConstantPad(onnx_frontend.Pad):
+    @classmethod
+    def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):
+        data = inputs[0]
+        if attr.get("mode", b"constant").decode() != "constant" or "float" not in str(getattr(data.ty, "dtype", "")):
+            return super()._lower_pad(bb, inputs, attr, params, allowed_modes)
+        before, after, value = cls._parse_pads_and_axes(inputs, params)
+        if min(before + after) < 0:  # a crop: TVM's converter's kernel
+            return super()._lower_pad(bb, inputs, attr, params, allowed_modes)
+        widths = [int(w) for pair in zip(before, after) for w in pair]
+        return bb.emit(relax.op.nn.pad(data, widths, "constant", float(value)))
+
+
 def _entries(value) -> list | None:
     """The entries of a shape value or a 1-D integer constant (ints or PrimExprs); None for anything else."""
     if isinstance(value, relax.ShapeExpr):
@@ -126,7 +143,7 @@ def _known_equal(a, b) -> bool | None:
     return None
 
 
-KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize, "Equal": ShapeEqual}
+KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize, "Equal": ShapeEqual, "Pad": ConstantPad}
 
 
 @contextlib.contextmanager
