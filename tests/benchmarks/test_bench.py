@@ -58,11 +58,13 @@ def test_reduced_precision_engines_get_a_range_tolerance():
 
 @pytest.mark.slow
 def test_quick_suite_writes_results_and_plots(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+    # one model of `make bench-quick`'s two: the harness is the same for both, and squeezenet's builds took
+    # 74 s of the test's 110 (the CNN kernels are tested elsewhere; FLOP counts of convolutions above)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "bert-mini", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "results.json").read_text())
-    assert [row["model"] for row in report["results"]] == ["squeezenet", "bert-mini"]
+    assert [row["model"] for row in report["results"]] == ["bert-mini"]
     assert report["meta"]["peak_gflops"] > 0 and report["meta"]["quick"] is True
     for row in report["results"]:
         assert set(row["batches"]) == {"1", "8"}

@@ -1,8 +1,8 @@
 """The ONNX backend conformance suite (tests/conformance/): no regression against the committed known failures.
 
 Every case but the known crashes and wrong results (and three in four of the `_expanded` function-body variants)
-runs through Kiln in worker processes that survive crashes. `make
-conformance` reruns Kiln and TVM's importer alone and rewrites tests/conformance/STATUS.md and known_failures.json.
+runs through Kiln in worker processes that survive crashes. `make conformance` reruns Kiln and TVM's importer
+alone and rewrites tests/conformance/STATUS.md and known_failures.json.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ KNOWN = json.loads((HERE / "known_failures.json").read_text())
 
 def _in_make_test(name: str) -> bool:
     """Every case but three in four of the `_expanded` ones (picked by a checksum of the name, so the same ones
-    each run). An
-    expanded case is its operator's ONNX function body: the primitive operators it is built of have node tests
-    of their own, and the 458 of them cost 3 minutes of the suite's 2 cores. `make conformance` runs them all."""
+    each run). An expanded case is its operator's ONNX function body: the primitive operators it is built of have
+    node tests of their own, and the 458 of them cost 3 minutes of the suite's 2 cores. `make conformance` runs
+    them all."""
     if "_expanded" not in name:
         return True
     return zlib.crc32(name.encode()) % 4 == 0
