@@ -30,6 +30,11 @@ MODELS = {
     "convnext-tiny": ("ConvNextConfig", "ConvNextModel", {}, "pixel_values", IMAGE, False),
     "resnet-50": ("ResNetConfig", "ResNetModel", {}, "pixel_values", IMAGE, True),
     "vit-b16": ("ViTConfig", "ViTModel", {}, "pixel_values", IMAGE, False),
+    # Whisper-tiny's encoder: 4 layers x 384 over 30 s of audio (3000 mel frames, 1500 positions)
+    "whisper-tiny-encoder": ("WhisperConfig", "WhisperModel",
+                             dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+                                  decoder_layers=4, decoder_attention_heads=6, decoder_ffn_dim=1536),
+                             "input_features", (1, 80, 3000), False),
 }
 
 
@@ -41,6 +46,8 @@ def export(name: str, out: Path) -> Path:
     config_class, model_class, config, input_name, shape, he = MODELS[name]
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+    if model_class == "WhisperModel":
+        model = model.get_encoder()
     if he:  # transformers initialises convolutions and batch-norm scales with std 0.02: activations vanish
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):

@@ -28,6 +28,7 @@ from . import frontend
 from .kernels.dot_product import VNNI
 from .passes.bound_indices import bound_indices
 from .passes.concat_in_place import concat_in_place
+from .passes.conv1d_as_conv2d import conv1d_as_conv2d
 from .passes.convert_layout import convert_conv_layout
 from .passes.fold_batch_norm import fold_batch_norm
 from .passes.flatten_rows import flatten_rows
@@ -76,6 +77,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         raise_clamps,
         fold_batch_norm,
         fold_pad_into_conv,
+        conv1d_as_conv2d,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.EliminateCommonSubexpr(),
