@@ -63,27 +63,15 @@ def export(name: str, out: Path) -> Path:
     return path
 
 
-def median_ms(run, count: int) -> float:
-    """Median milliseconds of COUNT calls of RUN after two warm-up calls."""
-    import numpy as np  # noqa: PLC0415
-
-    run()
-    run()
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
-
-
 def bench_row(name: str, folder: Path) -> str:
     """The markdown row of one exported model."""
     import numpy as np  # noqa: PLC0415
 
-    import compiler  # noqa: PLC0415
+    import compiler  # noqa: PLC0415 - not at the top: `export` runs where torch is, TVM need not be
     import runtime  # noqa: PLC0415
     from compiler.references import onnxruntime_session  # noqa: PLC0415
+
+    from .matmul_sweep import median_ms  # noqa: PLC0415
 
     path = EXPORTS / f"{name}.onnx"
     _config, _model, _settings, input_name, shape, _he = MODELS[name]
