@@ -82,8 +82,12 @@ def test_soak_aborted_uploads_gzip_bombs_and_404_floods_hold_no_memory(built):
         assert process.poll() is None
     assert result["statuses"] == {"aborted": ['"hung up"'], "chunked_over_limit": ["413"], "gzip_bomb": ["413"],
                                   "gzip_bomb_json": ["true"], "unknown_models": ["[404]"]}
-    # each round: 30 MB aborted + 40 MB refused + 40 MB inflated: a leak of any of them is > 90 MB in 3 rounds
-    assert result["growth_after_first_round_mb"] < 30, result["rss_mb"]
+    # Each round: 30 MB aborted + 40 MB refused + 40 MB inflated: a leak of any of them is 60 MB or more over the
+    # last two rounds. RSS may step up once by about one such buffer and stay there (a fresh-clone run saw 62.5,
+    # 100.7, 100.8, 100.8 MB): glibc raises its mmap threshold (up to 32 MB) to the size of a freed mapped block,
+    # so the next 30 MB buffer comes from the heap, which it keeps. That step is bounded; a leak grows every round.
+    rss = result["rss_mb"]
+    assert rss[-1] - rss[-3] < 20 and result["growth_after_first_round_mb"] < 60, rss
     assert result["metrics_bytes"] < 20_000 and result["live"]
 
 
