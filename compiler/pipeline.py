@@ -30,10 +30,10 @@ from .passes.bound_indices import bound_indices
 from .passes.concat_in_place import concat_in_place
 from .passes.conv1d_as_conv2d import conv1d_as_conv2d
 from .passes.convert_layout import convert_conv_layout
-from .passes.fold_batch_norm import fold_batch_norm
-from .passes.flatten_rows import flatten_rows
 from .passes.fast_sigmoid import fast_sigmoid_pass
 from .passes.fit_pool_windows import fit_pool_windows
+from .passes.flatten_rows import flatten_rows
+from .passes.fold_batch_norm import fold_batch_norm
 from .passes.fold_constants import fold_constants
 from .passes.fold_pad_into_conv import fold_pad_into_conv
 from .passes.inference_ops import inference_ops

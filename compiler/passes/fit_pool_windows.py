@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import op_name, rewrite_relax_functions
+from .relax_util import op_name, rewrite_relax_functions, spatial_axes
 
 POOLS = {f"relax.nn.{kind}_pool{n}d": (getattr(relax.op.nn, f"{kind}_pool{n}d"), n)
          for kind in ("avg", "max") for n in (1, 2, 3)}
@@ -34,7 +34,7 @@ def fitted_window(call: relax.Call) -> tuple[list[int], list[int], bool] | None:
     shape, out = getattr(call.args[0].ty, "shape", None), getattr(call.ty, "shape", None)
     if shape is None or out is None or any(int(d) != 1 for d in attrs.dilation):
         return None
-    axes = [i for i, letter in enumerate(str(attrs.layout)) if letter in "DHW"]
+    axes = spatial_axes(str(attrs.layout))
     dims = [shape[a] for a in axes] + [out[a] for a in axes]
     if len(axes) != spatial or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
         return None

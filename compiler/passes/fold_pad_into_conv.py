@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import op_name, rewrite_relax_functions
+from .relax_util import op_name, rewrite_relax_functions, spatial_axes
 
 CONVS = {f"relax.nn.conv{n}d": (getattr(relax.op.nn, f"conv{n}d"), n) for n in (1, 2, 3)}
 
@@ -29,7 +29,7 @@ def folded_padding(conv: relax.Call, pad: relax.Call) -> list[int] | None:
         return None
     widths = [int(w) for w in pad.attrs.pad_width]
     layout = str(conv.attrs.data_layout)
-    axes = [i for i, letter in enumerate(layout) if letter in "DHW"]
+    axes = spatial_axes(layout)
     if len(axes) != spatial or len(widths) != 2 * len(layout) or min(widths) < 0:
         return None
     if any(widths[2 * i] or widths[2 * i + 1] for i in range(len(layout)) if i not in axes):

@@ -21,6 +21,11 @@ def const_value(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy") else None
 
 
+def spatial_axes(layout: str) -> list[int]:
+    """The positions of the spatial axes (D, H, W) in a layout string such as NCHW or NHWC."""
+    return [i for i, letter in enumerate(layout) if letter in "DHW"]
+
+
 def op_name(expr) -> str:
     """The operator name of a Relax call ('relax.matmul'), or '' for anything else."""
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
