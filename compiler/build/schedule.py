@@ -17,11 +17,11 @@ from tvm.s_tir.analysis import estimate_tir_flops
 
 from runtime.errors import KilnError
 
+from ..passes.relax_util import SCHEDULED, is_scheduled
 from ..schedules import default_rules, fixed_schedule
 from ..tuning.database import apply_database
 
 log = logging.getLogger(__name__)
-_SCHEDULED = "tirx.is_scheduled"
 
 
 HEAVY_MFLOP = 1.0  # naive kernels below this are left out of the warning (reshapes, small copies)
@@ -57,9 +57,7 @@ def kernel_mflop(func: tirx.PrimFunc) -> float | None:
 
 
 def _scheduled(mod: tvm.IRModule) -> set[str]:
-    return {gv.name_hint for gv, f in mod.functions_items()
-            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and _SCHEDULED in f.attrs
-            and int(f.attrs[_SCHEDULED]) == 1}
+    return {gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
 
 
 def _kernels(mod: tvm.IRModule) -> list[str]:
@@ -77,10 +75,10 @@ def _schedule_fixed(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
     tuning record replaces them."""
     mod = mod.clone()
     for gv, func in list(mod.functions_items()):
-        if isinstance(func, tirx.PrimFunc) and not (func.attrs is not None and _SCHEDULED in func.attrs):
+        if isinstance(func, tirx.PrimFunc) and not (func.attrs is not None and SCHEDULED in func.attrs):
             found = fixed_schedule(tvm.IRModule({"main": func}), lanes)
             if found is not None:
-                mod[gv] = found.mod["main"].with_attr(_SCHEDULED, True)
+                mod[gv] = found.mod["main"].with_attr(SCHEDULED, True)
     return mod
 
 

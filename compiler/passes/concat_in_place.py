@@ -14,7 +14,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
 from ..schedules import tuning_space
-from .relax_util import fuse_pair, kernels_by_name, mutator_pass, only_block, op_name, single_use_vars
+from .relax_util import fusable, fuse_pair, kernels_by_name, mutator_pass, only_block, op_name, single_use_vars
 
 
 def place_kernel(shape, total: int, offset: int) -> tirx.PrimFunc:
@@ -106,7 +106,8 @@ class _ConcatPlacer(PyExprMutator):
         if key not in self.placed:
             self.placed[key] = None
             func = self.kernels.get(kernel.name_hint)
-            if func is not None and len(func.params[-1].shape) == 4 and str(func.params[-1].dtype) == "float32":
+            if func is not None and fusable(func) and len(func.params[-1].shape) == 4 \
+                    and str(func.params[-1].dtype) == "float32":
                 fused = fuse_pair(func, place_kernel(func.params[-1].shape, total, offset), in_place=offset > 0)
                 if self.space(tvm.s_tir.Schedule(tvm.IRModule({"main": fused}))):
                     name = f"{kernel.name_hint}_into{total}" + (f"_at{offset}" if offset else "")

@@ -8,6 +8,7 @@ from tvm import relax, tirx
 
 OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: epilogues (bias, GELU) fuse into the kernel
 NUM_INPUT = "num_input"  # Relax's attribute: how many leading parameters of main are the model's inputs
+SCHEDULED = "tirx.is_scheduled"  # TVM's attribute of a TIR kernel that has its schedule
 
 
 def model_inputs(main: relax.Function) -> list:
@@ -85,6 +86,18 @@ def single_use_vars(mod: tvm.IRModule) -> set:
                 if isinstance(block, relax.DataflowBlock):
                     found |= {var for var, users in relax.analysis.udchain(block).items() if len(users) == 1}
     return found
+
+
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    """True when the TIR kernel FUNC carries its schedule already (no rule, record or fusion may touch it)."""
+    return func.attrs is not None and int(func.attrs.get(SCHEDULED, 0)) == 1
+
+
+def fusable(func: tirx.PrimFunc) -> bool:
+    """True when FUNC can be fused with another kernel and scheduled after: its body is a root block (TVM's
+    FuseTIR fuses only such kernels) and it is not scheduled already (Kiln's loop kernels, e.g.
+    compiler/kernels/softmax.py)."""
+    return isinstance(func.body, tvm.s_tir.stmt.SBlockRealize) and not is_scheduled(func)
 
 
 def fuse_pair(first: tirx.PrimFunc, second: tirx.PrimFunc, in_place: bool = False) -> tirx.PrimFunc:

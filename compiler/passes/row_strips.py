@@ -11,7 +11,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.contraction import STREAMING_BYTES, buffer_bytes
 from ..schedules.row_strips import RowStrips
-from .relax_util import fuse_pair, kernels_by_name, mutator_pass, op_name, single_use_vars
+from .relax_util import fusable, fuse_pair, kernels_by_name, mutator_pass, op_name, single_use_vars
 
 _LLVM = {"kind": "llvm"}
 
@@ -52,7 +52,7 @@ class _StripFuser(PyExprMutator):
             self.fused[key] = None
             # a kernel fused here already (the first of a pair is not in the module's kernels) is left as it is
             funcs = self.kernels.get(first.name_hint), self.kernels.get(second.name_hint)
-            if all(funcs) and (buffer_bytes(funcs[0].params[-1]) or 0) > STREAMING_BYTES:
+            if all(funcs) and all(map(fusable, funcs)) and (buffer_bytes(funcs[0].params[-1]) or 0) > STREAMING_BYTES:
                 kernel = fuse_pair(*funcs)
                 if self.rule.apply(kernel, tvm.target.Target(_LLVM), False) is not None:
                     name = first.name_hint + "_" + second.name_hint.removeprefix("fused_")

@@ -25,6 +25,7 @@ from runtime.errors import KilnError
 from runtime.scratch import scratch_dir, sweep
 
 from ..build.schedule import kernel_mflop
+from ..passes.relax_util import is_scheduled
 from ..schedules import default_schedule, fixed_schedule, tuning_space
 from ..targets import TargetPreset
 from ..tvmscript import import_tensor_intrinsics
@@ -89,7 +90,8 @@ class Tuner:
 
     def tasks(self, mod: tvm.IRModule) -> tuple[list[TaskState], list]:
         """The model's kernels as TaskStates (with what earlier runs recorded) and MetaSchedule's tasks."""
-        extracted = ms.relax_integration.extract_tasks(mod, self.target)
+        extracted = [task for task in ms.relax_integration.extract_tasks(mod, self.target)
+                     if not is_scheduled(task.dispatched[0]["main"])]  # Kiln's loop kernels: nothing to search
         states = []
         for task in extracted:
             key = tuning.workload_key(task.dispatched[0])

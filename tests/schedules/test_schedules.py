@@ -139,16 +139,17 @@ def _depthwise_kernel(size: int, channels: int):
 def test_streaming_kernels_are_fixed_and_never_taken_from_a_database():
     """A memory-bound kernel's schedule samples nothing: the tuner leaves it alone and compile schedules it before
     applying tuning records, so a record from an older schedule cannot replace it. A small one stays tunable."""
-    from compiler.build.schedule import _SCHEDULED, _schedule_fixed  # noqa: PLC0415
+    from compiler.build.schedule import _schedule_fixed  # noqa: PLC0415
+    from compiler.passes.relax_util import SCHEDULED, is_scheduled  # noqa: PLC0415
     from compiler.schedules import fixed_schedule  # noqa: PLC0415
 
     big, small = _depthwise_kernel(56, 144), _depthwise_kernel(14, 144)
     found = fixed_schedule(big, 16)
     assert found is not None and "T.unroll(9)" in found.mod.script()
     assert fixed_schedule(small, 16) is None
-    assert int(_schedule_fixed(big, 16)["main"].attrs[_SCHEDULED]) == 1
+    assert is_scheduled(_schedule_fixed(big, 16)["main"])
     untouched = _schedule_fixed(small, 16)["main"]
-    assert untouched.attrs is None or _SCHEDULED not in untouched.attrs
+    assert untouched.attrs is None or SCHEDULED not in untouched.attrs
 
 
 @pytest.mark.parametrize("groups, cin, cout", [(3, 24, 48), (4, 32, 32), (8, 64, 128)])
