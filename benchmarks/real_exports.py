@@ -1,13 +1,15 @@
-"""Full-size real exports beside ONNX Runtime: Hugging Face `transformers` architectures at their published
-sizes (seeded random weights, He-scaled convolutions so activations neither vanish nor turn denormal), exported by
-torch's TorchScript exporter as users export them, compiled by Kiln untuned for `--target auto`, 2 threads, batch 1.
+"""Full-size real models beside ONNX Runtime: Hugging Face `transformers` architectures at their published sizes
+(seeded random weights, He-scaled convolutions so activations neither vanish nor turn denormal), exported by torch's
+TorchScript exporter as users export them, and the corpus's PP-OCR models as their wheel ships them (real weights);
+compiled by Kiln untuned for `--target auto`, 2 threads, batch 1.
 
     python -m benchmarks.real_exports export [NAME ...]   # needs torch + transformers (the `corpus` extra)
-    python -m benchmarks.real_exports run [NAME ...]      # compiles and times what `export` wrote
+    python -m benchmarks.real_exports run [NAME ...]      # compiles and times what `export` wrote, and PP-OCR
 
-The files go to benchmarks/exports/ (not committed: 16-350 MB each). `run` prints one markdown row a model: Kiln
-ms, ONNX Runtime ms, their ratio (the median of three rounds that alternate the engines), Kiln's compile seconds
-and the 1-minute load average.
+The exports go to benchmarks/exports/ (not committed: 16-350 MB each); the PP-OCR files come from the model cache
+(tests/corpus/models.py fetches them from PyPI). `run` prints one markdown row a model: Kiln ms, ONNX Runtime ms,
+their ratio (the median of three rounds that alternate the engines), Kiln's compile seconds and the 1-minute load
+average; with no NAME it runs the PP-OCR models and every export present, and says which are missing.
 """
 
 from __future__ import annotations
@@ -20,22 +22,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXPORTS = HERE / "exports"
-IMAGE = (1, 3, 224, 224)
-# name: (config class, model class, config, input name, input shape, He-scaled convolutions)
+IMAGE = {"pixel_values": ((1, 3, 224, 224), "float32")}
+TEXT = {"input_ids": ((1, 128), "int64"), "attention_mask": ((1, 128), "int64")}  # 128 tokens
+# name: (config class, model class, config, inputs {name: (shape, dtype)}, He-scaled convolutions)
 MODELS = {
     "efficientnet-b0": ("EfficientNetConfig", "EfficientNetModel",
                         dict(width_coefficient=1.0, depth_coefficient=1.0, image_size=224, hidden_dim=1280),
-                        "pixel_values", IMAGE, True),
-    "mobilenet-v2": ("MobileNetV2Config", "MobileNetV2Model", {}, "pixel_values", IMAGE, True),
-    "convnext-tiny": ("ConvNextConfig", "ConvNextModel", {}, "pixel_values", IMAGE, False),
-    "resnet-50": ("ResNetConfig", "ResNetModel", {}, "pixel_values", IMAGE, True),
-    "vit-b16": ("ViTConfig", "ViTModel", {}, "pixel_values", IMAGE, False),
+                        IMAGE, True),
+    "mobilenet-v2": ("MobileNetV2Config", "MobileNetV2Model", {}, IMAGE, True),
+    "convnext-tiny": ("ConvNextConfig", "ConvNextModel", {}, IMAGE, False),
+    "resnet-50": ("ResNetConfig", "ResNetModel", {}, IMAGE, True),
+    "vit-b16": ("ViTConfig", "ViTModel", {}, IMAGE, False),
     # Whisper-tiny's encoder: 4 layers x 384 over 30 s of audio (3000 mel frames, 1500 positions)
     "whisper-tiny-encoder": ("WhisperConfig", "WhisperModel",
                              dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
                                   decoder_layers=4, decoder_attention_heads=6, decoder_ffn_dim=1536),
-                             "input_features", (1, 80, 3000), False),
+                             {"input_features": ((1, 80, 3000), "float32")}, False),
+    "bert-base": ("BertConfig", "BertModel", {}, TEXT, False),
+    "gpt2": ("GPT2Config", "GPT2Model", dict(use_cache=False), TEXT, False),
 }
+# the corpus's models with real weights (tests/corpus/models.py), at the shapes the corpus checks them at
+WHEEL_MODELS = ("pp-ocrv4-det", "pp-ocrv4-rec", "pp-ocr-cls")
 
 
 def export(name: str, out: Path) -> Path:
@@ -43,7 +50,7 @@ def export(name: str, out: Path) -> Path:
     import torch  # noqa: PLC0415 - the corpus extra
     import transformers  # noqa: PLC0415
 
-    config_class, model_class, config, input_name, shape, he = MODELS[name]
+    config_class, model_class, config, inputs, he = MODELS[name]
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
     if model_class == "WhisperModel":
@@ -57,10 +64,39 @@ def export(name: str, out: Path) -> Path:
     model.eval()
     path = out / f"{name}.onnx"
     out.mkdir(parents=True, exist_ok=True)
+    examples = tuple(torch.ones(shape, dtype=torch.int64) if dtype == "int64" else torch.randn(*shape)
+                     for shape, dtype in inputs.values())
+    if len(inputs) > 1:  # by name, as users wrap text models (GPT-2's second positional argument is the cache)
+        from tests.corpus.export_torch import _Named  # noqa: PLC0415
+
+        model = _Named(model, list(inputs))
     with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(*shape),), str(path), input_names=[input_name], opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(model, examples, str(path), input_names=list(inputs), opset_version=17, dynamo=False)
     return path
+
+
+def _feeds(inputs: dict) -> dict:
+    """Seeded feeds for INPUTS ({name: (shape, dtype)}): normal floats, token ids under 1000, masks of ones."""
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    feeds = {}
+    for name, (shape, dtype) in inputs.items():
+        if dtype == "float32":
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            feeds[name] = np.ones(shape, np.int64) if "mask" in name else rng.integers(0, 1000, shape)
+    return feeds
+
+
+def model_file(name: str) -> tuple[Path, dict]:
+    """The ONNX file of model NAME and its inputs ({name: (shape, dtype)})."""
+    if name in WHEEL_MODELS:
+        from tests.corpus.models import CORPUS  # noqa: PLC0415
+
+        entry = next(e for e in CORPUS if e.name == name)
+        return entry.fetch(), {k: (tuple(v), "float32") for k, v in entry.shapes.items()}
+    return EXPORTS / f"{name}.onnx", MODELS[name][3]
 
 
 def bench_row(name: str, folder: Path) -> str:
@@ -73,13 +109,13 @@ def bench_row(name: str, folder: Path) -> str:
 
     from .matmul_sweep import median_ms  # noqa: PLC0415
 
-    path = EXPORTS / f"{name}.onnx"
-    _config, _model, _settings, input_name, shape, _he = MODELS[name]
+    path, inputs = model_file(name)
     started = time.monotonic()
-    artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log="none")
+    artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log="none",
+                                input_shapes={k: list(shape) for k, (shape, _dtype) in inputs.items()})
     compile_s = time.monotonic() - started
     kiln, session = runtime.load(artifact.path, threads=2), onnxruntime_session(str(path), threads=2)
-    feeds = {input_name: np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+    feeds = _feeds(inputs)
     ours, theirs = kiln.run(feeds), session.run(None, feeds)
     error = max(float(np.max(np.abs(a - b))) / (float(np.ptp(b)) or 1.0) for a, b in zip(ours.values(), theirs))
     probe = median_ms(lambda: session.run(None, feeds), 3)
@@ -95,23 +131,31 @@ def bench_row(name: str, folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["export", "run"])
-    parser.add_argument("names", nargs="*", default=list(MODELS))
+    parser.add_argument("names", nargs="*")
     args = parser.parse_args()
-    unknown = sorted(set(args.names) - set(MODELS))
+    known = list(MODELS) + list(WHEEL_MODELS)
+    unknown = sorted(set(args.names) - set(known))
     if unknown:
-        sys.exit(f"error: unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        sys.exit(f"error: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if args.action == "export":
-        for name in args.names:
+        for name in args.names or list(MODELS):
+            if name in WHEEL_MODELS:
+                continue  # fetched from its wheel by `run`
             print(f"exported {export(name, EXPORTS)}", flush=True)
         return
-    missing = [n for n in args.names if not (EXPORTS / f"{n}.onnx").is_file()]
-    if missing:
+    names = args.names or known
+    missing = [n for n in names if n in MODELS and not (EXPORTS / f"{n}.onnx").is_file()]
+    if missing and args.names:
         sys.exit(f"error: no export of {', '.join(missing)} in {EXPORTS}; run `python -m benchmarks.real_exports "
                  "export` first (needs torch and transformers: pip install -e '.[corpus]')")
+    if missing:
+        print(f"left out (not exported; `python -m benchmarks.real_exports export` needs torch): "
+              f"{', '.join(missing)}", file=sys.stderr)
+        names = [n for n in names if n not in missing]
     print("| model | Kiln ms | ONNX Runtime ms | ratio | compile s | max error / range | load avg |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
-        for name in args.names:
+        for name in names:
             print(bench_row(name, Path(folder)), flush=True)
 
 
