@@ -30,6 +30,7 @@ from .passes.bound_indices import bound_indices
 from .passes.concat_in_place import concat_in_place
 from .passes.conv1d_as_conv2d import conv1d_as_conv2d
 from .passes.convert_layout import convert_conv_layout
+from .passes.expand_powers import expand_powers
 from .passes.fast_sigmoid import fast_sigmoid_pass
 from .passes.fit_pool_windows import fit_pool_windows
 from .passes.flatten_rows import flatten_rows
@@ -74,6 +75,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # understands those); its quantized weights were folded back to float by FoldConstant.
         lower_qdq,
         inference_ops,
+        expand_powers,
         fit_pool_windows,
         raise_clamps,
         fold_batch_norm,
