@@ -40,6 +40,7 @@ from .passes.fold_pad_into_conv import fold_pad_into_conv
 from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
 from .passes.pad_channels import pad_channels, pad_rows
+from .passes.patch_conv_transpose import patch_conv_transpose
 from .passes.raise_clamps import raise_clamps
 from .passes.read_inputs_in_place import read_inputs_in_place
 from .passes.row_softmax import row_softmax_pass
@@ -81,6 +82,7 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         fold_batch_norm,
         fold_pad_into_conv,
         conv1d_as_conv2d,
+        patch_conv_transpose,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.EliminateCommonSubexpr(),
