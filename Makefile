@@ -52,7 +52,9 @@ test: setup cross-tools
 test-fast: setup cross-tools
 	$(PYTEST) -m "not slow"
 
-# Every benchmark model against ONNX Runtime and OpenVINO: benchmarks/RESULTS.md and its plots (about 20 minutes).
+# Every benchmark model against ONNX Runtime and OpenVINO: the zoo graphs, the PP-OCR models and the real exports
+# present (`python -m benchmarks.real_exports export` writes them; needs torch): benchmarks/RESULTS.md and its plots
+# (about 20 minutes for the zoo graphs, 40 more with every real model).
 bench: setup
 	$(BIN)/python -m benchmarks.run
 

@@ -18,10 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def footprint(engine: str, path: Path, shapes: dict[str, list[int]], outputs: list[str]) -> dict:
-    """Seconds to the first result and peak RSS (MB) of ENGINE running PATH once (float32 inputs of SHAPES,
-    returning OUTPUTS) in a fresh process."""
-    spec = json.dumps({"shapes": shapes, "outputs": outputs})
+def footprint(engine: str, path: Path, shapes: dict[str, list[int]], outputs: list[str],
+              dtypes: dict[str, str] | None = None) -> dict:
+    """Seconds to the first result and peak RSS (MB) of ENGINE running PATH once (inputs of SHAPES, zeros of
+    DTYPES, float32 where not given; returning OUTPUTS) in a fresh process."""
+    spec = json.dumps({"shapes": shapes, "outputs": outputs, "dtypes": dtypes or {}})
     done = subprocess.run([sys.executable, "-m", "benchmarks.footprint", engine, str(path), spec],
                           capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -41,7 +42,7 @@ def main() -> None:
     start = time.perf_counter()
     import numpy as np  # noqa: PLC0415 - the import is part of what is measured
 
-    feeds = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+    feeds = {name: np.zeros(shape, spec["dtypes"].get(name, "float32")) for name, shape in shapes.items()}
     if engine == "kiln":
         import runtime  # noqa: PLC0415
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from runtime.atomic import atomic_path  # noqa: E402
 
-from .report import engine_label  # noqa: E402
+from .report import at_batch, engine_label  # noqa: E402
 
 
 def _save(figure, path: Path) -> Path:
@@ -38,12 +38,15 @@ def latency_plot(report: dict, path: Path) -> Path | None:
         return None
     colors = _colors(rows)
     figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 4.2), squeeze=False)
+    all_rows = rows
     for axis, batch in zip(axes[0], batches):
-        engines = list(rows[0]["batches"][batch]["engines"])
+        rows = at_batch(all_rows, batch)
+        found = {e: f for row in rows for e, f in row["batches"][batch]["engines"].items()}
+        engines = list(found)
         width = 0.8 / len(engines)
         for i, engine in enumerate(engines):
-            ratios = [row["batches"][batch]["engines"][engine]["ratio"] for row in rows]
-            label = engine_label(engine, rows[0]["batches"][batch]["engines"][engine])
+            ratios = [row["batches"][batch]["engines"].get(engine, {"ratio": 0.0})["ratio"] for row in rows]
+            label = engine_label(engine, found[engine])
             axis.bar([m + (i - (len(engines) - 1) / 2) * width for m in range(len(rows))], ratios, width, label=label,
                      color=colors[engine])
         axis.axhline(1.0, color="black", linewidth=0.8)
@@ -63,10 +66,11 @@ def roofline_plot(report: dict, path: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(7.5, 4.8))
     colors = _colors(rows)
     for batch in map(str, meta["batches"]):
-        for engine in rows[0]["batches"][batch]["engines"]:
+        measured = at_batch(rows, batch)
+        for engine in dict.fromkeys(e for row in measured for e in row["batches"][batch]["engines"]):
             points = [(row["batches"][batch]["gflop"], row["batches"][batch]["gflop"] /
                        (row["batches"][batch]["engines"][engine]["median_ms"] / 1000))
-                      for row in rows if engine in row["batches"][batch]["engines"]]
+                      for row in measured if engine in row["batches"][batch]["engines"]]
             axis.scatter([p[0] for p in points], [p[1] for p in points], s=36, color=colors[engine],
                          facecolors="none" if batch == "1" else colors[engine],
                          label=f"{engine}, batch {batch}")

@@ -16,21 +16,29 @@ def engine_label(name: str, figures: dict) -> str:
     return name if figures["precision"] in FULL_PRECISION else f"{name} ({figures['precision']})"
 
 
+def at_batch(rows: list[dict], batch: str) -> list[dict]:
+    """The ROWS measured at BATCH (the real models are measured at batch 1 only)."""
+    return [row for row in rows if batch in row["batches"]]
+
+
 def summary_table(rows: list[dict], batch: str) -> list[str]:
     """One row per model: each engine's median latency and its ratio to ONNX Runtime fp32 at BATCH."""
-    engines = list(rows[0]["batches"][batch]["engines"])
-    labels = [engine_label(e, rows[0]["batches"][batch]["engines"][e]) for e in engines]
+    rows = at_batch(rows, batch)
+    found = {e: f for row in rows for e, f in row["batches"][batch]["engines"].items()}  # every engine of any row
+    engines = list(found)
+    labels = [engine_label(e, found[e]) for e in engines]
     lines = [f"| model | GFLOP | {' | '.join(labels)} |", "| --- | ---: |" + " ---: |" * len(engines)]
     for row in rows:
         figures = row["batches"][batch]
         cells = [f"{figures['engines'][e]['median_ms']:.2f} ms ({figures['engines'][e]['ratio']:.2f}x)"
-                 for e in engines]
+                 if e in figures["engines"] else "-" for e in engines]
         lines.append(f"| {row['model']} | {figures['gflop']:.2f} | {' | '.join(cells)} |")
     return lines
 
 
 def detail_table(rows: list[dict], batch: str, peak: float) -> list[str]:
     """Every engine on every model at BATCH: latency spread, throughput, ratio, roofline fraction, agreement."""
+    rows = at_batch(rows, batch)
     lines = ["| model | engine | precision | median ms | p90 ms | items/s | vs ORT fp32 | rounds | GFLOP/s "
              "| of fp32 peak | outputs vs ORT (max abs error) | outside load |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
@@ -49,13 +57,14 @@ def detail_table(rows: list[dict], batch: str, peak: float) -> list[str]:
 
 def cost_table(rows: list[dict]) -> list[str]:
     """Per model: Kiln's compile time, artifact size and tuned kernels; each engine's start-up and memory."""
-    engines = list(rows[0]["footprint"])
+    engines = list(dict.fromkeys(e for row in rows for e in row["footprint"]))
     lines = ["| model | ONNX MB | Kiln compile s (batch 1: fp32 / int8) | artifact MB | tuned kernels | "
              + " | ".join(f"{e} start s / peak RSS MB" for e in engines) + " |",
              "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(engines)]
     for row in rows:
         one = row["batches"]["1"] if "1" in row["batches"] else next(iter(row["batches"].values()))
-        cells = [f"{row['footprint'][e]['seconds']:.2f} / {row['footprint'][e]['peak_rss_mb']}" for e in engines]
+        cells = [f"{row['footprint'][e]['seconds']:.2f} / {row['footprint'][e]['peak_rss_mb']}"
+                 if e in row["footprint"] else "-" for e in engines]
         int8_s = one["compile_s"].get("kiln-int8", "-")
         lines.append(f"| {row['model']} | {row['onnx_mb']} | {one['compile_s']['kiln-tuned']} / {int8_s} "
                      f"| {one['artifact_mb']} "

@@ -33,13 +33,14 @@ from compiler.targets import all_targets
 from runtime.atomic import atomic_write
 from runtime.bench import Engine, compare_engines, random_inputs
 
-from . import machine
+from . import machine, real_exports
 from .flops import model_flops
 from .footprint import footprint
 from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "minilm", "bert-base"]
+REAL_MODELS = list(real_exports.WHEEL_MODELS) + list(real_exports.MODELS)  # measured at batch 1 only
 QUICK_MODELS = ["squeezenet", "bert-mini"]
 REFERENCE = "onnxruntime"
 
@@ -106,9 +107,10 @@ def _combine(rounds: list[dict]) -> dict:
             "retakes": sum(r["retakes"] for r in rounds)}
 
 
-def bench_batch(path: Path, model: onnx.ModelProto, batch: int, folder: Path, settings: Settings) -> dict:
-    """Compile PATH at BATCH, time every engine on the same inputs, and return the batch's figures."""
-    shapes = {name: [batch, *dims[1:]] for name, dims in batch_one_shapes(model).items()}
+def bench_batch(path: Path, model: onnx.ModelProto, shapes: dict[str, list[int]], folder: Path,
+                settings: Settings) -> dict:
+    """Compile PATH at the input SHAPES, time every engine on the same inputs, and return the batch's figures."""
+    batch = next(iter(shapes.values()))[0]
     variants = kiln_variants() if batch == 1 else {"kiln-tuned": {}}
     artifacts, compile_s = {}, {}
     for variant, options in variants.items():
@@ -122,8 +124,11 @@ def bench_batch(path: Path, model: onnx.ModelProto, batch: int, folder: Path, se
     outputs = [o.name for o in first.outputs]
     engines = [Engine(variant, model_.run, VARIANT_PRECISION.get(variant, "f32")) for variant, model_ in loaded.items()]
     shapes_of_feeds = {k: v.shape for k, v in feeds.items()}
-    engines += [open_reference(name, str(path), settings.threads, shapes_of_feeds, outputs)
-                for name in settings.references]
+    for name in settings.references:
+        try:
+            engines.append(open_reference(name, str(path), settings.threads, shapes_of_feeds, outputs))
+        except Exception as err:  # noqa: BLE001 - a reference that cannot take a model is left out of its row
+            print(f"  {name} cannot run {path.name}: {str(err).splitlines()[0][:200]}", file=sys.stderr)
     runs = _runs_for(first.run, feeds, settings)
     rounds = [compare_engines(engines, feeds, REFERENCE, runs, warmup=1, batch=batch).engines
               for _ in range(settings.rounds)]
@@ -135,23 +140,42 @@ def bench_batch(path: Path, model: onnx.ModelProto, batch: int, folder: Path, se
             "artifact": str(artifacts["kiln-tuned"].path)}
 
 
+def model_source(name: str, folder: Path) -> tuple[Path, onnx.ModelProto, dict[str, list[int]], tuple[int, ...]]:
+    """Model NAME's ONNX file (a zoo graph written into FOLDER, or a real model's file), the model (without its
+    weights' data for a real one), its batch-1 input shapes, and the batches it is measured at (None: all)."""
+    if name in ZOO:
+        model = ZOO[name]()
+        path = folder / f"{name}.onnx"
+        onnx.save(model, str(path))
+        return path, model, batch_one_shapes(model), ()
+    path, inputs = real_exports.model_file(name)
+    return path, onnx.load(str(path), load_external_data=False), {k: list(v[0]) for k, v in inputs.items()}, (1,)
+
+
+def available_real_models() -> list[str]:
+    """The real models this machine can run: the PP-OCR files (fetched from their wheel) and the exports present
+    (`python -m benchmarks.real_exports export` writes them; it needs torch)."""
+    return [n for n in REAL_MODELS if n in real_exports.WHEEL_MODELS or (real_exports.EXPORTS / f"{n}.onnx").is_file()]
+
+
 def bench_model(name: str, folder: Path, settings: Settings, progress=print) -> dict:
-    """Every batch of SETTINGS for zoo model NAME, plus each engine's start-up cost and memory at batch 1."""
-    model = ZOO[name]()
-    path = folder / f"{name}.onnx"
-    onnx.save(model, str(path))
+    """Every batch of SETTINGS for model NAME (a real model: batch 1 only), plus each engine's start-up cost and
+    memory at batch 1."""
+    path, model, one_shapes, only = model_source(name, folder)
     row = {"model": name, "onnx_mb": round(path.stat().st_size / 1e6, 1), "batches": {}}
-    for batch in settings.batches:
-        result = bench_batch(path, model, batch, folder, settings)
+    for batch in [b for b in settings.batches if not only or b in only]:
+        shapes = {input_name: [batch, *dims[1:]] for input_name, dims in one_shapes.items()}
+        result = bench_batch(path, model, shapes, folder, settings)
         row["batches"][str(batch)] = result
         progress(f"{name:<12} batch {batch}: " + "  ".join(
             f"{engine} {e['median_ms']:.2f} ms ({e['ratio']:.2f}x)" for engine, e in result["engines"].items()))
-    one = row["batches"][str(settings.batches[0])]
+    one = next(iter(row["batches"].values()))
     outputs = [o.name for o in model.graph.output]
-    row["footprint"] = {"kiln": footprint("kiln", Path(one["artifact"]), one["shapes"], outputs)}
-    for engine in settings.references:
-        if engine not in PREPARED:
-            row["footprint"][engine] = footprint(engine, path, one["shapes"], outputs)
+    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+              for i in model.graph.input}
+    row["footprint"] = {"kiln": footprint("kiln", Path(one["artifact"]), one["shapes"], outputs, dtypes)}
+    for engine in [e for e in settings.references if e not in PREPARED and e in one["engines"]]:
+        row["footprint"][engine] = footprint(engine, path, one["shapes"], outputs, dtypes)
     return row
 
 
@@ -207,8 +231,8 @@ def write(report: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Kiln vs ONNX Runtime and OpenVINO on the benchmark models.")
-    parser.add_argument("models", nargs="*", help=f"from: {', '.join(sorted(ZOO))} (default: "
-                                                  f"{', '.join(DEFAULT_MODELS)})")
+    parser.add_argument("models", nargs="*", help=f"from: {', '.join(sorted(ZOO) + REAL_MODELS)} (default: "
+                                                  f"{', '.join(DEFAULT_MODELS)} and the real models present)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="comparisons per model and batch (default 3)")
     parser.add_argument("--quick", action="store_true", help="CI-sized: two small models, one short round")
@@ -216,10 +240,14 @@ def main() -> None:
                                                                "(default benchmarks/, benchmarks/quick/ with --quick)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
-    unknown = sorted(set(models) - set(ZOO))
+    models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS + available_real_models())
+    unknown = sorted(set(models) - set(ZOO) - set(REAL_MODELS))
     if unknown:
-        sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(ZOO))})")
+        sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(ZOO) + REAL_MODELS)})")
+    absent = [n for n in models if n in real_exports.MODELS and n not in available_real_models()]
+    if absent:
+        sys.exit(f"error: no export of {', '.join(absent)}; run `python -m benchmarks.real_exports export` first "
+                 "(needs torch and transformers: pip install -e '.[corpus]')")
     settings = Settings(threads=args.threads)
     if args.quick:
         settings.rounds, settings.seconds, settings.max_runs, settings.digits = 1, 0.2, 8, False
