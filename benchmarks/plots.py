@@ -103,3 +103,31 @@ def tuning_curve_plot(summary: Path, path: Path) -> Path | None:
     axis.set_title(summary.stem)
     axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def shape_sweep_plot(sweep: dict, path: Path) -> Path | None:
+    """Two bars per swept shape (benchmarks/shape_sweep.py), Kiln's latency over ONNX Runtime's for the whole
+    single-op model (light) and for the compute alone (dark); matmuls and convolutions in two panels, with lines
+    at 1.0 and at the issue's 1.5 bound."""
+    kinds = list(dict.fromkeys(p["kind"] for p in sweep["points"]))
+    if not kinds:
+        return None
+    counts = [sum(p["kind"] == k for p in sweep["points"]) for k in kinds]
+    figure, axes = plt.subplots(1, len(kinds), figsize=(0.45 * sum(counts) + 2, 5.4), squeeze=False,
+                                gridspec_kw={"width_ratios": counts})
+    for axis, kind in zip(axes[0], kinds):
+        points = [p for p in sweep["points"] if p["kind"] == kind]
+        spots = range(len(points))
+        axis.bar([i - 0.2 for i in spots], [p["ratio"] for p in points], 0.4, color="C0", alpha=0.35,
+                 label="whole model")
+        axis.bar([i + 0.2 for i in spots], [p["compute_ratio"] for p in points], 0.4, color="C0",
+                 label="compute alone")
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.axhline(1.5, color="C3", linestyle="--", linewidth=0.8)
+        axis.set_xticks(list(spots), [p["shape"] for p in points], rotation=60, ha="right", fontsize=7)
+        axis.set_title(f"{kind}: Kiln untuned / ONNX Runtime, {sweep['threads']} threads, batch 1", fontsize=9)
+        axis.set_ylim(0, max(1.6, max(max(p["ratio"], p["compute_ratio"]) for p in points) * 1.1))
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("latency ratio (lower is faster)")
+    figure.suptitle(f"{sweep['date']}, {sweep['machine']}", fontsize=8)
+    return _save(figure, path)

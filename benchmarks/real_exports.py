@@ -107,7 +107,7 @@ def bench_row(name: str, folder: Path) -> str:
     import runtime  # noqa: PLC0415
     from compiler.references import onnxruntime_session  # noqa: PLC0415
 
-    from .matmul_sweep import median_ms  # noqa: PLC0415
+    from .shape_sweep import median_ms  # noqa: PLC0415
 
     path, inputs = model_file(name)
     started = time.monotonic()

@@ -85,6 +85,7 @@ def _call(name: str, *args):
     return _function(name)(*args)  # looked up once: copies and conversions run on every model call
 
 
+@functools.lru_cache(maxsize=None)  # on every output of every call: np.dtype and its name take 3 us
 def numpy_dtype(name: str) -> np.dtype | None:
     """The numpy dtype that is TVM's dtype NAME exactly (float32, int8, bool, ...); None for one numpy lacks or
     holds only through ml_dtypes (bfloat16, float8_e4m3fn, int4: DLPack and raw copies cannot carry those)."""

@@ -321,3 +321,30 @@ def test_quick_parse_walks_the_same_frames_as_inspect_and_parses_the_same_functi
     with quick_parse():
         quick = parsed()
     assert inspect.stack is not _frames and quick.script() == parsed().script()
+
+
+@pytest.mark.parametrize("shape, perm, tiled", [([1, 112, 112, 64], [0, 3, 1, 2], True),
+                                                ([1, 7, 7, 2048], [0, 3, 1, 2], True),
+                                                ([1, 75, 75, 24], [0, 3, 1, 2], False),  # 75 has no tile
+                                                ([2, 197, 12, 64], [0, 2, 1, 3], False),  # rows move, runs stay
+                                                ([3, 5, 33], [2, 0, 1], False)])
+def test_transposes_are_tiled_where_tiles_fit_and_always_right(shape, perm, tiled, tmp_path):
+    """NHWC -> NCHW at a model's border: tiled so each input cache line is read once (a 112x112x64 one took 1.5 ms
+    fused, 0.21 tiled); maps of 7 and 75, odd axes and transposes that keep the innermost axis stay right."""
+    from tvm import s_tir  # noqa: PLC0415
+
+    from compiler import frontend  # noqa: PLC0415
+    from compiler.pipeline import fuse_kernels, simplify_graph  # noqa: PLC0415
+    from compiler.schedules.common import root_blocks  # noqa: PLC0415
+    from compiler.schedules.injective import _schedule_transpose  # noqa: PLC0415
+    from compiler.targets import get_target  # noqa: PLC0415
+
+    model = single_op_model("Transpose", {"x": shape}, perm=perm)
+    path = save(model, tmp_path)
+    preset = get_target("x86-avx512")
+    kernels = fuse_kernels(simplify_graph(frontend.load_model(path, None), preset, layout="NCHW"), preset)
+    (func,) = [f for gv, f in kernels.functions_items() if "transpose" in gv.name_hint]
+    sch = s_tir.Schedule(func)
+    assert _schedule_transpose(sch, root_blocks(sch)[0], 16) == tiled
+    artifact = compiler.compile(path, output=tmp_path / "t.so", layout="NCHW")
+    assert_matches_onnxruntime(path, artifact.path)
