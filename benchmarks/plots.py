@@ -106,9 +106,9 @@ def tuning_curve_plot(summary: Path, path: Path) -> Path | None:
 
 
 def shape_sweep_plot(sweep: dict, path: Path) -> Path | None:
-    """Two bars per swept shape (benchmarks/shape_sweep.py), Kiln's latency over ONNX Runtime's for the whole
-    single-op model (light) and for the compute alone (dark); matmuls and convolutions in two panels, with lines
-    at 1.0 and at the issue's 1.5 bound."""
+    """Two bars per swept shape (benchmarks/shape_sweep.py) over ONNX Runtime's whole run: Kiln's whole single-op
+    model (light) and Kiln's compute alone (dark); matmuls and convolutions in two panels, with lines at 1.0 and
+    at the issue's 1.5 bound."""
     kinds = list(dict.fromkeys(p["kind"] for p in sweep["points"]))
     if not kinds:
         return None
@@ -119,9 +119,9 @@ def shape_sweep_plot(sweep: dict, path: Path) -> Path | None:
         points = [p for p in sweep["points"] if p["kind"] == kind]
         spots = range(len(points))
         axis.bar([i - 0.2 for i in spots], [p["ratio"] for p in points], 0.4, color="C0", alpha=0.35,
-                 label="whole model")
+                 label="Kiln whole model")
         axis.bar([i + 0.2 for i in spots], [p["compute_ratio"] for p in points], 0.4, color="C0",
-                 label="compute alone")
+                 label="Kiln compute alone")
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.axhline(1.5, color="C3", linestyle="--", linewidth=0.8)
         axis.set_xticks(list(spots), [p["shape"] for p in points], rotation=60, ha="right", fontsize=7)

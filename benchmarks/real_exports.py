@@ -67,9 +67,9 @@ def export(name: str, out: Path) -> Path:
     examples = tuple(torch.ones(shape, dtype=torch.int64) if dtype == "int64" else torch.randn(*shape)
                      for shape, dtype in inputs.values())
     if len(inputs) > 1:  # by name, as users wrap text models (GPT-2's second positional argument is the cache)
-        from tests.corpus.export_torch import _Named  # noqa: PLC0415
+        from tests.corpus.export_torch import by_name  # noqa: PLC0415
 
-        model = _Named(model, list(inputs))
+        model = by_name(model, list(inputs))
     with torch.no_grad():
         torch.onnx.export(model, examples, str(path), input_names=list(inputs), opset_version=17, dynamo=False)
     return path

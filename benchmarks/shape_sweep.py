@@ -7,9 +7,12 @@ Matmuls are `[1, M, K] @ [K, N] + bias` (and sequence-first `[M, 1, K]`, as torc
 projects): 197 ViT tokens, 50 / 77 text tokens, 1500 Whisper frames, 13 and 128 rows. Convolutions (+ bias +
 ReLU, NCHW as exported) are the stems, 3x3 / 1x1 / strided / depthwise 3x3, 5x5 and 7x7 layers of ResNet,
 MobileNet, EfficientNet and ConvNeXt, with the odd channel counts and 7x7 / 75x75 maps nothing tiles evenly.
-Each row: Kiln ms, ONNX Runtime ms and their ratio (the median of three rounds that alternate the engines, whole
-single-op models through each engine's Python API), the same for the compute alone (each engine's layout changes at
-the model's border left out: see kernel_ms), and the 1-minute load average. Writes DIR/shape_sweep.json and DIR/shape_sweep.png (DIR: benchmarks/).
+Each row: Kiln ms, ONNX Runtime ms and their ratio (whole single-op models through each engine's Python API; the
+median of five rounds that alternate the engines, see measure); Kiln's compute alone (its kernels timed one by one, without the
+transposes a single-op NCHW model gets at its border and Python's per-call costs) and its ratio to ONNX Runtime's
+whole run (which keeps ONNX Runtime's own reorders: the ratio favours ONNX Runtime; its profiler's node times were
+no help, they exceed its wall time on small ops); and the 1-minute load average. Writes DIR/shape_sweep.json and
+DIR/shape_sweep.png (DIR: benchmarks/).
 """
 
 from __future__ import annotations
@@ -94,42 +97,18 @@ def median_ms(run, count: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-LAYOUT_OPS = ("ReorderInput", "ReorderOutput", "Transpose")  # ONNX Runtime's layout changes (NCHWc) and Kiln's
-
-
-def kernel_ms(kiln, session_path: str, x: np.ndarray) -> tuple[float, float]:
-    """The compute alone, each engine's layout changes left out: Kiln's kernels timed one by one (runtime.profile)
-    but its transposes, and ONNX Runtime's nodes from its profiler but its reorders and transposes (the median
-    run of 20). At a model's border both engines change layout once; inside a model neither does, so this is what
-    a convolution costs there."""
-    import onnxruntime as ort  # noqa: PLC0415
-
+def kiln_compute_ms(kiln) -> float:
+    """Kiln's kernels timed one by one (runtime.profile), its transposes at the model's border left out."""
     from runtime.profile import profile_kernels  # noqa: PLC0415
 
-    ours = sum(t.ms_per_run for t in profile_kernels(kiln, repeat=20) if not t.kernel.startswith("transpose"))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.enable_profiling = 2, True
-    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "kiln-sweep-ort")
-    session = ort.InferenceSession(session_path, options, providers=["CPUExecutionProvider"])
-    for _ in range(25):
-        session.run(None, {"x": x})
-    profile = Path(session.end_profiling())
-    runs, current = [], 0.0
-    for event in json.loads(profile.read_text()):  # a run's node events come before its model_run event
-        if event.get("cat") == "Session" and event["name"] == "model_run":
-            runs.append(current)
-            current = 0.0
-        elif event.get("cat") == "Node" and event["name"].endswith("_kernel_time") \
-                and event["args"].get("op_name") not in LAYOUT_OPS:
-            current += event["dur"] / 1e3
-    profile.unlink()
-    theirs = float(np.median(runs[5:]))  # the first runs warm up
-    return ours, theirs
+    return sum(t.ms_per_run for t in profile_kernels(kiln, repeat=20) if not t.kernel.startswith("transpose"))
 
 
-def measure(model: onnx.ModelProto, x_shape: list[int], folder: Path) -> dict:
-    """Kiln's and ONNX Runtime's median ms on MODEL and their ratio (the median round of three that alternate the
-    engines, each round enough runs for about 0.3 s), and the same for the compute alone (kernel_ms)."""
+def measure(model: onnx.ModelProto, x_shape: list[int], folder: Path, rounds: int = 5) -> dict:
+    """Kiln's and ONNX Runtime's median ms on MODEL, and Kiln's compute alone, in ROUNDS rounds that alternate
+    the three (each enough runs for about 0.3 s); each figure and each ratio is the median over the rounds of the
+    ratios taken within a round, so a slow spell of this shared machine (both engines 2.5x slower for a minute was
+    seen) moves a round, not a ratio."""
     path = folder / "case.onnx"
     onnx.save(model, path)
     artifact = compiler.compile(path, target="x86-avx512", output=folder / "case.so", tuning_log="none")
@@ -137,14 +116,15 @@ def measure(model: onnx.ModelProto, x_shape: list[int], folder: Path) -> dict:
     x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
     count = max(10, min(60, int(300 / max(median_ms(lambda: session.run(None, {"x": x}), 3), 0.01))))
     load = float(Path("/proc/loadavg").read_text().split()[0])
-    rounds = sorted((k / o, k, o) for k, o in ((median_ms(lambda: kiln.run({"x": x}), count),
-                                                median_ms(lambda: session.run(None, {"x": x}), count))
-                                               for _ in range(3)))
-    ratio, ours, theirs = rounds[1]
-    ours_compute, theirs_compute = kernel_ms(kiln, str(path), x)
-    return {"kiln_ms": round(ours, 4), "onnxruntime_ms": round(theirs, 4), "ratio": round(ratio, 3),
-            "kiln_compute_ms": round(ours_compute, 4), "onnxruntime_compute_ms": round(theirs_compute, 4),
-            "compute_ratio": round(ours_compute / theirs_compute, 3), "load": load}
+    timed = []
+    for _ in range(rounds):
+        ours = median_ms(lambda: kiln.run({"x": x}), count)
+        theirs = median_ms(lambda: session.run(None, {"x": x}), count)
+        timed.append((ours, theirs, kiln_compute_ms(kiln)))
+    ours, theirs, compute = (float(np.median([t[i] for t in timed])) for i in range(3))
+    return {"kiln_ms": round(ours, 4), "onnxruntime_ms": round(theirs, 4), "kiln_compute_ms": round(compute, 4),
+            "ratio": round(float(np.median([o / t for o, t, _ in timed])), 3),
+            "compute_ratio": round(float(np.median([c / t for _, t, c in timed])), 3), "load": load}
 
 
 def matmul_case(rows: int, depth: int, cols: int, sequence_first: bool) -> tuple[str, onnx.ModelProto, list[int]]:
@@ -166,16 +146,16 @@ def main() -> None:
     args = parser.parse_args()
     cases = ([("matmul", matmul_case(*s)) for s in MATMULS] if args.only != "conv" else []) + \
         ([("conv", conv_case(*s)) for s in CONVS] if args.only != "matmul" else [])
-    print("| kind | shape | Kiln ms | ONNX Runtime ms | ratio | Kiln compute ms | ONNX Runtime compute ms | "
-          "compute ratio | load avg |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| kind | shape | Kiln ms | ONNX Runtime ms | ratio | Kiln compute ms | compute ratio | load avg |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     points = []
     with tempfile.TemporaryDirectory() as folder:
         for kind, (label, model, x_shape) in cases:
             point = {"kind": kind, "shape": label, **measure(model, x_shape, Path(folder))}
             points.append(point)
             print(f"| {kind} | {label} | {point['kiln_ms']:.3f} | {point['onnxruntime_ms']:.3f} | "
-                  f"{point['ratio']:.2f}x | {point['kiln_compute_ms']:.3f} | {point['onnxruntime_compute_ms']:.3f} | "
-                  f"{point['compute_ratio']:.2f}x | {point['load']:.2f} |", flush=True)
+                  f"{point['ratio']:.2f}x | {point['kiln_compute_ms']:.3f} | {point['compute_ratio']:.2f}x | "
+                  f"{point['load']:.2f} |", flush=True)
     from . import machine  # noqa: PLC0415
     from .plots import shape_sweep_plot  # noqa: PLC0415 - matplotlib is optional
 

@@ -4,15 +4,14 @@ and sums it, and a pass that scales by 1 / sum, the row staying in L1 between th
 TVM lowers softmax to four stages (max, exp, sum, divide) that dlight schedules one row element per step with
 scalar reductions: Whisper-tiny's 6 x 1500 x 1500 scores took 22 ms a layer where ONNX Runtime takes under 3.
 Schedule primitives cannot build vector accumulators over a row that the vector width does not divide (rfactor
-needs a split whose predicate TVM 0.27's compute_at drops, see docs/schedules.md), so the kernel is written as
-loops: vector accumulators of LANES lanes over the whole vectors of the row, and the last LANES elements of the
-row as one more vector that overlaps the previous one, its lanes already counted masked out of the sum and the
-scale (max needs no mask). Rows narrower than LANES take scalar loops. exp is TVM's fast_exp polynomial (the one
-FastMathTransform gives softmax), relative error about 1e-7.
+needs a split whose predicate TVM 0.27's compute_at drops: docs/schedules.md), so the kernel is written as loops:
+vector accumulators of LANES lanes over the whole vectors of the row, and the last LANES elements of the row as one
+more vector that overlaps the previous one, its lanes already counted masked out of the sum and the scale (max
+needs no mask). A row narrower than LANES is one vector of its own width. exp is TVM's fast_exp polynomial (the
+one FastMathTransform gives softmax), relative error about 1e-7.
 
-In: the row count and width of a float32 softmax over its last axis (a [rows, width] view of it) and the target's
-vector width. Out: a scheduled PrimFunc softmax(x, y) that kiln.RowSoftmax (compiler/passes/row_softmax.py)
-calls.
+In: the shape of a float32 softmax over its last axis (viewed as [rows, width]) and the target's vector width.
+Out: a scheduled PrimFunc softmax(x, y) that kiln.RowSoftmax (compiler/passes/row_softmax.py) calls.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ def row_softmax(shape: list[int], lanes: int) -> tirx.PrimFunc:
     the module docstring); marked scheduled and opaque, so no schedule rule or fusion touches it."""
     shape = [tirx.IntImm("int64", d) for d in shape]  # as TVM's legalized kernels declare their buffers
     with quick_parse():
-        func = _vector_kernel(shape, lanes) if int(shape[-1]) >= lanes else _scalar_kernel(shape)
+        func = _vector_kernel(shape, min(lanes, int(shape[-1])))  # a row narrower than a vector: one of its width
     return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})  # 8: kOpaque, never fused
 
 
@@ -104,32 +103,5 @@ def _vector_kernel(shape: list, lanes: int) -> tirx.PrimFunc:
                 if has_tail:
                     for j in T.vectorized(lanes):
                         y[r, last + j] = T.if_then_else(j >= counted, y[r, last + j] * total[0], y[r, last + j])
-
-    return softmax
-
-
-def _scalar_kernel(shape: list) -> tirx.PrimFunc:
-    rows, width = math.prod(int(d) for d in shape[:-1]), int(shape[-1])
-    lowest = T.float32(-3.4028234663852886e38)
-
-    @T.prim_func(private=True, s_tir=True)
-    def softmax(x_nd: T.Buffer(shape, "float32"), y_nd: T.Buffer(shape, "float32")):
-        T.func_attr({"tirx.noalias": True})
-        with T.sblock("root"):
-            x = T.decl_buffer((rows, width), "float32", data=x_nd.data)
-            y = T.decl_buffer((rows, width), "float32", data=y_nd.data)
-            for r in T.parallel(rows):
-                top = T.decl_buffer((1,), "float32", scope="global")
-                total = T.decl_buffer((1,), "float32", scope="global")
-                top[0] = lowest
-                for j in range(width):
-                    top[0] = T.max(top[0], x[r, j])
-                total[0] = T.float32(0)
-                for j in range(width):
-                    y[r, j] = fast_exp(x[r, j] - top[0])
-                    total[0] = total[0] + y[r, j]
-                total[0] = T.float32(1) / total[0]
-                for j in range(width):
-                    y[r, j] = y[r, j] * total[0]
 
     return softmax

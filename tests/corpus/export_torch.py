@@ -118,7 +118,7 @@ MODELS = {
 }
 
 
-def _Named(model, names: list[str]):
+def by_name(model, names: list[str]):
     """MODEL called with its inputs by name, returning the last hidden state alone: the wrapper users write to
     export a transformers model (its forward takes many optional arguments and returns a dict)."""
     import torch  # noqa: PLC0415
@@ -152,7 +152,7 @@ def export(name: str, dynamo: bool, out: Path) -> Path:
         dims = {k: {i: torch.export.Dim(n, min=1, max=64) for i, n in a.items()} for k, a in axes.items()}
         torch.onnx.export(model, (), str(path), kwargs=inputs, dynamic_shapes=dims, dynamo=True, opset_version=18)
     else:  # the TorchScript exporter most published files come from, with the usual wrapper and dynamic_axes
-        torch.onnx.export(_Named(model, list(shapes)), tuple(inputs.values()), str(path), dynamo=False,
+        torch.onnx.export(by_name(model, list(shapes)), tuple(inputs.values()), str(path), dynamo=False,
                           input_names=list(shapes), output_names=["last_hidden_state"], opset_version=17,
                           dynamic_axes={**axes, "last_hidden_state": {0: "batch"}})
     if dynamo:  # the dynamo exporter may write weights beside the model: keep one self-contained file
