@@ -54,7 +54,7 @@ test-fast: setup cross-tools
 
 # Every benchmark model against ONNX Runtime and OpenVINO: the zoo graphs, the PP-OCR models and the real exports
 # present (`python -m benchmarks.real_exports export` writes them; needs torch): benchmarks/RESULTS.md and its plots
-# (about 20 minutes for the zoo graphs, 40 more with every real model).
+# (about 20 minutes for the zoo graphs; each real model adds its four compiles and timings).
 bench: setup
 	$(BIN)/python -m benchmarks.run
 
