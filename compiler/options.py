@@ -60,6 +60,10 @@ class CompileOptions:
         if self.precision not in PRECISIONS or (self.precision != "fp32" and self.int8):
             raise KilnError(f"precision '{self.precision}' with quantize '{self.quantize}' is not a combination Kiln "
                             f"builds", f"use --precision {' or '.join(PRECISIONS)}, and bf16 without --quantize")
+        if self.output is not None and Path(self.output).suffix != ".so":
+            raise KilnError(f"the artifact path {self.output} does not end in .so",
+                            f"name it {Path(self.output).with_suffix('.so').name}: an artifact is a shared library, "
+                            "and the runtime loads it by that suffix")
         if self.int8 and not self.calibration:
             self.calibration = "random:32"
             self.notes.append("warning: no --calibration given: calibrating on 32 random inputs (give real samples "

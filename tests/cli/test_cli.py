@@ -111,6 +111,7 @@ def test_bench_onnx_model_directly(model):
     (["compile", "{model}", "--input-shape", "x=1xa"], "error: bad --input-shape 'x=1xa'"),
     (["compile", "{model}", "--input-value", "axes"], "error: bad --input-value 'axes'"),
     (["compile", "{model}", "--input-value", "nope=1"], "error: --input-value names unknown input(s) nope"),
+    (["compile", "{model}", "-o", "model.kiln"], "error: the artifact path model.kiln does not end in .so"),
     (["run", "{artifact}"], "error: no inputs given (pass --input NAME=FILE.npy"),
     (["run", "{model}", "--random"], "is not a Kiln artifact"),
     (["bench", "{artifact}", "--model", "nowhere.onnx"], "error: ONNX model not found: nowhere.onnx"),
