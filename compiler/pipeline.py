@@ -43,7 +43,7 @@ from .passes.pad_channels import pad_channels, pad_rows
 from .passes.patch_conv_transpose import patch_conv_transpose
 from .passes.raise_clamps import raise_clamps
 from .passes.read_inputs_in_place import read_inputs_in_place
-from .passes.row_softmax import row_softmax_pass
+from .passes.row_kernels import row_kernels
 from .passes.row_strips import fuse_row_strips
 from .passes.split_activations import split_activations_over_concat
 from .passes.static_shape_tensors import static_shape_tensors
@@ -115,9 +115,9 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         # CPU dispatch: LegalizeOps leaves them to it).
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
-        # Softmax over the last axis as Kiln's row kernel: vector passes over a row in L1 (dlight's schedule of
-        # TVM's four stages ran attention's softmax 8x slower than ONNX Runtime).
-        *when(cpu, row_softmax_pass(lanes)),
+        # Softmax and layer norm over the last axis as Kiln's row kernels: vector passes over a row in L1
+        # (dlight's schedules of TVM's stages ran attention's softmax 8x slower than ONNX Runtime).
+        *when(cpu, row_kernels(lanes)),
         # exp / erf / tanh as TVM's polynomial approximations, which vectorize (erf was a scalar libm call per
         # element: 4.8 ms of BERT-mini's 9.8). It rewrites Relax ops, so it runs before LegalizeOps.
         relax.transform.FastMathTransform(),

@@ -11,7 +11,7 @@ needs no mask). A row narrower than LANES is one vector of its own width. exp is
 one FastMathTransform gives softmax), relative error about 1e-7.
 
 In: the shape of a float32 softmax over its last axis (viewed as [rows, width]) and the target's vector width.
-Out: a scheduled PrimFunc softmax(x, y) that kiln.RowSoftmax (compiler/passes/row_softmax.py) calls.
+Out: a scheduled PrimFunc softmax(x, y) that kiln.RowKernels (compiler/passes/row_kernels.py) calls.
 """
 
 from __future__ import annotations
