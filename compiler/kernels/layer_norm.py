@@ -13,29 +13,21 @@ vector width. Out: a scheduled PrimFunc layer_norm(x, gamma, beta, y) that kiln.
 
 from __future__ import annotations
 
-import math
-
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ..tvmscript import quick_parse
+from .rows import RowSplit, loop_kernel
 
 
 def row_layer_norm(shape: list[int], epsilon: float, lanes: int) -> tirx.PrimFunc:
     """layer_norm(x, gamma, beta, y) over the last axis of a float32 tensor of SHAPE, in vectors of LANES lanes
-    (see the module docstring); marked scheduled and opaque, so no schedule rule or fusion touches it."""
-    shape = [tirx.IntImm("int64", d) for d in shape]  # as TVM's legalized kernels declare their buffers
-    with quick_parse():
-        func = _kernel(shape, epsilon, min(lanes, int(shape[-1])))  # a row narrower than a vector: its width
-    return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})  # 8: kOpaque, never fused
+    (see the module docstring), scheduled already (rows.loop_kernel)."""
+    return loop_kernel(_kernel, shape, lanes, epsilon)
 
 
-def _kernel(shape: list, epsilon: float, lanes: int) -> tirx.PrimFunc:
-    rows, width = math.prod(int(d) for d in shape[:-1]), int(shape[-1])
-    vectors = width // lanes
-    last = width - lanes  # the overlapping last vector starts here
-    counted = lanes - (width - vectors * lanes)  # its lanes below this index belong to the whole vectors
-    has_tail = width % lanes != 0
+def _kernel(shape: list, split: RowSplit, epsilon: float) -> tirx.PrimFunc:
+    rows, width, lanes, vectors = split.rows, split.width, split.lanes, split.vectors
+    last, counted, has_tail = split.last, split.counted, split.has_tail
     inverse_width = T.float32(1.0 / width)
     eps = T.float32(epsilon)
     params = [tirx.IntImm("int64", width)]

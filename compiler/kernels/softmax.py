@@ -16,12 +16,10 @@ Out: a scheduled PrimFunc softmax(x, y) that kiln.RowKernels (compiler/passes/ro
 
 from __future__ import annotations
 
-import math
-
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ..tvmscript import quick_parse
+from .rows import RowSplit, loop_kernel
 
 # TVM's fast_exp (topi): e^x = 2^n * p(r), r = x - n ln 2, p a degree-7 polynomial in Horner form
 _EXP_COEFFS = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
@@ -45,19 +43,13 @@ def fast_exp(value):
 
 def row_softmax(shape: list[int], lanes: int) -> tirx.PrimFunc:
     """softmax(x, y) over the last axis of a float32 tensor of SHAPE, row by row in vectors of LANES lanes (see
-    the module docstring); marked scheduled and opaque, so no schedule rule or fusion touches it."""
-    shape = [tirx.IntImm("int64", d) for d in shape]  # as TVM's legalized kernels declare their buffers
-    with quick_parse():
-        func = _vector_kernel(shape, min(lanes, int(shape[-1])))  # a row narrower than a vector: one of its width
-    return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})  # 8: kOpaque, never fused
+    the module docstring), scheduled already (rows.loop_kernel)."""
+    return loop_kernel(_kernel, shape, lanes)
 
 
-def _vector_kernel(shape: list, lanes: int) -> tirx.PrimFunc:
-    rows, width = math.prod(int(d) for d in shape[:-1]), int(shape[-1])
-    vectors = width // lanes
-    last = width - lanes  # the overlapping last vector starts here
-    counted = lanes - (width - vectors * lanes)  # its lanes below this index belong to the whole vectors
-    has_tail = width % lanes != 0
+def _kernel(shape: list, split: RowSplit) -> tirx.PrimFunc:
+    rows, width, lanes, vectors = split.rows, split.width, split.lanes, split.vectors
+    last, counted, has_tail = split.last, split.counted, split.has_tail
     lowest = T.float32(-3.4028234663852886e38)
 
     # "global" scope: a small constant-size buffer in a parallel loop becomes a stack slot; "local" got a
