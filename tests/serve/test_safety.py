@@ -82,12 +82,14 @@ def test_soak_aborted_uploads_gzip_bombs_and_404_floods_hold_no_memory(built):
         assert process.poll() is None
     assert result["statuses"] == {"aborted": ['"hung up"'], "chunked_over_limit": ["413"], "gzip_bomb": ["413"],
                                   "gzip_bomb_json": ["true"], "unknown_models": ["[404]"]}
-    # Each round: 30 MB aborted + 40 MB refused + 40 MB inflated: a leak of any of them is 60 MB or more over the
-    # last two rounds. RSS may step up once by about one such buffer and stay there (a fresh-clone run saw 62.5,
-    # 100.7, 100.8, 100.8 MB): glibc raises its mmap threshold (up to 32 MB) to the size of a freed mapped block,
-    # so the next 30 MB buffer comes from the heap, which it keeps. That step is bounded; a leak grows every round.
+    # Each round: 30 MB aborted + 40 MB refused + 40 MB inflated: a leak of any of them grows RSS by 30 MB or more
+    # in every round. RSS may step up once, in any round, by about one such buffer and stay there (fresh-clone runs
+    # saw 62.5, 100.7, 100.8, 100.8 MB and 62.4, 62.4, 62.6, 86.0 MB): glibc raises its mmap threshold (up to 32
+    # MB) to the size of a freed mapped block, so the next 30 MB buffer comes from the heap, which it keeps. So: at
+    # most one round may grow by over 10 MB, and the whole growth stays under 60 MB.
     rss = result["rss_mb"]
-    assert rss[-1] - rss[-3] < 20 and result["growth_after_first_round_mb"] < 60, rss
+    steps = [later - earlier for earlier, later in zip(rss, rss[1:])]
+    assert sum(step > 10 for step in steps) <= 1 and result["growth_after_first_round_mb"] < 60, rss
     assert result["metrics_bytes"] < 20_000 and result["live"]
 
 
