@@ -8,11 +8,11 @@ projects): 197 ViT tokens, 50 / 77 text tokens, 1500 Whisper frames, 13 and 128 
 ReLU, NCHW as exported) are the stems, 3x3 / 1x1 / strided / depthwise 3x3, 5x5 and 7x7 layers of ResNet,
 MobileNet, EfficientNet and ConvNeXt, with the odd channel counts and 7x7 / 75x75 maps nothing tiles evenly.
 Each row: Kiln ms, ONNX Runtime ms and their ratio (whole single-op models through each engine's Python API; the
-median of five rounds that alternate the engines, see measure); Kiln's compute alone (its kernels timed one by one, without the
-transposes a single-op NCHW model gets at its border and Python's per-call costs) and its ratio to ONNX Runtime's
-whole run (which keeps ONNX Runtime's own reorders: the ratio favours ONNX Runtime; its profiler's node times were
-no help, they exceed its wall time on small ops); and the 1-minute load average. Writes DIR/shape_sweep.json and
-DIR/shape_sweep.png (DIR: benchmarks/).
+median of five rounds that alternate the engines, see measure); Kiln's compute alone (its kernels timed one by one,
+without the transposes a single-op NCHW model gets at its border and Python's per-call costs) and its ratio to ONNX
+Runtime's whole run (which keeps ONNX Runtime's own reorders: the ratio favours ONNX Runtime; its profiler's node
+times were no help, they exceed its wall time on small ops); and the 1-minute load average. Writes
+DIR/shape_sweep.json and DIR/shape_sweep.png (DIR: benchmarks/).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 that writes (x - mean) / sqrt(var + eps) * gamma + beta, the row in L1 between them, rows in parallel.
 
 dlight's reduction schedule of TVM's layer norm ran Whisper-tiny's 1500 x 384 rows at 0.55 ms a call (4.9 ms of
-its run, ONNX Runtime 3.9 for its LayerNormalization and SkipLayerNormalization); this kernel takes 0.22. The last partial vector of a row overlaps the previous one with its counted lanes masked
-out of the sums (the write needs no mask: it writes the same values twice).
+its run, ONNX Runtime 3.9 for its LayerNormalization and SkipLayerNormalization); this kernel takes 0.22. The
+last partial vector of a row overlaps the previous one with its counted lanes masked out of the sums (the write
+needs no mask: it writes the same values twice).
 
 In: the shape of a float32 layer norm over its last axis (viewed as [rows, width]), its epsilon, and the target's
 vector width. Out: a scheduled PrimFunc layer_norm(x, gamma, beta, y) that kiln.RowKernels

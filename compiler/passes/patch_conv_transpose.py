@@ -19,22 +19,15 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import op_name, rewrite_relax_functions
-
-
-def _dims(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values):
-        return None
-    return [int(d) for d in shape.values]
+from .relax_util import op_name, rewrite_relax_functions, static_dims
 
 
 def _is_patch(call) -> bool:
     """True when CALL is a conv2d_transpose whose patches do not overlap (kernel == stride) and that needs
     nothing else (no padding, dilation, groups, output padding; NCHW / IOHW; static shapes)."""
     attrs = call.attrs
-    weight = _dims(call.args[1])
-    return (_dims(call.args[0]) is not None and weight is not None
+    weight = static_dims(call.args[1].ty)
+    return (static_dims(call.args[0].ty) is not None and weight is not None
             and (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) == ("NCHW", "IOHW", "NCHW")
             and [int(s) for s in attrs.strides] == weight[2:] and all(int(p) == 0 for p in attrs.padding)
             and all(int(p) == 0 for p in attrs.output_padding) and all(int(d) == 1 for d in attrs.dilation)
@@ -47,7 +40,8 @@ class _PatchRewriter(PyExprMutator):
         call = self.visit_expr_post_order(call)
         if op_name(call) != "relax.nn.conv2d_transpose" or not _is_patch(call):
             return call
-        (batch, channels, height, width), (_c, outs, kh, kw) = _dims(call.args[0]), _dims(call.args[1])
+        batch, channels, height, width = static_dims(call.args[0].ty)
+        _c, outs, kh, kw = static_dims(call.args[1].ty)
         emit = self.builder_.emit
         pixels = emit(relax.op.permute_dims(call.args[0], [0, 2, 3, 1]))
         weight = emit(relax.op.reshape(call.args[1], [channels, outs * kh * kw]))

@@ -22,6 +22,14 @@ def const_value(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy") else None
 
 
+def static_dims(ty) -> list[int] | None:
+    """The dims of the tensor type TY when all are numbers; None for a symbolic or unknown shape."""
+    shape = getattr(ty, "shape", None)
+    if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape.values):
+        return None
+    return [int(d) for d in shape.values]
+
+
 def spatial_axes(layout: str) -> list[int]:
     """The positions of the spatial axes (D, H, W) in a layout string such as NCHW or NHWC."""
     return [i for i, letter in enumerate(layout) if letter in "DHW"]

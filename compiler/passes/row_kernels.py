@@ -14,24 +14,17 @@ kernel; others (another axis, symbolic shapes, other types) stay TVM's.
 from __future__ import annotations
 
 import tvm
-from tvm import relax, tirx
+from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.layer_norm import row_layer_norm
 from ..kernels.softmax import row_softmax
-from .relax_util import op_name, rewrite_relax_functions
-
-
-def _static_dims(ty) -> list[int] | None:
-    shape = getattr(ty, "shape", None)
-    if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape.values):
-        return None
-    return [int(d) for d in shape.values]
+from .relax_util import op_name, rewrite_relax_functions, static_dims
 
 
 def _row_dims(call) -> list[int] | None:
     """The static, non-empty float32 shape of CALL's first argument; None for anything else."""
-    dims = _static_dims(call.args[0].ty) if getattr(call.args[0].ty, "dtype", None) == "float32" else None
+    dims = static_dims(call.args[0].ty) if getattr(call.args[0].ty, "dtype", None) == "float32" else None
     return dims if dims and 0 not in dims else None
 
 
@@ -55,23 +48,22 @@ def row_kernels(lanes: int) -> tvm.transform.Pass:
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
-            name, dims = op_name(call), None
-            if name in ("relax.nn.softmax", "relax.nn.layer_norm"):
-                dims = _row_dims(call)
+            name = op_name(call)
+            dims = _row_dims(call) if name in ("relax.nn.softmax", "relax.nn.layer_norm") else None
             if dims is None:
                 return call
-            if name == "relax.nn.softmax" and _over_last_axis([call.attrs.axis], len(dims)):
+            if name == "relax.nn.softmax":
+                if not _over_last_axis([call.attrs.axis], len(dims)):
+                    return call
                 kernel = self._kernel(("softmax", *dims), lambda: row_softmax(dims, lanes))
                 return relax.call_tir(kernel, [call.args[0]], call.ty)
             attrs = call.attrs
-            params_ok = all(_static_dims(a.ty) == dims[-1:] for a in call.args[1:])
-            if name == "relax.nn.layer_norm" and _over_last_axis(list(attrs.axes), len(dims)) and attrs.center \
-                    and attrs.scale and params_ok:
-                epsilon = float(attrs.epsilon)
-                kernel = self._kernel(("layer_norm", *dims, epsilon),
-                                      lambda: row_layer_norm(dims, epsilon, lanes))
-                return relax.call_tir(kernel, list(call.args), call.ty)
-            return call
+            if not (_over_last_axis(list(attrs.axes), len(dims)) and attrs.center and attrs.scale
+                    and all(static_dims(a.ty) == dims[-1:] for a in call.args[1:])):
+                return call
+            epsilon = float(attrs.epsilon)
+            kernel = self._kernel(("layer_norm", *dims, epsilon), lambda: row_layer_norm(dims, epsilon, lanes))
+            return relax.call_tir(kernel, list(call.args), call.ty)
 
     @tvm.transform.module_pass(opt_level=0, name="kiln.RowKernels")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
