@@ -43,6 +43,7 @@ from .passes.pad_channels import pad_channels, pad_rows
 from .passes.patch_conv_transpose import patch_conv_transpose
 from .passes.raise_clamps import raise_clamps
 from .passes.read_inputs_in_place import read_inputs_in_place
+from .passes.fresh_outputs import mark_fresh_outputs
 from .passes.row_kernels import row_kernels
 from .passes.row_strips import fuse_row_strips
 from .passes.split_activations import split_activations_over_concat
@@ -139,7 +140,8 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
 def lowering_passes(target: tvm.target.Target, report: dict | None = None) -> list[tvm.transform.Pass]:
     """TVM's own passes from scheduled kernels to VM code (dataflow lowering, memory planning, shape lowering),
     for the CPU or for CUDA (which adds CUDA-graph capture of static regions). On the CPU, Kiln's
-    ReadInputsInPlace runs once reshape kernels are views; it puts the input alignment it needs in REPORT."""
+    ReadInputsInPlace runs once reshape kernels are views; it puts the input alignment it needs in REPORT, and
+    MarkFreshOutputs which outputs the runtime may hand out without a copy."""
     # not re-exported by their package
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
     from tvm.relax.backend.cuda import pipeline as cuda  # noqa: PLC0415
@@ -148,8 +150,9 @@ def lowering_passes(target: tvm.target.Target, report: dict | None = None) -> li
         return cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
     dataflow = cpu.dataflow_lower_passes(target)
     views_made = pass_names(dataflow).index("RewriteDataflowReshape") + 1
-    in_place = read_inputs_in_place(report if report is not None else {})
-    return dataflow[:views_made] + [in_place] + dataflow[views_made:] + cpu.finalize_passes(target)
+    report = report if report is not None else {}
+    in_place = [read_inputs_in_place(report), mark_fresh_outputs(report)]
+    return dataflow[:views_made] + in_place + dataflow[views_made:] + cpu.finalize_passes(target)
 
 
 def graph_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") -> list[tvm.transform.Pass]:

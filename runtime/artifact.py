@@ -75,6 +75,9 @@ class Manifest:
     compile_seconds: float = 0.0
     device: str = "cpu"  # where the kernels run: "cpu" or "cuda" (arch is then the host CPU's)
     input_alignment: int = 64  # bytes the kernels need of each input's address; the runtime copies one that is not
+    # per output: a tensor the call made for itself, which the runtime hands out without a copy (older artifacts:
+    # none listed, every output copied)
+    fresh_outputs: list[bool] = field(default_factory=list)
     bound_inputs: dict = field(default_factory=dict)  # model inputs fixed at compile time: {name: dtype, shape, value}
     # the weights main takes after the inputs: {"offset", "bytes", "sha256", "tensors": [{dtype, shape, offset}]}
     # (offset: of the part in the file; a tensor's: within the part); empty when the library holds them all

@@ -82,8 +82,16 @@ class Model:
                                     "run it on smaller inputs, or check the model's shapes") from err
                 raise
             values = [result] if isinstance(result, tvmrt.runtime_ffi().Tensor) else list(result)
-            return {spec.name: from_codes(tvmrt.to_numpy(value), spec.dtype) if spec.dtype in NARROW_DTYPES
-                    else tvmrt.to_numpy(value) for spec, value in zip(self.outputs, values)}
+            return {spec.name: from_codes(array, spec.dtype) if spec.dtype in NARROW_DTYPES else array
+                    for spec, array in zip(self.outputs, self._as_numpy(values))}
+
+    def _as_numpy(self, values: list) -> list[np.ndarray]:
+        """The output tensors VALUES as numpy arrays: over the tensor's own memory where the manifest lists it as
+        fresh (made by this call: nothing else holds it) and it lies in the CPU's memory, else a copy."""
+        fresh = self.manifest.fresh_outputs
+        if len(fresh) != len(values) or self.device.dlpack_device_type() != _KDL_CPU:
+            fresh = [False] * len(values)
+        return [tvmrt.as_numpy(value) if own else tvmrt.to_numpy(value) for value, own in zip(values, fresh)]
 
     def _device_input(self, index: int, array: np.ndarray):
         """ARRAY as the VM takes input INDEX: the array itself (zero copy) on the CPU when its address has the

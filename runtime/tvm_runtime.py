@@ -149,6 +149,14 @@ def to_numpy(tensor) -> np.ndarray:
     return out
 
 
+def as_numpy(tensor) -> np.ndarray:
+    """A numpy array over the memory of the CPU tensor TENSOR (no copy; it keeps TENSOR alive), a copy for dtypes
+    numpy lacks."""
+    if numpy_dtype(str(tensor.dtype)) is None:
+        return to_numpy(tensor)
+    return np.from_dlpack(tensor)
+
+
 def wrap_array(array, alignment: int):
     """A TVM tensor over the numpy ARRAY's own memory (no copy). TVM's own from_dlpack insists on 64-byte
     alignment; the FFI's takes the ALIGNMENT the model's kernels were compiled for."""

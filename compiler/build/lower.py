@@ -31,18 +31,19 @@ def lowering_context(instruments: list | None = None) -> tvm.transform.PassConte
 
 
 def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
-                     instruments: list | None = None) -> tuple[relax.VMExecutable, int, list[np.ndarray]]:
+                     instruments: list | None = None) -> tuple[relax.VMExecutable, dict, list[np.ndarray]]:
     """Lower the scheduled module to VM code and machine code (INSTRUMENTS: e.g. pass timing). Returns the
-    executable, the alignment in bytes its main needs of its inputs' data (manifest `input_alignment`) and the
-    weights its main takes after the inputs (see weights.py)."""
+    executable, what the lowering found of main ({"input_alignment": bytes its main needs of its inputs' data,
+    "fresh_outputs": [whether each output is a tensor the call made], the manifest's fields}) and the weights its
+    main takes after the inputs (see weights.py)."""
     mod, weights = lift_weights(mod)
-    report = {"input_alignment": 64}
+    report = {"input_alignment": 64, "fresh_outputs": []}
     pipeline = tvm.transform.Sequential(lowering_passes(target, report), name="kiln.lower")
     if target.kind.name == "cuda":
         cuda.prepare()
     # The CUDA device compiler reads the architecture from the current target.
     with lowering_context(instruments), target:
-        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report["input_alignment"], weights
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report, weights
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:

@@ -69,4 +69,5 @@ def make_manifest(model: Path, loaded: LoadedModel, preset: TargetPreset, built:
         kiln_version=runtime.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         input_alignment=built.input_alignment,
+        fresh_outputs=built.fresh_outputs,
     )

@@ -29,8 +29,8 @@ Progress = Callable[[str], None]
 @dataclass
 class StageBuild:
     """A built graph stage: its fused and scheduled modules, how each kernel was scheduled, the executable, the
-    tuning records applied, and the alignment in bytes main needs of its inputs' data (64 unless
-    kiln.ReadInputsInPlace relaxed it)."""
+    tuning records applied, the alignment in bytes main needs of its inputs' data (64 unless
+    kiln.ReadInputsInPlace relaxed it) and which outputs the runtime may hand out uncopied (kiln.MarkFreshOutputs)."""
 
     fused: tvm.IRModule
     scheduled: tvm.IRModule
@@ -38,6 +38,7 @@ class StageBuild:
     executable: relax.VMExecutable
     records: int
     input_alignment: int
+    fresh_outputs: list[bool]
     weights: list[np.ndarray]  # what main takes after the inputs (compiler/build/weights.py)
 
     def loaded(self, preset: TargetPreset) -> LoadedBuild:
@@ -63,5 +64,6 @@ def build_stage(graph_stage: tvm.IRModule, preset: TargetPreset, db_dir: Path | 
         f"{len(report.tuned) + len(report.default_rule) + len(report.unscheduled)} kernels "
         f"({len(report.tuned)} tuned); building for {preset.name}")
     with stage_errors("kiln.lower"):
-        executable, input_alignment, weights = build_executable(scheduled, target, instruments)
-    return StageBuild(fused, scheduled, report, executable, applied, input_alignment, weights)
+        executable, found, weights = build_executable(scheduled, target, instruments)
+    return StageBuild(fused, scheduled, report, executable, applied, found["input_alignment"], found["fresh_outputs"],
+                      weights)

@@ -105,6 +105,53 @@ def test_an_input_that_is_also_an_output_is_copied(tmp_path):
     assert model._staging and not np.shares_memory(out["z"], x)
 
 
+def test_outputs_the_call_made_are_handed_out_without_a_copy(tmp_path):
+    """kiln.MarkFreshOutputs lists y (a kernel's result) as fresh: the caller gets a numpy array over the VM's
+    tensor (a copy into a freshly mapped array cost more than small kernels). Each call's array stays its own:
+    a later call does not write into it, and writing into it changes no later result."""
+    path = _square_plus_model(tmp_path)
+    built = compiler.compile(path, output=tmp_path / "sq.so")
+    assert built.manifest.fresh_outputs == [True]
+    model = runtime.load(built.path)
+    rng = np.random.default_rng(9)
+    x1, x2 = (rng.standard_normal((4, 1024)).astype(np.float32) for _ in range(2))
+    y1 = model(x1)
+    expected1 = y1.copy()
+    y2 = model(x2)
+    assert y1.flags.writeable and not np.shares_memory(y1, y2)
+    np.testing.assert_array_equal(y1, expected1)  # the second call wrote elsewhere
+    y1[...] = -1
+    np.testing.assert_array_equal(model(x2), y2)
+    assert_matches_onnxruntime(path, model, {"x": x1})
+
+
+def test_outputs_that_are_inputs_constants_or_repeats_are_copied(tmp_path):
+    """An output that is a view of an input, a constant of the model, or a second name for another output's
+    tensor is not fresh: handing out the VM's memory would let the caller write into the model (or one output
+    into another)."""
+    path = _square_plus_model(tmp_path, extra_output=True)
+    assert compiler.compile(path, output=tmp_path / "sqz.so").manifest.fresh_outputs == [True, False]
+
+    c = np.linspace(-1, 1, 16, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"]), helper.make_node("Identity", ["y"], ["y_again"]),
+         helper.make_node("Identity", ["c"], ["k"])], "outputs",
+        [helper.make_tensor_value_info("x", F32, [16])],
+        [helper.make_tensor_value_info(name, F32, [16]) for name in ("y", "y_again", "k")],
+        [numpy_helper.from_array(c, "c")])
+    path = save(finish(graph), tmp_path, "outputs")
+    built = compiler.compile(path, output=tmp_path / "outputs.so")
+    assert built.manifest.fresh_outputs == [True, False, False]
+    model = runtime.load(built.path)
+    out = model.run({"x": np.ones(16, np.float32)})
+    assert not np.shares_memory(out["y"], out["y_again"])
+    out["k"][...] = 7
+    out["y_again"][...] = 7
+    again = model.run({"x": np.ones(16, np.float32)})
+    np.testing.assert_array_equal(again["k"], c)
+    np.testing.assert_array_equal(again["y"], c + 1)
+
+
 @pytest.mark.parametrize("feeds, expected", [
     ({"x": np.zeros((1, 3, 8, 9), np.float32)}, "input 'x' has shape 1x3x8x9, expected batchx3x8x8"),
     ({"x": np.zeros((1, 3, 8, 8), np.float64)}, "input 'x' has dtype float64, expected float32"),
