@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import threading
@@ -41,6 +42,8 @@ class Model:
         self._lock = threading.Lock()
         self._staging: dict[int, object] = {}  # input index -> its reusable device tensor (see _staged)
         self._weights = weights or []  # main's parameters after the inputs (see compiler/build/weights.py)
+        self._on_cpu = self.device.dlpack_device_type() == _KDL_CPU
+        self._narrow_inputs = any(s.dtype in NARROW_DTYPES for s in manifest.inputs)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -70,8 +73,9 @@ class Model:
 
     def _execute(self, arrays: list) -> dict[str, np.ndarray]:
         _size_pool(self.threads)
-        checked = [as_codes(a) if s.dtype in NARROW_DTYPES else a
-                   for s, a in zip(self.inputs, check_inputs(self.inputs, arrays))]
+        checked = check_inputs(self.inputs, arrays)
+        if self._narrow_inputs:
+            checked = [as_codes(a) if s.dtype in NARROW_DTYPES else a for s, a in zip(self.inputs, checked)]
         with self._lock:  # one VM runs one call at a time; each call already uses the whole worker pool
             try:
                 result = self._main(*[self._device_input(i, a) for i, a in enumerate(checked)], *self._weights)
@@ -89,19 +93,19 @@ class Model:
         """The output tensors VALUES as numpy arrays: over the tensor's own memory where the manifest lists it as
         fresh (made by this call: nothing else holds it) and it lies in the CPU's memory, else a copy."""
         fresh = self.manifest.fresh_outputs
-        if len(fresh) != len(values) or self.device.dlpack_device_type() != _KDL_CPU:
+        if len(fresh) != len(values) or not self._on_cpu:
             fresh = [False] * len(values)
         return [tvmrt.as_numpy(value) if own else tvmrt.to_numpy(value) for value, own in zip(values, fresh)]
 
     def _device_input(self, index: int, array: np.ndarray):
         """ARRAY as the VM takes input INDEX: the array itself (zero copy) on the CPU when its address has the
         alignment the kernels were compiled for (manifest `input_alignment`), else a copy (see _staged)."""
-        alignment = self.manifest.input_alignment
-        if self.device.dlpack_device_type() == _KDL_CPU and array.ctypes.data % alignment == 0 \
-                and array.strides == _compact_strides(array):
+        if self._on_cpu and array.strides == _compact_strides(array.shape, array.itemsize):
             try:
-                return wrap_array(array, alignment)
+                return wrap_array(array, self.manifest.input_alignment)
             except BufferError:  # a read-only array: DLPack cannot flag it as such
+                pass
+            except RuntimeError:  # its address lacks the alignment (tvm_ffi says only so)
                 pass
         return self._staged(index, array)
 
@@ -116,11 +120,18 @@ class Model:
         return tensor
 
 
-def _compact_strides(array: np.ndarray) -> tuple[int, ...]:
-    """The strides TVM's kernels check an argument against. numpy calls arrays C-contiguous whatever the strides
-    of their size-1 axes (a transposed column: (4, 4) for shape 1x3), and gives an empty array zero strides."""
-    strides, step = [], array.itemsize
-    for size in reversed(array.shape):
+def _numpy_dtype(name: str):
+    """The numpy dtype of the TVM dtype NAME, or NAME itself where numpy has none (a cheap equality test)."""
+    return tvmrt.numpy_dtype(name) or name
+
+
+@functools.lru_cache(maxsize=256)
+def _compact_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """The strides TVM's kernels check an argument of SHAPE against. numpy calls arrays C-contiguous whatever the
+    strides of their size-1 axes (a transposed column: (4, 4) for shape 1x3), and gives an empty array zero
+    strides."""
+    strides, step = [], itemsize
+    for size in reversed(shape):
         strides.append(step)
         step *= size
     return tuple(reversed(strides))
@@ -182,7 +193,7 @@ def check_inputs(specs: list[TensorSpec], arrays: list) -> list[np.ndarray]:
         array = np.asarray(value)
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)  # (it would also make a 0-d array 1-d: only when needed)
-        if str(array.dtype) != spec.dtype:
+        if array.dtype != _numpy_dtype(spec.dtype) and str(array.dtype) != spec.dtype:
             raise KilnError(
                 f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}",
                 f"convert it, e.g. array.astype('{spec.dtype}')",
