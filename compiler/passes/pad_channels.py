@@ -84,7 +84,7 @@ class _RowPadder(PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         operands = linear_operands(call)
-        shape = operands[1] if operands else []
+        shape = operands[1] if operands else _narrow_left_operand(call)
         if len(shape) < 2 or not isinstance(shape[-2], tvm.tirx.IntImm) or not needs_row_padding(int(shape[-2])):
             return call
         rows = int(shape[-2])
@@ -96,3 +96,18 @@ class _RowPadder(PyExprMutator):
 def pad_rows() -> tvm.transform.Pass:
     """Pad the activation rows of constant-weight matmuls that no register tile divides (197 -> 200)."""
     return mutator_pass("kiln.PadRows", _RowPadder)
+
+
+def _narrow_left_operand(call) -> list:
+    """The static shape of a matmul's computed left operand where it holds no more columns than the right
+    operand (attention's Q.K^T: 197 x 64 @ 64 x 197), so padding its rows copies less than the product writes;
+    else []."""
+    if op_name(call) != "relax.matmul":
+        return []
+    left, right = (getattr(a.ty, "shape", None) for a in call.args)
+    if left is None or right is None or len(left) < 2 or len(right) < 2 or len(left) != len(right):
+        return []
+    depth, cols = left[-1], right[-1]
+    static = all(isinstance(d, tvm.tirx.IntImm) for d in (depth, cols))
+    return list(left) if static and int(depth) <= int(cols) else []
+
