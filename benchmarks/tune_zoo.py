@@ -4,7 +4,9 @@
 
 Each zoo model is built reproducibly, given batch 1 (the shapes benchmarks.run compiles with, so the records
 apply there), and tuned with `kiln tune` for MINUTES; progress lines go to stderr, each run's JSON summary to
-benchmarks/tuning/TARGET-MODEL.json. A second run resumes: kernels at budget are skipped.
+benchmarks/tuning/TARGET-MODEL.json. A second run resumes: kernels at budget are skipped. MODEL may also name a
+real model of benchmarks.real_exports (its export, or PP-OCR from the model cache), at the shapes it is
+benchmarked with.
 """
 
 from __future__ import annotations
@@ -21,11 +23,27 @@ from compiler.tuning import tune
 from compiler.tuning.progress import TuneDisplay
 from runtime.atomic import atomic_write
 
+from .real_exports import MODELS as EXPORTED, WHEEL_MODELS, model_file
 from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
 # The models `make bench` and `make bench-quick` compile, so their committed records apply there.
+REAL_MODELS = list(EXPORTED) + list(WHEEL_MODELS)
 TUNED_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "minilm", "bert-base", "bert-mini"]
+
+
+def _model(name: str, folder: Path) -> tuple[Path, dict]:
+    """(ONNX file, input shapes) of model NAME: a zoo graph written to FOLDER at batch 1, or a real model's file
+    at the shapes benchmarks.real_exports runs it with."""
+    if name in REAL_MODELS:
+        path, inputs = model_file(name)
+        if not path.is_file():
+            sys.exit(f"error: no export of {name} at {path}; run `python -m benchmarks.real_exports export` first")
+        return path, {k: list(shape) for k, (shape, _dtype) in inputs.items()}
+    model = ZOO[name]()
+    path = folder / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path, batch_one_shapes(model)
 
 
 def main() -> None:
@@ -36,18 +54,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="per model")
     parser.add_argument("--trials", type=int, help="per model (with --minutes: whichever comes first)")
     args = parser.parse_args()
-    unknown = sorted(set(args.models) - set(ZOO))
+    known = sorted(ZOO) + REAL_MODELS
+    unknown = sorted(set(args.models) - set(known))
     if unknown:
-        sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(ZOO))})")
+        sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(known)})")
     with tempfile.TemporaryDirectory(prefix="kiln-tune-zoo-") as tmp:
         for name in args.models:
-            model = ZOO[name]()
-            path = Path(tmp) / f"{name}.onnx"
-            onnx.save(model, str(path))
+            path, shapes = _model(name, Path(tmp))
             print(f"== {name} for {args.target}, {args.minutes:g} min", file=sys.stderr, flush=True)
             summary = tune.tune(path, target=args.target, minutes=args.minutes, trials=args.trials,
-                                input_shapes=batch_one_shapes(model),
-                                report=TuneDisplay(sys.stderr, args.minutes, live=False))
+                                input_shapes=shapes, report=TuneDisplay(sys.stderr, args.minutes, live=False))
             atomic_write(HERE / "tuning" / f"{args.target}-{name}.json", json.dumps(summary.to_json(), indent=1))
 
 

@@ -195,13 +195,29 @@ def inline_forward(sch: s_tir.Schedule, blocks: list) -> list:
     return leftover
 
 
-def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None:
+def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int, write_back=None):
     """Fold the elementwise tail EPILOGUE into MAIN's write-back (the register tile's, in a contraction).
 
     Intermediate tail blocks are inlined forward first (one may feed several others, as in GELU), so only the
     last has to be inlined backwards into the write-back; what cannot be fused gets its own loop nest.
+    Returns the block that writes the tile out: WRITE_BACK (MAIN's cache-write block, when the caller has one),
+    or the tail's last block where that reads the tile's registers in its place (a tail over a smaller domain).
     """
     domain = spatial_domain(sch, main)
+    if write_back is not None and epilogue and any(spatial_domain(sch, b) != domain for b in epilogue):
+        tail = inline_forward(sch, epilogue[:-1]) + epilogue[-1:]
+        if len(tail) == 1:
+            try:
+                # The slice after padded columns or rows: it reads the register tile where the write-back
+                # would have written a whole padded intermediate (Whisper's 6 x 1500 x 1504 scores: 54 MB
+                # written, read back and written again, a layer).
+                sch.compute_inline(write_back)
+                return tail[0]
+            except s_tir.ScheduleError:
+                pass
+        for block in tail:
+            schedule_injective(sch, block, lanes)
+        return write_back
     if any(spatial_domain(sch, b) != domain for b in epilogue):
         # A tail over another domain (the slice after padded channels) would make the tile's write-back run
         # past the output: it keeps a loop nest of its own, one for the whole tail where its blocks inline
@@ -221,3 +237,4 @@ def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> None
         leftover.append(epilogue[-1])
     for block in leftover:
         schedule_injective(sch, block, lanes)
+    return write_back

@@ -244,8 +244,7 @@ class Contraction(KilnRule):
         parallel = sch.fuse(*fixed) if len(fixed) > 1 else fixed[0]
         sch.parallel(parallel)
 
-        write_back = sch.cache_write(main, 0, "local")
-        fuse_epilogue(sch, main, epilogue, self.lanes)
+        write_back = fuse_epilogue(sch, main, epilogue, self.lanes, sch.cache_write(main, 0, "local"))
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
         wb_loops = sch.get_loops(write_back)[1:]
         if wb_loops and vf > 1:

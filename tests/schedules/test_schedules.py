@@ -348,3 +348,23 @@ def test_transposes_are_tiled_where_tiles_fit_and_always_right(shape, perm, tile
     assert _schedule_transpose(sch, root_blocks(sch)[0], 16) == tiled
     artifact = compiler.compile(path, output=tmp_path / "t.so", layout="NCHW")
     assert_matches_onnxruntime(path, artifact.path)
+
+
+@pytest.mark.parametrize("tokens", [50, 197])
+def test_the_slice_after_padded_columns_reads_the_register_tile(tokens, tmp_path):
+    """Q.K^T's columns (the tokens) are padded to whole vectors and sliced back: the slice writes the output from
+    the register tile itself instead of the tile going to a whole padded intermediate first (Whisper's 6 x 1500 x
+    1504 scores: 54 MB written, read and written again a layer; its Q.K^T 39.8 -> 20.5 ms over 4 layers)."""
+    shape = [1, 2, tokens, 16]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["y"])]
+    graph = helper.make_graph(nodes, "scores", [helper.make_tensor_value_info(n, F32, shape) for n in "qk"],
+                              [helper.make_tensor_value_info("y", F32, [1, 2, tokens, tokens])])
+    path = save(finish(graph), tmp_path)
+    artifact = compiler.compile(path, output=tmp_path / "s.so", dump_dir=tmp_path / "dump", dump_kinds=["tir"])
+    assert_matches_onnxruntime(path, artifact.path)
+    script = (tmp_path / "dump" / "kernels.tir.py").read_text()
+    kernel = script[script.index("def fused_matmul_strided_slice"):]
+    kernel = kernel[:kernel.find("@T.prim_func", 1) if "@T.prim_func" in kernel else None]
+    allocations = [line for line in kernel.splitlines() if "sblock_alloc_buffer" in line]
+    assert allocations and all('scope="local"' in line for line in allocations), allocations
