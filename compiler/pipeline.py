@@ -27,6 +27,7 @@ from runtime.errors import KilnError
 from . import frontend
 from .kernels.dot_product import VNNI
 from .passes.bound_indices import bound_indices
+from .passes.border_transposes import fuse_border_transposes
 from .passes.concat_in_place import concat_in_place
 from .passes.conv1d_as_conv2d import conv1d_as_conv2d
 from .passes.convert_layout import convert_conv_layout
@@ -125,6 +126,8 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         fast_sigmoid_pass,  # sigmoid too (SiLU / swish): TVM's pass leaves it a scalar libm exp per element
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        # A transpose that writes a model output (NHWC -> NCHW) joins the epilogue of the convolution before it.
+        *when(cpu, fuse_border_transposes),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

@@ -17,7 +17,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
 from .common import KilnRule, const_extent, fuse_epilogue, schedule_injective, split_tile, uses
-from .tiles import few_terms_tile, register_tile, streaming_tile, tile_lanes
+from .injective import transposed_axis
+from .tiles import few_terms_tile, register_tile, streaming_tile, tile_lanes, transposed_rows
 
 # Reduction terms per output up to which padding is inlined rather than materialized (and the few-terms tile
 # used): 64 takes in the 7x7 depthwise convolutions (49 terms), which ran 2.6x faster so (ConvNeXt's 7x7x768
@@ -203,10 +204,13 @@ class Contraction(KilnRule):
         aliased = n_spatial >= 2 and _rows_alias(sch.get(main), sch.get(main).iter_vars[n_spatial - 2].var, vec_var)
         packed = any(is_lane_of(rng.min, vec_var, group) for r in sch.get(main).reads for rng in r.region[-1:])
         streaming = None
+        # An epilogue that writes the output transposed (a model's NCHW output, kiln.FuseBorderTransposes) writes
+        # runs along the tile's rows: no streaming tile (its rows are few), and rows enough for whole runs.
+        transposed = bool(epilogue) and rows is not None and transposed_axis(sch.get(epilogue[-1])) is not None
         # Not for packed weights: SqueezeNet's first convolution (27 terms, 111x111x64) ran 0.51 ms with 3 x 64
         # tiles against 0.33 tuned, and MobileNetV2's 112x112 16 -> 96 one gained under 10%.
         few_terms = rows is not None and terms <= SMALL_REDUCTION and not packed and group is None
-        if few_terms and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
+        if few_terms and not transposed and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
             streaming = streaming_tile(rows, cols, self.lanes)
         if streaming:
             (rn, vectors), vf = streaming, self.lanes
@@ -220,6 +224,8 @@ class Contraction(KilnRule):
             # 28x28x192 one: 14 x 16 records at 49 us against 37 us with 7 x 32).
             fixed = few_terms and few_terms_tile(rows, cols, self.lanes)
             rn, width = fixed or register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
+            if transposed:
+                rn = transposed_rows(rows, width, self.lanes) or rn
             tunable = self.tunable and not fixed
             vf = tile_lanes(width, self.lanes)
             col_outer, col_inner = split_tile(sch, spatial[-1], width, tunable)

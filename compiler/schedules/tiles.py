@@ -114,3 +114,15 @@ def few_terms_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
     if cols % (2 * lanes):
         return None
     return max(d for d in range(1, 8) if rows % d == 0), 2 * lanes
+
+
+TRANSPOSED_ROWS = (16, 8)  # pixels of a tile written out transposed: 64- or 32-byte runs of each channel's row
+
+
+def transposed_rows(rows: int, width: int, lanes: int) -> int | None:
+    """Rows of a register tile whose epilogue writes the output transposed (NHWC computed, NCHW written:
+    kiln.FuseBorderTransposes): the tile's rows become the contiguous runs of the output, so as many as the
+    accumulators of WIDTH columns allow, 16 or 8 dividing ROWS; None where neither fits."""
+    budget = MAX_ACCUMULATORS // max(1, -(-width // lanes))
+    return next((d for d in TRANSPOSED_ROWS if d <= budget and rows % d == 0), None)
+
