@@ -4,9 +4,9 @@
 
 Each zoo model is built reproducibly, given batch 1 (the shapes benchmarks.run compiles with, so the records
 apply there), and tuned with `kiln tune` for MINUTES; progress lines go to stderr, each run's JSON summary to
-benchmarks/tuning/TARGET-MODEL.json. A second run resumes: kernels at budget are skipped. MODEL may also name a
-real model of benchmarks.real_exports (its export, or PP-OCR from the model cache), at the shapes it is
-benchmarked with.
+benchmarks/tuning/TARGET-MODEL.json. A second run resumes: kernels at budget are skipped. MODEL may also be
+real:NAME, a real model of benchmarks.real_exports (its export, or PP-OCR from the model cache), at the shapes it
+is benchmarked with (summary: TARGET-real-NAME.json).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
 # The models `make bench` and `make bench-quick` compile, so their committed records apply there.
-REAL_MODELS = list(EXPORTED) + list(WHEEL_MODELS)
+REAL_MODELS = [f"real:{name}" for name in [*EXPORTED, *WHEEL_MODELS]]  # (the zoo has a bert-base too)
 TUNED_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "minilm", "bert-base", "bert-mini"]
 
 
@@ -36,7 +36,7 @@ def _model(name: str, folder: Path) -> tuple[Path, dict]:
     """(ONNX file, input shapes) of model NAME: a zoo graph written to FOLDER at batch 1, or a real model's file
     at the shapes benchmarks.real_exports runs it with."""
     if name in REAL_MODELS:
-        path, inputs = model_file(name)
+        path, inputs = model_file(name.removeprefix("real:"))
         if not path.is_file():
             sys.exit(f"error: no export of {name} at {path}; run `python -m benchmarks.real_exports export` first")
         return path, {k: list(shape) for k, (shape, _dtype) in inputs.items()}
@@ -64,7 +64,8 @@ def main() -> None:
             print(f"== {name} for {args.target}, {args.minutes:g} min", file=sys.stderr, flush=True)
             summary = tune.tune(path, target=args.target, minutes=args.minutes, trials=args.trials,
                                 input_shapes=shapes, report=TuneDisplay(sys.stderr, args.minutes, live=False))
-            atomic_write(HERE / "tuning" / f"{args.target}-{name}.json", json.dumps(summary.to_json(), indent=1))
+            summary_file = HERE / "tuning" / f"{args.target}-{name.replace(':', '-')}.json"
+            atomic_write(summary_file, json.dumps(summary.to_json(), indent=1))
 
 
 if __name__ == "__main__":
