@@ -17,6 +17,7 @@ import json
 import platform
 import re
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -261,18 +262,46 @@ def weight_arrays(part, weights: dict) -> list[np.ndarray]:
 
 
 def _hash_part(f, size: int, digests: list, copy_to=None) -> bytes:
-    """Feed the next SIZE bytes of F to each of DIGESTS in 1 MiB chunks (no copy of the part in memory), writing
-    each chunk to COPY_TO too when given, so that a copy is exactly what was hashed. Returns the first 64 bytes."""
+    """Feed the next SIZE bytes of F to each of DIGESTS in 4 MiB chunks (no copy of the part in memory), writing
+    each chunk to COPY_TO too when given, so that a copy is exactly what was hashed. Returns the first 64 bytes.
+    The digests after the first take each chunk on a thread of their own while the first hashes it and the copy
+    is written (hashlib lets go of the GIL): BERT-base's 340 MB of weights go to two digests, and loading it
+    spent 0.45 s of 0.66 hashing one after the other."""
     head = f.read(min(64, size))
     chunk, left = head, size
-    while chunk:
-        for digest in digests:
-            digest.update(chunk)
-        if copy_to is not None:
-            copy_to.write(chunk)
-        left -= len(chunk)
-        chunk = f.read(min(1 << 20, left)) if left > 0 else b""
+    with ThreadPoolExecutor(max_workers=max(1, len(digests) - 1)) as helpers:
+        while chunk:
+            others = [helpers.submit(digest.update, chunk) for digest in digests[1:]]
+            digests[0].update(chunk)
+            if copy_to is not None:
+                copy_to.write(chunk)
+            for done in others:
+                done.result()
+            left -= len(chunk)
+            chunk = f.read(min(4 << 20, left)) if left > 0 else b""
     return head
+
+
+class WeightsMemory:
+    """Memory of this process for an artifact's weights part, TENSOR_ALIGNMENT-aligned, filled by verify as it
+    hashes the part (a file copy of it in the temp folder took 1.07 s of a 1.45 s BERT-base load whenever the
+    kernel throttled the dirty pages of its 340 MB)."""
+
+    def __init__(self):
+        self.array = np.empty(0, np.uint8)
+        self._filled = 0
+
+    def reserve(self, size: int) -> None:
+        """Make room for SIZE bytes."""
+        raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
+        start = -raw.ctypes.data % TENSOR_ALIGNMENT
+        self.array, self._filled = raw[start:start + size], 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append CHUNK (as a file's write would)."""
+        end = self._filled + len(chunk)
+        self.array[self._filled:end] = np.frombuffer(chunk, np.uint8)
+        self._filled = end
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -297,8 +326,8 @@ def verify(path: str | Path, copy_to=None, weights_to=None) -> Manifest:
     """Check that the artifact at PATH is intact and runs on this machine; return its manifest.
 
     With COPY_TO (a binary file open for writing) the library part is written there as it is hashed, and with
-    WEIGHTS_TO the weights part: manifest, hash and copy all come from one open file, so a rewrite of PATH
-    meanwhile fails the check instead of slipping a different library past it."""
+    WEIGHTS_TO (a WeightsMemory) the weights part is read into memory: manifest, hash and copies all come from one
+    open file, so a rewrite of PATH meanwhile fails the check instead of slipping a different library past it."""
     path = Path(path)
     with _open(path) as f:
         tail = _read_tail(f, path)
@@ -313,6 +342,8 @@ def verify(path: str | Path, copy_to=None, weights_to=None) -> Manifest:
         f.seek(0)
         library = _hash_part(f, tail.library_size, [seal], copy_to)
         library_sha256 = seal.hexdigest()  # the seal's digest goes on over the weights and the manifest
+        if weights_to is not None:
+            weights_to.reserve(tail.weights_size)
         _hash_part(f, tail.weights_size, [seal, weights_digest], weights_to)
     if library_sha256 != manifest.library_sha256:
         raise KilnError(
