@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*")
     parser.add_argument("--quantize", choices=["int8"], help="time Kiln's int8 build (against ONNX Runtime fp32)")
     parser.add_argument("--tuned", action="store_true", help="compile with the committed tuning records")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     known = list(MODELS) + list(WHEEL_MODELS)
     unknown = sorted(set(args.names) - set(known))
     if unknown:
