@@ -13,8 +13,9 @@ import tvm
 from tvm import relax, s_tir
 
 from ..schedules.common import root_blocks
-from ..schedules.contraction import _is_copy
+from ..schedules.contraction import is_copy
 from ..schedules.injective import transposed_axis
+from .relax_util import returned_fields
 
 ELEMWISE, BROADCAST, OUT_ELEMWISE_FUSABLE = 0, 1, 4
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -35,15 +36,7 @@ def _is_transpose(func: tvm.tirx.PrimFunc) -> bool:
     if len(blocks) != 1:
         return False
     block = sch.get(blocks[0])
-    return _is_copy(block) and transposed_axis(block) is not None
-
-
-def _outputs(main: relax.Function) -> set:
-    result = main.body.body
-    bound = {b.var: b.value for block in main.body.blocks for b in block.bindings}
-    while isinstance(result, relax.Var) and isinstance(bound.get(result), (relax.Var, relax.Tuple)):
-        result = bound[result]
-    return set(result.fields) if isinstance(result, relax.Tuple) else {result}
+    return is_copy(block) and transposed_axis(block) is not None
 
 
 def border_transposes(mod: tvm.IRModule) -> list:
@@ -55,8 +48,8 @@ def border_transposes(mod: tvm.IRModule) -> list:
     for value in bound.values():
         if isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR):
             calls[value.args[0]] = calls.get(value.args[0], 0) + 1
-    outputs, found = _outputs(main), []
-    for var in outputs:
+    found = []
+    for var in set(returned_fields(main)):
         call = bound.get(var)
         if not (isinstance(call, relax.Call) and call.op.same_as(_CALL_TIR)) or calls[call.args[0]] != 1 \
                 or not _is_transpose(mod[call.args[0]]):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .relax_util import returned_fields
+
 _MADE_BY_CALL = {"relax.call_tir", "relax.call_dps_packed", "relax.call_tir_with_grad"}
 
 
@@ -40,11 +42,7 @@ def _sources(main: relax.Function) -> dict[relax.Var, object]:
 def fresh_outputs(main: relax.Function) -> list[bool]:
     """For each output of MAIN (one, or the fields of the tuple it returns), whether it is a tensor this call
     made and no earlier output shares."""
-    bound = {b.var: b.value for block in main.body.blocks for b in block.bindings}
-    result = main.body.body
-    while isinstance(result, relax.Var) and isinstance(bound.get(result), (relax.Var, relax.Tuple)):
-        result = bound[result]
-    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
+    fields = returned_fields(main)
     source = _sources(main)
     seen, fresh = set(), []
     for field in fields:

@@ -141,3 +141,14 @@ def fuse_pair(first: tirx.PrimFunc, second: tirx.PrimFunc, in_place: bool = Fals
         builder.emit_func_output(out)
     fused = relax.transform.FuseTIR()(builder.get())
     return next(f for _gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc))
+
+
+def returned_fields(main: relax.Function) -> list:
+    """What MAIN returns, field by field: the fields of its result tuple (followed through the bindings that name
+    it), or the one result."""
+    bound = {b.var: b.value for block in main.body.blocks for b in block.bindings}
+    result = main.body.body
+    while isinstance(result, relax.Var) and isinstance(bound.get(result), (relax.Var, relax.Tuple)):
+        result = bound[result]
+    return list(result.fields) if isinstance(result, relax.Tuple) else [result]
+

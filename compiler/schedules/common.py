@@ -204,13 +204,16 @@ def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int, write_b
     or the tail's last block where that reads the tile's registers in its place (a tail over a smaller domain).
     """
     domain = spatial_domain(sch, main)
-    if write_back is not None and epilogue and any(spatial_domain(sch, b) != domain for b in epilogue):
+    if any(spatial_domain(sch, b) != domain for b in epilogue):
+        # A tail over another domain (the slice after padded channels or rows) cannot be inlined into the
+        # write-back, which would run past the output. Its blocks inline into each other where they can; a tail
+        # that becomes one block then reads the tile's registers itself, in the write-back's place (Whisper's
+        # 6 x 1500 x 1504 scores went to a whole padded intermediate first: 54 MB written, read back and written
+        # again, a layer). Otherwise it keeps a loop nest of its own. One that writes the same domain into a
+        # wider buffer (a piece of a concatenation, compiler/passes/concat_in_place.py) fuses like any other.
         tail = inline_forward(sch, epilogue[:-1]) + epilogue[-1:]
-        if len(tail) == 1:
+        if write_back is not None and len(tail) == 1:
             try:
-                # The slice after padded columns or rows: it reads the register tile where the write-back
-                # would have written a whole padded intermediate (Whisper's 6 x 1500 x 1504 scores: 54 MB
-                # written, read back and written again, a layer).
                 sch.compute_inline(write_back)
                 return tail[0]
             except s_tir.ScheduleError:
@@ -218,15 +221,6 @@ def fuse_epilogue(sch: s_tir.Schedule, main, epilogue: list, lanes: int, write_b
         for block in tail:
             schedule_injective(sch, block, lanes)
         return write_back
-    if any(spatial_domain(sch, b) != domain for b in epilogue):
-        # A tail over another domain (the slice after padded channels) would make the tile's write-back run
-        # past the output: it keeps a loop nest of its own, one for the whole tail where its blocks inline
-        # into each other (a classifier's slice and bias: 2 parallel loops -> 1). One that writes the same
-        # domain into a wider buffer (a piece of a concatenation, compiler/passes/concat_in_place.py) fuses
-        # like any other.
-        for block in inline_forward(sch, epilogue[:-1]) + epilogue[-1:]:
-            schedule_injective(sch, block, lanes)
-        return
     leftover = inline_forward(sch, epilogue[:-1])
     if epilogue and not leftover:
         try:

@@ -74,7 +74,8 @@ def group_size(expr, var: tirx.Var) -> int | None:
     return None
 
 
-def _is_copy(block: tirx.SBlock) -> bool:
+def is_copy(block: tirx.SBlock) -> bool:
+    """Whether BLOCK stores a plain load of another buffer."""
     return isinstance(block.body, tirx.BufferStore) and isinstance(block.body.value, tvm.ir.expr.TensorLoad)
 
 
@@ -193,7 +194,7 @@ class Contraction(KilnRule):
         for loop in reduce:
             terms *= const_extent(sch, loop) or SMALL_REDUCTION + 1
         for block in blocks[: reductions[0]]:
-            if _is_copy(sch.get(block)) or terms <= SMALL_REDUCTION:
+            if is_copy(sch.get(block)) or terms <= SMALL_REDUCTION:
                 sch.compute_inline(block)
             else:
                 schedule_injective(sch, block, self.lanes)
