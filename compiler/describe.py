@@ -119,10 +119,10 @@ def _runs_on(manifest: dict) -> str:
 
 
 def _weights_text(weights: dict | None) -> str:
-    """'12 tensors, 3.4 MB beside the library (read into memory at load)', or where an older artifact keeps them."""
+    """'12 tensors, 3.4 MB beside the library (mapped at load)', or where an older artifact keeps them."""
     if not weights:
         return "all in the library (format 2, or none of 4 KB or more)"
-    return f"{len(weights['tensors'])} tensors, {weights['bytes'] / 1e6:.1f} MB beside the library (read into memory at load)"
+    return f"{len(weights['tensors'])} tensors, {weights['bytes'] / 1e6:.1f} MB beside the library (mapped at load)"
 
 
 def to_text(report: dict) -> str:

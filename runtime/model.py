@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import TENSOR_ALIGNMENT, Manifest, TensorSpec, WeightsMemory, verify, weight_arrays
+from .artifact import TENSOR_ALIGNMENT, Manifest, TensorSpec, verify, weight_arrays
 from .errors import KilnError
 from .scratch import scratch_dir
 from . import tvm_runtime as tvmrt
@@ -229,20 +230,19 @@ def _check_range(spec: TensorSpec, array: np.ndarray) -> None:
 
 
 @contextmanager
-def _private_copy(path: Path) -> Iterator[tuple[Path, WeightsMemory, Manifest]]:
-    """(library copy, weights, manifest): the library part of the artifact at PATH, verified as it is copied into
-    a folder made for this load alone (mode 0700, a scratch_dir) and removed with the folder when the block ends,
-    and the weights part, verified as it is read into this process's memory.
+def _private_copy(path: Path) -> Iterator[tuple[Path, Path, Manifest]]:
+    """(library copy, weights copy, manifest): the library and weights parts of the artifact at PATH, verified as
+    they are copied into a folder made for this load alone (mode 0700, a scratch_dir), and removed with the
+    folder when the block ends.
 
-    The loader maps the copy, never PATH: a `cp` or truncation of a served file cannot pull pages from under
+    The loader maps the copies, never PATH: a `cp` or truncation of a served file cannot pull pages from under
     running code (SIGBUS / SIGSEGV), and no file anyone else can write or predict is ever loaded. Removing the copy
     once it is loaded is safe: the mapping keeps the file's inode, so its number cannot be handed to another file
-    that the loader (which also knows libraries by device and inode) would then mistake for this one. The weights
-    are read rather than mapped for the same reason, without a second file: one copy a process holds."""
+    that the loader (which also knows libraries by device and inode) would then mistake for this one."""
     with scratch_dir("kiln-load-") as folder:
-        copy, weights = folder / path.name, WeightsMemory()
-        with _private_file(copy) as library_out:
-            manifest = verify(path, copy_to=library_out, weights_to=weights)
+        copy, weights = folder / path.name, folder / "weights"
+        with _private_file(copy) as library_out, _private_file(weights) as weights_out:
+            manifest = verify(path, copy_to=library_out, weights_to=weights_out)
         yield copy, weights, manifest
 
 
@@ -251,14 +251,16 @@ def _private_file(path: Path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
 
-def _weight_tensors(weights: WeightsMemory, manifest: Manifest, device) -> list:
-    """The weights main takes after the inputs, as TVM tensors: on the CPU over WEIGHTS' memory (the one copy a
-    process holds; the kernels never write them), on a GPU copied there."""
+def _map_weights(path: Path, manifest: Manifest, device) -> list:
+    """The weights main takes after the inputs, as TVM tensors: on the CPU over the pages of the file at PATH
+    mapped copy-on-write (the one copy a process holds; the kernels never write them), on a GPU copied there."""
     if not manifest.weights:
         return []
+    with open(path, "rb") as f:
+        pages = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     on_cpu = device.dlpack_device_type() == _KDL_CPU
     tensors = []
-    for spec, array in zip(manifest.weights["tensors"], weight_arrays(weights.array, manifest.weights)):
+    for spec, array in zip(manifest.weights["tensors"], weight_arrays(pages, manifest.weights)):
         tensor = wrap_array(array, TENSOR_ALIGNMENT) if on_cpu else tvmrt.to_device(array, device)
         if str(tensor.dtype) != spec["dtype"]:  # stored as codes of its width (bfloat16 as uint16)
             tensor = tvmrt.as_dtype(tensor, spec["dtype"])
@@ -272,7 +274,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
     THREADS sizes the process-wide worker pool (default: one thread per usable CPU).
     """
     path = Path(path)
-    with _private_copy(path) as (copy, weights_memory, manifest):
+    with _private_copy(path) as (copy, weights_copy, manifest):
         if "amx_tile" in manifest.cpu_features:
             enable_amx()
         device = _gpu(path, manifest) if manifest.device == "cuda" else tvmrt.cpu()
@@ -280,7 +282,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         try:
             lib = tvmrt.load_module(str(copy))
             vm = lib["vm_load_executable"]()
-            weights = _weight_tensors(weights_memory, manifest, device)
+            weights = _map_weights(weights_copy, manifest, device)
         except Exception as err:  # TVM raises its own error types; name them in one line
             reason = f"{type(err).__name__}: {err}".replace(str(copy), str(path)).splitlines()[0]
             raise KilnError(f"{path}: the library could not be loaded ({reason})",

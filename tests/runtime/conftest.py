@@ -1,5 +1,5 @@
 """The runtime tests' shared artifact: a convolution with a symbolic batch dim, compiled once for the package (48
-output channels: its 5 KB of weights are lifted out of the library and read into memory at load)."""
+output channels: its 5 KB of weights are lifted out of the library and mapped at load)."""
 
 import numpy as np
 import pytest
