@@ -103,9 +103,7 @@ class Model:
         if self._on_cpu and array.strides == _compact_strides(array.shape, array.itemsize):
             try:
                 return wrap_array(array, self.manifest.input_alignment)
-            except BufferError:  # a read-only array: DLPack cannot flag it as such
-                pass
-            except RuntimeError:  # its address lacks the alignment (tvm_ffi says only so)
+            except (BufferError, RuntimeError):  # read-only (DLPack cannot flag it) / short of the alignment
                 pass
         return self._staged(index, array)
 

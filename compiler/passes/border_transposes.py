@@ -10,15 +10,15 @@ contraction schedule writes the register tile out transposed (compiler/schedules
 from __future__ import annotations
 
 import tvm
-from tvm import relax, s_tir
+from tvm import relax
 
-from ..schedules.common import root_blocks
 from ..schedules.contraction import is_copy
 from ..schedules.injective import transposed_axis
-from .relax_util import returned_fields
+from .relax_util import only_block, op_name, returned_fields
+
+_CALL_TIR = "relax.call_tir"
 
 ELEMWISE, BROADCAST, OUT_ELEMWISE_FUSABLE = 0, 1, 4
-_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 def _pattern(mod: tvm.IRModule, gvar) -> int | None:
@@ -28,39 +28,32 @@ def _pattern(mod: tvm.IRModule, gvar) -> int | None:
 
 def _is_transpose(func: tvm.tirx.PrimFunc) -> bool:
     """Whether FUNC is one block that copies its input with the innermost axis moved (transposed_axis)."""
-    try:
-        sch = s_tir.Schedule(func)
-        blocks = root_blocks(sch)
-    except Exception:  # noqa: BLE001 - anything that is not a plain schedulable kernel is not one
-        return False
-    if len(blocks) != 1:
-        return False
-    block = sch.get(blocks[0])
-    return is_copy(block) and transposed_axis(block) is not None
+    block = only_block(func)
+    return block is not None and is_copy(block) and transposed_axis(block) is not None
+
+
+def _first_argument(call):
+    """The first tensor a call_tir passes its kernel (None when its arguments are not a tuple)."""
+    return call.args[1].fields[0] if isinstance(call.args[1], relax.Tuple) else None
 
 
 def border_transposes(mod: tvm.IRModule) -> list:
     """The transpose kernels of MOD's main whose result is an output of main and whose input a contraction (a
     kernel FuseOps lets take an elementwise epilogue) makes, maybe through elementwise or broadcast kernels."""
     main = mod["main"]
-    bound = {b.var: b.value for block in main.body.blocks for b in block.bindings}
+    bound = {b.var: b.value for block in main.body.blocks for b in block.bindings if op_name(b.value) == _CALL_TIR}
     calls: dict = {}
-    for value in bound.values():
-        if isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR):
-            calls[value.args[0]] = calls.get(value.args[0], 0) + 1
+    for call in bound.values():
+        calls[call.args[0]] = calls.get(call.args[0], 0) + 1
     found = []
     for var in set(returned_fields(main)):
         call = bound.get(var)
-        if not (isinstance(call, relax.Call) and call.op.same_as(_CALL_TIR)) or calls[call.args[0]] != 1 \
-                or not _is_transpose(mod[call.args[0]]):
+        if call is None or calls[call.args[0]] != 1 or not _is_transpose(mod[call.args[0]]):
             continue  # (a kernel called elsewhere too keeps its label: the others are not at the border)
-        source = call.args[1].fields[0] if isinstance(call.args[1], relax.Tuple) else None
-        while isinstance(bound.get(source), relax.Call) and bound[source].op.same_as(_CALL_TIR) \
-                and (_pattern(mod, bound[source].args[0]) or 0) <= BROADCAST:
-            source = bound[source].args[1].fields[0] if isinstance(bound[source].args[1], relax.Tuple) else None
-        producer = bound.get(source)
-        if isinstance(producer, relax.Call) and producer.op.same_as(_CALL_TIR) \
-                and _pattern(mod, producer.args[0]) == OUT_ELEMWISE_FUSABLE:
+        source = _first_argument(call)
+        while source in bound and (_pattern(mod, bound[source].args[0]) or 0) <= BROADCAST:
+            source = _first_argument(bound[source])
+        if source in bound and _pattern(mod, bound[source].args[0]) == OUT_ELEMWISE_FUSABLE:
             found.append(call.args[0])
     return found
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .relax_util import returned_fields
+from .relax_util import op_name, returned_fields
 
 _MADE_BY_CALL = {"relax.call_tir", "relax.call_dps_packed", "relax.call_tir_with_grad"}
+_VIEWS = {"relax.reshape", "relax.memory.view"}  # their result shares their first argument's memory
 
 
 def _sources(main: relax.Function) -> dict[relax.Var, object]:
@@ -23,16 +24,13 @@ def _sources(main: relax.Function) -> dict[relax.Var, object]:
     for block in main.body.blocks:
         for binding in block.bindings:
             value, var = binding.value, binding.var
-            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
-                    and value.op.name in _MADE_BY_CALL:
+            if op_name(value) in _MADE_BY_CALL:
                 source[var] = ("fresh", var)
             elif isinstance(value, relax.Var):
                 source[var] = source.get(value)
             elif isinstance(value, relax.TupleGetItem) and isinstance(source.get(value.tuple_value), tuple):
                 source[var] = ("fresh", var, value.index)  # one field of a kernel's tuple of outputs
-            elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and len(value.args) >= 1 \
-                    and isinstance(value.args[0], relax.Var) and value.op.name in ("relax.reshape",
-                                                                                     "relax.memory.view"):
+            elif op_name(value) in _VIEWS and isinstance(value.args[0], relax.Var):
                 source[var] = source.get(value.args[0])  # a view of its first argument
             else:
                 source[var] = None
