@@ -35,7 +35,7 @@ from .main import main, progress_line
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: convolutions and matmuls with bf16 weights and activations, float32 sums (needs AMX).")
 @click.option("--winograd/--no-winograd", default=True, show_default=True,
-              help="3x3 stride-1 convolutions as Winograd F(4x4,3x3) where it pays: fewer multiplies, outputs within "
+              help="3x3 stride-1 convolutions as Winograd F(4x4,3x3) or F(2x2,3x3) where it pays: fewer multiplies, outputs within "
                    "a few 1e-5 (relative) of a direct convolution's; --no-winograd keeps them all direct.")
 def compile_cmd(model, target, output, input_shape, input_value, tuning_log, layout, dump, pass_times, quantize, calibration,
                 calibration_method, max_accuracy_drop, precision, winograd):

@@ -40,8 +40,9 @@ class _WeightPacker(PyExprMutator):
                 return self._emit(packed_matmul, call.args[0], pack_columns(weight, width), "packed_matmul")
         if name == "relax.nn.conv2d" and self._packable_conv(call.attrs):
             width = panel_width(weight.shape[-1], CONV_PANELS)
-            if width and self.winograd and self._winograd_fits(call, weight):
-                return self._winograd(call, weight, width)
+            variant = width and self.winograd and self._winograd_variant(call, weight)
+            if variant:
+                return self._winograd(call, weight, width, variant)
             if width:
                 attrs = call.attrs
                 return self._emit(packed_conv2d, call.args[0], pack_columns(weight, width), "packed_conv2d",
@@ -55,20 +56,24 @@ class _WeightPacker(PyExprMutator):
             and int(attrs.groups) == 1 and str(attrs.out_dtype) in ("", "None", "float32", "void")
 
     @staticmethod
-    def _winograd_fits(call, weight: np.ndarray) -> bool:
-        """A 3x3 stride-1 convolution with enough input channels and enough output tiles (see winograd.fits)."""
+    def _winograd_variant(call, weight: np.ndarray) -> winograd.Variant | None:
+        """For a 3x3 stride-1 convolution with enough input channels and output tiles, the Winograd variant that
+        pays (see winograd.choose); else None."""
         attrs, shape = call.attrs, call.ty.shape
-        return weight.shape[:2] == (3, 3) and all(int(v) == 1 for v in (*attrs.strides, *attrs.dilation)) \
-            and all(isinstance(shape[i], tvm.tirx.IntImm) for i in (1, 2)) \
-            and winograd.fits(weight.shape[2], int(shape[1]), int(shape[2]))
+        if weight.shape[:2] != (3, 3) or any(int(v) != 1 for v in (*attrs.strides, *attrs.dilation)) \
+                or not all(isinstance(shape[i], tvm.tirx.IntImm) for i in (1, 2)):
+            return None
+        return winograd.choose(weight.shape[2], int(shape[1]), int(shape[2]))
 
-    def _winograd(self, call, weight: np.ndarray, width: int):
+    def _winograd(self, call, weight: np.ndarray, width: int, variant: winograd.Variant):
         out_h, out_w = int(call.ty.shape[1]), int(call.ty.shape[2])
         padding = [int(v) for v in call.attrs.padding]
-        v = self.builder_.emit(self._emit(winograd.input_transform, call.args[0], None, "winograd_input", padding))
+        v = self.builder_.emit(self._emit(winograd.input_transform, call.args[0], None, "winograd_input", padding,
+                                          variant.tile))
         m = self.builder_.emit(self._emit(winograd.batched_gemm, v,
-                                          pack_columns(winograd.transformed_weights(weight), width), "winograd_gemm"))
-        return self._emit(winograd.output_transform, m, None, "winograd_output", out_h, out_w)
+                                          pack_columns(winograd.transformed_weights(weight, variant), width),
+                                          "winograd_gemm"))
+        return self._emit(winograd.output_transform, m, None, "winograd_output", out_h, out_w, variant.tile)
 
     def _emit(self, compute, x, packed: np.ndarray | None, name: str, *params):
         """call_te of COMPUTE on X (and the constant PACKED weights, when given) as an out-elementwise-fusable

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from ..kernels.winograd import ALPHA, COLUMNS_BLOCK, INPUT_BLOCK, OUTPUT_BLOCK, ROWS_BLOCK, TILE
+from ..kernels.winograd import COLUMNS_BLOCK, INPUT_BLOCK, OUTPUT_BLOCK, ROWS_BLOCK
 from .common import KilnRule, const_extent, fuse_epilogue, schedule_injective, vector_factor
 
 
@@ -28,8 +28,9 @@ class WinogradTransform(KilnRule):
     def _input(self, sch: s_tir.Schedule, rows, block) -> s_tir.Schedule:
         # V[ab, n, t, c]: per tile and channel vector, row a of B^T d, then the 6 positions (a, b) it feeds
         position, batch, tile, channel = sch.get_loops(block)
+        alpha = const_extent(sch, sch.get_loops(rows)[0])  # R[a, j, ...]: a runs over the patch's rows
         channel_outer, channel_inner = sch.split(channel, [None, self._lanes(sch, channel)])
-        row, col = sch.split(position, [ALPHA, ALPHA])
+        row, col = sch.split(position, [alpha, alpha])
         sch.reorder(batch, tile, channel_outer, row, col, channel_inner)
         sch.parallel(sch.fuse(tile, channel_outer))
         self._step_at(sch, rows, row)
@@ -41,8 +42,9 @@ class WinogradTransform(KilnRule):
     def _output(self, sch: s_tir.Schedule, columns, block) -> s_tir.Schedule:
         # Y[n, h, w, k]: per tile and channel vector, column v of M A, then the 4 outputs of that column
         batch, height, width, channel = sch.get_loops(block)
-        tile_row, row = sch.split(height, [None, TILE])
-        tile_col, col = sch.split(width, [None, TILE])
+        tile = const_extent(sch, sch.get_loops(columns)[1])  # C[a, v, ...]: v runs over the tile's outputs
+        tile_row, row = sch.split(height, [None, tile])
+        tile_col, col = sch.split(width, [None, tile])
         channel_outer, channel_inner = sch.split(channel, [None, self._lanes(sch, channel)])
         sch.reorder(batch, tile_row, tile_col, channel_outer, col, row, channel_inner)
         sch.parallel(sch.fuse(tile_row, tile_col, channel_outer))
