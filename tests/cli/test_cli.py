@@ -159,12 +159,13 @@ def test_run_profile_lists_kernels_by_share(artifact):
     result = kiln("run", artifact, "--random", "--profile")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("kernels: ") and "ms summed" in lines[0]
+    assert lines[0].startswith("kernels: ") and "inside whole runs" in lines[0] and "timed alone" in lines[0]
     rows = [line.split() for line in lines[2:] if line.strip().endswith(tuple("0123456789_abcdefghijklmnopqrstuvwxyz"))
             and "%" in line]
     assert rows and any("conv2d" in row[-1] for row in rows)
-    shares = [float(row[0].rstrip("%")) for row in rows]
+    shares, in_runs = ([float(row[i].rstrip("%")) for row in rows] for i in range(2))
     assert shares == sorted(shares, reverse=True) and 99.0 <= sum(shares) <= 101.0
+    assert all(ms > 0 for ms in in_runs) and all(float(row[2]) > 0 for row in rows if "conv2d" in row[-1])
 
 
 def test_compile_dump_and_pass_times(model, tmp_path):

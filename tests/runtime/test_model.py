@@ -200,3 +200,22 @@ def test_an_allocation_past_the_address_space_is_a_one_line_error(tmp_path):
     model = runtime.load(compiler.compile(save(finish(graph), tmp_path), output=tmp_path / "m.so").path)
     with pytest.raises(KilnError, match="running the model failed: out of memory"):
         model.run({"x": np.ones((1, 1), bool)})
+
+
+def test_kernel_times_inside_whole_runs_cover_every_kernel_and_leave_the_model_as_it_was(artifact):
+    """time_in_runs hooks the VM around each call for a few runs: every kernel the manifest lists gets a time,
+    the times add up to no more than the runs took, and afterwards the model runs unhooked with the same result."""
+    import time  # noqa: PLC0415
+
+    from runtime.profile import time_in_runs  # noqa: PLC0415
+
+    model = runtime.load(artifact, threads=1)
+    feeds = {"x": np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32)}
+    before = model.run(feeds)["y"]
+    started = time.perf_counter()
+    times = time_in_runs(model, feeds, runs=3)
+    wall_ms = (time.perf_counter() - started) * 1e3 / 3  # one warm-up run more than the three timed
+    # every kernel the manifest lists, and the host's shape function of the dynamic batch
+    assert set(times) == {call["kernel"] for call in model.manifest.kernels["calls"]} | {"shape_func"}
+    assert all(ms > 0 for ms in times.values()) and sum(times.values()) < wall_ms
+    np.testing.assert_array_equal(model.run(feeds)["y"], before)
