@@ -5,7 +5,7 @@ compiled by Kiln untuned for `--target auto`, 2 threads, batch 1.
 
     python -m benchmarks.real_exports export [NAME ...]   # needs torch + transformers (the `corpus` extra)
     python -m benchmarks.real_exports run [NAME ...]      # compiles and times what `export` wrote, and PP-OCR
-    python -m benchmarks.real_exports run --quantize int8 [NAME ...]   # Kiln's int8 builds, same rows
+    python -m benchmarks.real_exports run --quantize int8 [NAME ...]   # Kiln's int8 builds (OCR: text images)
     python -m benchmarks.real_exports run --tuned [NAME ...]   # with tuning_logs/' records (benchmarks.tune_zoo)
 
 The exports go to benchmarks/exports/ (not committed: 16-350 MB each); the PP-OCR files come from the model cache
@@ -46,6 +46,7 @@ MODELS = {
 }
 # the corpus's models with real weights (tests/corpus/models.py), at the shapes the corpus checks them at
 WHEEL_MODELS = ("pp-ocrv4-det", "pp-ocrv4-rec", "pp-ocr-cls")
+CALIBRATION_IMAGES = 32  # synthetic text images the OCR models' int8 builds calibrate on (text_images.py)
 
 
 def export(name: str, out: Path) -> Path:
@@ -104,8 +105,9 @@ def model_file(name: str) -> tuple[Path, dict]:
 
 def bench_row(name: str, folder: Path, quantize: str | None = None, tuned: bool = False) -> str:
     """The markdown row of one exported model (QUANTIZE 'int8': Kiln's int8 build against ONNX Runtime's float32,
-    with the cosine similarity of their outputs and the agreement the manifest recorded; TUNED: with the committed
-    tuning records of tuning_logs/, else untuned)."""
+    with the cosine similarity of their outputs and the agreement the manifest recorded; the OCR models calibrate
+    on, and are compared on, synthetic text images (text_images.py), the others on random inputs; TUNED: with the
+    committed tuning records of tuning_logs/, else untuned)."""
     import numpy as np  # noqa: PLC0415
 
     import compiler  # noqa: PLC0415 - not at the top: `export` runs where torch is, TVM need not be
@@ -116,13 +118,19 @@ def bench_row(name: str, folder: Path, quantize: str | None = None, tuned: bool 
     from .shape_sweep import median_ms  # noqa: PLC0415
 
     path, inputs = model_file(name)
+    calibration, feeds = None, _feeds(inputs)
+    if quantize and name in WHEEL_MODELS:  # the OCR models see text: calibrate and compare on text images
+        from .text_images import text_image, write_text_images  # noqa: PLC0415
+
+        (input_name, (shape, _dtype)), = inputs.items()
+        calibration = str(write_text_images(folder / f"{name}-calibration", shape, CALIBRATION_IMAGES))
+        feeds = {input_name: text_image(shape[2], shape[3], np.random.default_rng(CALIBRATION_IMAGES))}
     started = time.monotonic()
     artifact = compiler.compile(path, output=folder / f"{name}.so", tuning_log=None if tuned else "none",
-                                quantize=quantize,
+                                quantize=quantize, calibration=calibration,
                                 input_shapes={k: list(shape) for k, (shape, _dtype) in inputs.items()})
     compile_s = time.monotonic() - started
     kiln, session = runtime.load(artifact.path, threads=2), onnxruntime_session(str(path), threads=2)
-    feeds = _feeds(inputs)
     ours, theirs = kiln.run(feeds), session.run(None, feeds)
     if quantize:
         a, b = (np.concatenate([np.ravel(x).astype(np.float64) for x in xs]) for xs in (ours.values(), theirs))

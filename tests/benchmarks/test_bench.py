@@ -88,3 +88,22 @@ def test_quick_suite_writes_results_and_plots(tmp_path):
     for plot in ("latency.png", "roofline.png", "tuning_curve.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))  # every file was renamed into place
+
+
+def test_text_images_are_seeded_normalized_documents_with_ink(tmp_path):
+    """The OCR models' calibration images: the folder `kiln compile --calibration` reads, one .npy per sample of
+    the model's input shape, the same for the same seed, and each with dark strokes on light paper."""
+    import numpy as np  # noqa: PLC0415
+
+    from benchmarks.text_images import MEAN, STD, write_text_images  # noqa: PLC0415
+
+    folder = write_text_images(tmp_path / "cal", (1, 3, 48, 192), count=3)
+    files = sorted(folder.glob("*.npy"))
+    assert [f.name for f in files] == ["text_00.npy", "text_01.npy", "text_02.npy"]
+    images = [np.load(f) for f in files]
+    assert all(i.shape == (1, 3, 48, 192) and i.dtype == np.float32 for i in images)
+    again = write_text_images(tmp_path / "again", (1, 3, 48, 192), count=1)
+    np.testing.assert_array_equal(np.load(again / "text_00.npy"), images[0])
+    for image in images:
+        pixels = image[0].transpose(1, 2, 0) * STD + MEAN  # back to [0, 1] RGB
+        assert pixels.min() < 90 / 255 + 1e-6 and np.median(pixels) > 200 / 255 - 1e-6
