@@ -46,7 +46,14 @@ MODELS = {
 }
 # the corpus's models with real weights (tests/corpus/models.py), at the shapes the corpus checks them at
 WHEEL_MODELS = ("pp-ocrv4-det", "pp-ocrv4-rec", "pp-ocr-cls")
+# How benchmarks.run and benchmarks.tune_zoo name these models beside the zoo graphs (the zoo has a bert-base too).
+PREFIX = "real:"
 CALIBRATION_IMAGES = 32  # synthetic text images the OCR models' int8 builds calibrate on (text_images.py)
+
+
+def prefixed(names) -> list[str]:
+    """NAMES as benchmarks.run and benchmarks.tune_zoo know them: real:NAME."""
+    return [f"{PREFIX}{name}" for name in names]
 
 
 def export(name: str, out: Path) -> Path:
@@ -94,7 +101,8 @@ def _feeds(inputs: dict) -> dict:
 
 
 def model_file(name: str) -> tuple[Path, dict]:
-    """The ONNX file of model NAME and its inputs ({name: (shape, dtype)})."""
+    """The ONNX file of model NAME (or real:NAME) and its inputs ({name: (shape, dtype)})."""
+    name = name.removeprefix(PREFIX)
     if name in WHEEL_MODELS:
         from tests.corpus.models import CORPUS  # noqa: PLC0415
 

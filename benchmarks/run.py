@@ -40,7 +40,8 @@ from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "minilm", "bert-base"]
-REAL_MODELS = list(real_exports.WHEEL_MODELS) + list(real_exports.MODELS)  # measured at batch 1 only
+# measured at batch 1 only, named real:NAME (the zoo has a bert-base of its own)
+REAL_MODELS = real_exports.prefixed([*real_exports.WHEEL_MODELS, *real_exports.MODELS])
 QUICK_MODELS = ["squeezenet", "bert-mini"]
 REFERENCE = "onnxruntime"
 
@@ -155,7 +156,8 @@ def model_source(name: str, folder: Path) -> tuple[Path, onnx.ModelProto, dict[s
 def available_real_models() -> list[str]:
     """The real models this machine can run: the PP-OCR files (fetched from their wheel) and the exports present
     (`python -m benchmarks.real_exports export` writes them; it needs torch)."""
-    return [n for n in REAL_MODELS if n in real_exports.WHEEL_MODELS or (real_exports.EXPORTS / f"{n}.onnx").is_file()]
+    return [n for n in REAL_MODELS if n.removeprefix(real_exports.PREFIX) in real_exports.WHEEL_MODELS
+            or (real_exports.EXPORTS / f"{n.removeprefix(real_exports.PREFIX)}.onnx").is_file()]
 
 
 def bench_model(name: str, folder: Path, settings: Settings, progress=print) -> dict:
@@ -244,7 +246,7 @@ def main() -> None:
     unknown = sorted(set(models) - set(ZOO) - set(REAL_MODELS))
     if unknown:
         sys.exit(f"error: unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(ZOO) + REAL_MODELS)})")
-    absent = [n for n in models if n in real_exports.MODELS and n not in available_real_models()]
+    absent = [n for n in models if n in REAL_MODELS and n not in available_real_models()]
     if absent:
         sys.exit(f"error: no export of {', '.join(absent)}; run `python -m benchmarks.real_exports export` first "
                  "(needs torch and transformers: pip install -e '.[corpus]')")

@@ -23,12 +23,12 @@ from compiler.tuning import tune
 from compiler.tuning.progress import TuneDisplay
 from runtime.atomic import atomic_write
 
-from .real_exports import MODELS as EXPORTED, WHEEL_MODELS, model_file
+from .real_exports import MODELS as EXPORTED, WHEEL_MODELS, model_file, prefixed
 from .zoo import ZOO, batch_one_shapes
 
 HERE = Path(__file__).resolve().parent
+REAL_MODELS = prefixed([*EXPORTED, *WHEEL_MODELS])
 # The models `make bench` and `make bench-quick` compile, so their committed records apply there.
-REAL_MODELS = [f"real:{name}" for name in [*EXPORTED, *WHEEL_MODELS]]  # (the zoo has a bert-base too)
 TUNED_MODELS = ["resnet18", "resnet50", "mobilenetv2", "squeezenet", "shufflenet", "minilm", "bert-base", "bert-mini"]
 
 
@@ -36,7 +36,7 @@ def _model(name: str, folder: Path) -> tuple[Path, dict]:
     """(ONNX file, input shapes) of model NAME: a zoo graph written to FOLDER at batch 1, or a real model's file
     at the shapes benchmarks.real_exports runs it with."""
     if name in REAL_MODELS:
-        path, inputs = model_file(name.removeprefix("real:"))
+        path, inputs = model_file(name)
         if not path.is_file():
             sys.exit(f"error: no export of {name} at {path}; run `python -m benchmarks.real_exports export` first")
         return path, {k: list(shape) for k, (shape, _dtype) in inputs.items()}

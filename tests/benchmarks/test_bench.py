@@ -107,3 +107,17 @@ def test_text_images_are_seeded_normalized_documents_with_ink(tmp_path):
     for image in images:
         pixels = image[0].transpose(1, 2, 0) * STD + MEAN  # back to [0, 1] RGB
         assert pixels.min() < 90 / 255 + 1e-6 and np.median(pixels) > 200 / 255 - 1e-6
+
+
+def test_real_models_are_named_apart_from_the_zoo_graphs(tmp_path):
+    """`make bench` measured the zoo's bert-base twice and never the real BERT-base export: both were named
+    bert-base. Real models are real:NAME in benchmarks.run and benchmarks.tune_zoo."""
+    from benchmarks import run, tune_zoo  # noqa: PLC0415
+    from benchmarks.zoo import ZOO  # noqa: PLC0415
+
+    for names in (run.REAL_MODELS, tune_zoo.REAL_MODELS):
+        assert "real:bert-base" in names and all(n.startswith("real:") for n in names)
+        assert not set(names) & set(ZOO)
+    _path, _model, _shapes, batches = run.model_source("bert-base", tmp_path)
+    assert batches == ()  # the zoo graph, at every batch
+    assert run.real_exports.model_file("real:pp-ocr-cls")[0] == run.real_exports.model_file("pp-ocr-cls")[0]
