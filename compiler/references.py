@@ -42,17 +42,25 @@ CALIBRATION_SAMPLES = 16  # seeded random inputs: the distribution the benchmark
 
 def _onnxruntime_int8(model_path: str, threads: int, shapes: dict, outputs: list[str]) -> Engine:
     """ONNX Runtime on the model quantized by its own tool: static, QDQ, per-channel int8 weights, uint8
-    activations, calibrated on seeded random inputs of SHAPES (written beside the model as NAME.qdq.onnx)."""
+    activations, calibrated on seeded random inputs of SHAPES in the model's input dtypes (written beside the
+    model as NAME.qdq.onnx)."""
     _import("onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
 
-    rng = np.random.default_rng(0)
+    import onnx  # noqa: PLC0415
+
+    from runtime.artifact import TensorSpec  # noqa: PLC0415
+    from runtime.bench import random_inputs  # noqa: PLC0415
+
+    # each input in its own dtype: token ids and masks are integers (random_inputs keeps ids small)
+    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+              for i in onnx.load(model_path, load_external_data=False).graph.input}
+    specs = [TensorSpec(name, dtypes.get(name, "float32"), list(shape)) for name, shape in shapes.items()]
 
     class Samples(CalibrationDataReader):
         def __init__(self):
-            self.left = iter([{n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
-                              for _ in range(CALIBRATION_SAMPLES)])
+            self.left = iter([random_inputs(specs, seed=seed) for seed in range(CALIBRATION_SAMPLES)])
 
         def get_next(self):
             return next(self.left, None)

@@ -121,3 +121,37 @@ def test_real_models_are_named_apart_from_the_zoo_graphs(tmp_path):
     _path, _model, _shapes, batches = run.model_source("bert-base", tmp_path)
     assert batches == ()  # the zoo graph, at every batch
     assert run.real_exports.model_file("real:pp-ocr-cls")[0] == run.real_exports.model_file("pp-ocr-cls")[0]
+
+
+def test_flops_of_a_matmul_whose_input_shape_inference_cannot_fix():
+    """A real export's attention reshapes to dims it computes: shape inference leaves that input unknown. The
+    count takes the reduction from the weight instead, and leaves out a matmul of two unknown tensors."""
+    w = helper.make_tensor("w", F32, [16, 4], np.zeros(64, np.float32))
+    graph = helper.make_graph([
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Reshape", ["x", "s"], ["r"]),  # a computed shape: r's shape is unknown to inference
+        helper.make_node("MatMul", ["r", "w"], ["y"]),
+        helper.make_node("MatMul", ["r", "r2"], ["z"]),
+    ], "g", [helper.make_tensor_value_info("x", F32, [2, 16]), helper.make_tensor_value_info("r2", F32, [16, 16])],
+        [helper.make_tensor_value_info("y", F32, [2, 4]), helper.make_tensor_value_info("z", F32, None)], [w])
+    assert model_flops(finish(graph), {"x": [2, 16]}) == 2 * (2 * 4) * 16
+
+
+def test_onnxruntime_int8_calibrates_integer_inputs_in_their_dtype(tmp_path):
+    """Token ids are int64: ONNX Runtime's quantizer was fed float32 samples for them and the real BERT-base
+    export's ORT int8 row failed ("Unexpected input data type")."""
+    from compiler.references import open_reference  # noqa: PLC0415
+
+    table = helper.make_tensor("table", F32, [100, 16], np.random.default_rng(0).standard_normal(1600).astype(np.float32))
+    w = helper.make_tensor("w", F32, [16, 16], np.random.default_rng(1).standard_normal(256).astype(np.float32))
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"]),
+                               helper.make_node("MatMul", ["e", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("ids", 7, [1, 8])],
+                              [helper.make_tensor_value_info("y", F32, [1, 8, 16])], [table, w])
+    path = tmp_path / "ids.onnx"
+    import onnx  # noqa: PLC0415
+
+    onnx.save(finish(graph), path)
+    engine = open_reference("onnxruntime-int8", str(path), 1, {"ids": (1, 8)}, ["y"])
+    out = engine.run({"ids": np.arange(8, dtype=np.int64)[None]})
+    assert out["y"].shape == (1, 8, 16) and np.isfinite(out["y"]).all()
