@@ -33,8 +33,10 @@ def _colors(rows: list[dict]) -> dict[str, str]:
 
 def latency_plot(report: dict, path: Path) -> Path | None:
     """Grouped bars, one panel per batch size: each engine's latency over ONNX Runtime fp32's, per model."""
-    rows, batches = report["results"], [str(b) for b in report["meta"]["batches"]]
-    if not rows:
+    rows = report["results"]
+    # only batches some model ran at: the real models run at batch 1 only
+    batches = [str(b) for b in report["meta"]["batches"] if at_batch(rows, str(b))]
+    if not rows or not batches:
         return None
     colors = _colors(rows)
     figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 4.2), squeeze=False)

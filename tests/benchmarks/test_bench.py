@@ -155,3 +155,15 @@ def test_onnxruntime_int8_calibrates_integer_inputs_in_their_dtype(tmp_path):
     engine = open_reference("onnxruntime-int8", str(path), 1, {"ids": (1, 8)}, ["y"])
     out = engine.run({"ids": np.arange(8, dtype=np.int64)[None]})
     assert out["y"].shape == (1, 8, 16) and np.isfinite(out["y"]).all()
+
+
+def test_the_latency_plot_of_a_run_of_real_models_only_has_the_batch_they_ran_at(tmp_path):
+    """Real models run at batch 1 only: a run of them alone (`benchmarks.run real:bert-base`) crashed drawing an
+    empty batch-8 panel (division by zero engines) after all its measuring."""
+    from benchmarks.plots import latency_plot  # noqa: PLC0415
+
+    engines = {"onnxruntime": {"ratio": 1.0, "precision": "f32"}, "kiln-tuned": {"ratio": 0.9, "precision": "f32"}}
+    report = {"meta": {"batches": [1, 8], "threads": 2},
+              "results": [{"model": "real:bert-base", "batches": {"1": {"engines": engines}}}]}
+    plot = latency_plot(report, tmp_path / "latency.png")
+    assert plot is not None and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
