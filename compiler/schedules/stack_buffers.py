@@ -35,8 +35,12 @@ def locals_on_stack(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if not isinstance(func.body, SBlockRealize):
         return func
     sch = s_tir.Schedule(func)
+    try:  # extern kernels (sort, scan) have a root block of another name, or several blocks of one name
+        root = sch.get_sblock(func.body.block.name_hint)
+    except s_tir.ScheduleError:
+        return func
     changed = False
-    for block in _blocks(sch, sch.get_sblock("root")):
+    for block in _blocks(sch, root):
         for index in _local_writes(sch, block):
             sch.set_scope(block, index, "global")
             changed = True
