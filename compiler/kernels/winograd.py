@@ -98,7 +98,7 @@ def choose(in_channels: int, out_h: int, out_w: int) -> Variant | None:
     return None
 
 
-def transformed_weights(weight: np.ndarray, variant: Variant = F4) -> np.ndarray:
+def transformed_weights(weight: np.ndarray, variant: Variant) -> np.ndarray:
     """HWIO 3x3 WEIGHT [3, 3, C, K] as U = G g G^T, laid out [alpha^2, C, K]."""
     u = np.einsum("ai,ijck,bj->abck", variant.g, weight.astype(np.float64), variant.g)
     return u.reshape(variant.alpha * variant.alpha, *weight.shape[2:]).astype(np.float32)
@@ -137,7 +137,7 @@ def _row_combination(matrix: np.ndarray, row: int, value) -> object:
     return _combination([(matrix[row, i], value(i)) for i in range(matrix.shape[1]) if matrix[row, i]])
 
 
-def input_transform(x: te.Tensor, padding, tile: int = 4) -> te.Tensor:
+def input_transform(x: te.Tensor, padding, tile: int) -> te.Tensor:
     """V[ab, n, t, c] of NHWC X for a 3x3 stride-1 convolution with PADDING (top, left, bottom, right) by
     F(TILE x TILE, 3x3), in two separable steps: R = B^T d (ROWS_BLOCK: R[a, j] for one tile) then V = R B."""
     bt, alpha = VARIANTS[tile].bt, VARIANTS[tile].alpha
@@ -171,7 +171,7 @@ def batched_gemm(v: te.Tensor, packed: te.Tensor) -> te.Tensor:
                       name="winograd_gemm")
 
 
-def output_transform(m: te.Tensor, out_h: int, out_w: int, tile: int = 4) -> te.Tensor:
+def output_transform(m: te.Tensor, out_h: int, out_w: int, tile: int) -> te.Tensor:
     """Y[n, h, w, k] (NHWC, OUT_H x OUT_W) from M[ab, n, t, k] of F(TILE x TILE, 3x3), in two separable steps:
     C = M A (COLUMNS_BLOCK: C[a, v] for one tile) then Y = A^T C."""
     at, alpha = VARIANTS[tile].at, VARIANTS[tile].alpha
