@@ -27,9 +27,13 @@ from .main import main
 @click.option("--recheck", is_flag=True,
               help="Search nothing: re-time each tuned kernel's best record against Kiln's current default "
                    "schedule and keep the faster (after upgrading Kiln).")
+@click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
+              help="Time candidates with their weights flushed from the CPU caches, as a batch-1 run meets them "
+                   "(cold), or repeated with everything cached (warm: small models, large batches). Kernels "
+                   "tuned the other way are searched again.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary at the end.")
 def tune_cmd(model, target, trials, minutes, log_dir, workers, threads, rpc, key, devices, input_shape, keep,
-             recheck, as_json):
+             recheck, cache, as_json):
     """Search faster schedules for MODEL's kernels on TARGET; records go to the target's tuning log, which
     `kiln compile` applies. Resumable: run it again to continue where it stopped (Ctrl-C is safe)."""
     from .. import frontend  # noqa: PLC0415
@@ -39,6 +43,7 @@ def tune_cmd(model, target, trials, minutes, log_dir, workers, threads, rpc, key
     display = TuneDisplay(sys.stderr, minutes)
     summary = tune(model, target=target, trials=trials, minutes=minutes, log_dir=log_dir, workers=workers,
                         threads=threads, rpc=rpc, key=key, devices=devices, keep=keep, recheck=recheck,
+                        cache=cache,
                         report=display,
                         input_shapes=frontend.parse_shape_overrides(input_shape))
     if as_json:

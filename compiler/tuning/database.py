@@ -234,6 +234,22 @@ def prune(folder: Path, keep: int) -> tuple[int, int]:
     return len(records), len(kept)
 
 
+def drop_workloads(folder: Path, keys: set[str]) -> int:
+    """Remove the kernels with workload KEYS and all their records from FOLDER's database (the writer lock held);
+    returns how many records went. A kernel is searched again from scratch when its records were timed another
+    way (`kiln tune --cache`): run times measured cold and warm cannot rank in one list."""
+    if not has_database(folder) or not keys:
+        return 0
+    repair(folder)
+    workloads = _json_lines(folder / WORKLOADS)
+    dropped = {index for index, workload in enumerate(workloads) if workload[0] in keys}
+    records = _records(folder)
+    kept = [line for line, workload, _mean in records if workload not in dropped]
+    _keep_records(folder, records, kept)
+    _drop_unused_workloads(folder, kept)
+    return len(records) - len(kept)
+
+
 def _drop_unused_workloads(folder: Path, record_lines: list[str]) -> None:
     """Drop the workloads no record of RECORD_LINES (FOLDER's records file) refers to (kernels whose records were
     all pruned, or that were never searched) and renumber the records: a workload line holds a whole kernel,

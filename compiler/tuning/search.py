@@ -5,8 +5,9 @@ default schedule with its tile sizes left to the tuner (schedules.tuning_space) 
 space. Kiln's default schedule of each kernel is measured and recorded first, so the search starts from it and a
 tuned kernel is never slower than the default one. Trials go to kernels by their share of the model's work
 (weight x FLOPs); kernels with a negligible share keep their default schedules. Candidates run with the thread
-count the model will run with. Progress is saved after every batch (records in the database, trials per kernel in
-kiln_tuning.json): a killed tune loses at most the batch in flight and the next one resumes.
+count the model will run with, timed cold by default (weights flushed from the caches first: measure.EVALUATORS).
+Progress is saved after every batch (records in the database, trials per kernel in kiln_tuning.json): a killed
+tune loses at most the batch in flight and the next one resumes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ BATCH = 32  # candidates measured per round of the search
 WARM_START_RECORDS = 256  # records per kernel the cost model is trained on before a resumed search
 CONFIRM_ROUNDS = 3  # paired timings of best record vs default schedule per kernel after the search
 TIE_RATIO = 0.999  # a default as fast as the best record is recorded this much faster, so it ranks first
+RETIME_RECORDS = 4  # a kernel's best records timed again when a tune times the other way (the preset's keep)
 
 
 def evolutionary_search(trials: int) -> ms.search_strategy.EvolutionarySearch:
@@ -59,13 +61,15 @@ class Tuner:
     """One `kiln tune` run over one model for one target preset."""
 
     def __init__(self, preset: TargetPreset, folder: Path, threads: int, workers: int,
-                 rpc: str | None, key: str | None, devices: int, report: Callable[[TuneSummary, str], None]):
+                 rpc: str | None, key: str | None, devices: int, report: Callable[[TuneSummary, str], None],
+                 cache: str = measure.DEFAULT_CACHE):
         self.preset = preset
         self.folder = folder
         self.threads = threads
+        self.cache = cache  # how candidates are timed: 'cold' / 'warm' (measure.EVALUATORS)
         self.target = tvm.target.Target({**preset.tvm_target, "num-cores": threads})
         self.builder = measure.make_builder(preset, workers)
-        self.runner = measure.make_runner(threads, rpc, key, devices)
+        self.runner = measure.make_runner(threads, rpc, key, devices, cache)
         self.report = report
         self.notes = tuning.read_notes(folder)
         written_by = tuning.other_tvm_version(folder)
@@ -83,7 +87,7 @@ class Tuner:
         known = self.notes.setdefault("tasks", {})
         for task in tasks:
             known[task.key] = {"name": task.name, "trials": task.trials, "default_us": task.default_us,
-                               "best_us": task.best_us, "mflop": task.mflop}
+                               "best_us": task.best_us, "mflop": task.mflop, "cache": task.cache}
         self.notes.update(target=self.preset.name, tvm_target=dict(self.preset.tvm_target),
                           tvm_version=tvm.__version__, kiln_version=runtime.__version__, threads=self.threads)
         tuning.write_notes(self.folder, self.notes)
@@ -96,12 +100,44 @@ class Tuner:
         for task in extracted:
             key = tuning.workload_key(task.dispatched[0])
             seen = self.notes.get("tasks", {}).get(key, {})
+            timed = seen.get("default_us") is not None or int(seen.get("trials", 0)) > 0
             states.append(TaskState(key=key, name=task.task_name, weight=int(task.weight),
                                     mflop=kernel_mflop(task.dispatched[0]["main"]) or 0.0,
                                     fixed=self._fixed(task.dispatched[0]),
                                     trials=int(seen.get("trials", 0)),
-                                    default_us=seen.get("default_us"), best_us=seen.get("best_us")))
+                                    default_us=seen.get("default_us"), best_us=seen.get("best_us"),
+                                    cache=seen.get("cache") or (measure.LEGACY_CACHE if timed else None)))
         return states, extracted
+
+    def retime_timed_otherwise(self, summary: TuneSummary, states: list[TaskState], task_mods: list) -> None:
+        """Kernels of STATES about to be searched whose records were timed with the other cache setting: their
+        best records (up to RETIME_RECORDS) are timed again this way and replace all their records (cold and warm
+        times cannot rank in one list: warm ones would always win), and their search starts over from those.
+        Dropping them instead threw good schedules away: BERT-base searched cold for 10 minutes from scratch ran
+        3% slower than its earlier warm records timed cold."""
+        stale = [(s, m) for s, m in zip(states, task_mods) if s.budget > 0 and s.cache not in (None, self.cache)]
+        if not stale:
+            return
+        self.report(summary, f"timing the best records of {len(stale)} kernel(s) again {self.cache} (they were "
+                             f"timed {stale[0][0].cache}); their search starts over from them")
+        kept = []
+        for state, mod in stale:
+            top = self.database.get_top_k(self.database.commit_workload(mod), RETIME_RECORDS)
+            schedules = [record.as_measure_candidate().sch for record in top]
+            timed, _errors = measure.measure_schedules(self.builder, self.runner, [sch.mod for sch in schedules],
+                                                       self.target)
+            kept.append([(sch.trace, run_secs) for sch, run_secs in zip(schedules, timed) if run_secs])
+        tuning.drop_workloads(self.folder, {state.key for state, _mod in stale})
+        self.database = tuning.open_database(self.folder, create=True)
+        for (state, mod), records in zip(stale, kept):
+            workload = self.database.commit_workload(mod)
+            for trace, run_secs in records:
+                self.database.commit_tuning_record(ms.database.TuningRecord(
+                    trace, workload, run_secs=run_secs, target=self.target,
+                    args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+            best = min((sum(t) / len(t) for _trace, t in records), default=None)
+            state.trials, state.default_us, state.cache = 0, None, self.cache
+            state.best_us = best * 1e6 if best is not None else None
 
     def _fixed(self, mod: tvm.IRModule) -> bool:
         """True when Kiln's schedule of MOD samples nothing (see fixed_schedule); the Winograd transforms' unrolled
@@ -126,6 +162,7 @@ class Tuner:
                 sch.trace, self.database.commit_workload(mod), run_secs=run_secs, target=self.target,
                 args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
             state.default_us = sum(run_secs) / len(run_secs) * 1e6
+            state.cache = self.cache
             state.best_us = min(state.best_us or float("inf"), state.default_us)
 
     def warm_start(self, cost_model, contexts: list, tasks: list) -> int:
@@ -181,6 +218,11 @@ class Tuner:
         summary.tasks = states
         summary.stopped = "rechecked"
         todo = [(s, t) for s, t in zip(states, extracted) if s.trials > 0 and not s.fixed]
+        other = [s for s, _t in todo if s.cache != self.cache]
+        if other:
+            self.report(summary, f"leaving {len(other)} kernel(s) whose records were timed {other[0].cache} "
+                                 f"(recheck them with --cache {other[0].cache})")
+            todo = [(s, t) for s, t in todo if s.cache == self.cache]
         for state, _task in todo:
             state.budget = state.trials  # searched before, nothing left to search: counted in summary.searched
         started = time.monotonic()
@@ -197,6 +239,7 @@ class Tuner:
             allocate(states, 1)  # only to learn which kernels are worth searching
             trials = default_trials(self.preset, sum(1 for s in states if s.budget))
         allocate(states, trials)
+        self.retime_timed_otherwise(summary, states, [task.dispatched[0] for task in extracted])
         todo = [(s, t) for s, t in zip(states, extracted) if s.remaining > 0]
         started = time.monotonic()
         if not todo:
@@ -213,6 +256,7 @@ class Tuner:
         def on_batch(task_id: int, times: list[float | None]) -> None:
             state = todo[task_id][0]
             state.trials += len(times)
+            state.cache = self.cache
             summary.trials_run += len(times)
             good = [t for t in times if t is not None]
             if good:

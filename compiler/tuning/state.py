@@ -22,6 +22,7 @@ class TaskState:
     default_us: float | None = None
     best_us: float | None = None
     fixed: bool = False  # Kiln's schedule of it has nothing to tune (no tile sizes): it is never searched
+    cache: str | None = None  # how its records were timed, 'cold' or 'warm' (measure.EVALUATORS); None: not yet
 
     @property
     def work(self) -> float:

@@ -16,6 +16,7 @@ from .. import frontend
 from ..pipeline import optimize_graph
 from ..targets import get_target
 from . import database as tuning
+from .measure import DEFAULT_CACHE
 from .search import Tuner
 from .state import TuneSummary
 from .stop import StopSignal
@@ -36,7 +37,7 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
          log_dir: str | Path | None = None, workers: int | None = None, threads: int | None = None,
          rpc: str | None = None, key: str | None = None, devices: int = 1, input_shapes=None,
          layout: str = "NHWC", keep: int | None = None, seed: int | None = None, recheck: bool = False,
-         report: Callable[[TuneSummary, str], None] | None = None) -> TuneSummary:
+         cache: str = DEFAULT_CACHE, report: Callable[[TuneSummary, str], None] | None = None) -> TuneSummary:
     """Tune MODEL's kernels for the preset TARGET and append the records to LOG_DIR (default tuning_logs/TARGET).
 
     Budget: TRIALS candidates in all and/or MINUTES of wall time (neither: the preset's trials per kernel).
@@ -44,6 +45,8 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
     processes. RPC ('HOST:PORT' of a TVM RPC tracker) with KEY measures on DEVICES remote boards at a time.
     KEEP: records kept per kernel afterwards (default: the preset's keep_records, 4). RECHECK: search nothing;
     re-time each searched kernel's best record against the current default schedule (Tuner.recheck).
+    CACHE: how candidates are timed, 'cold' (weights flushed from the caches first, as a batch-1 run meets them)
+    or 'warm' (measure.EVALUATORS); kernels whose records were timed the other way are searched again.
     REPORT(summary, message) is called after each measured batch and for each step worth saying.
     """
     if trials is not None and trials < 1:
@@ -69,7 +72,7 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
         summary = TuneSummary(model=Path(model).name, target=preset.name, database=str(folder), tasks=[])
         say(summary, f"importing {Path(model).name} and optimizing the graph for {preset.name}")
         mod, _times = optimize_graph(loaded, preset, layout)
-        tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say)
+        tuner = Tuner(preset, folder, threads, workers or max(1, len(usable_cpus())), rpc, key, devices, say, cache)
         budget = trials if trials is not None else (10 ** 9 if minutes else None)  # minutes alone: time-bound
         deadline = time.monotonic() + minutes * 60 if minutes else None
         try:

@@ -14,6 +14,7 @@ import compiler
 from compiler.cli import main
 from compiler.targets import get_target
 from compiler.tuning import database as tuning
+from compiler.tuning import measure
 from compiler.tuning import state as tune_state
 from compiler.tuning import tune
 from runtime.errors import KilnError
@@ -60,6 +61,7 @@ def test_short_tune_writes_a_valid_database(tuned):
     notes = tuning.read_notes(folder)
     assert notes["target"] == "x86-avx512" and notes["tvm_target"]["mcpu"] == "icelake-server"
     assert sum(t["trials"] for t in notes["tasks"].values()) == summary.trials_run
+    assert {notes["tasks"][t.key]["cache"] for t in searched} == {"cold"}  # the default: timed as runs meet them
 
 
 def test_second_run_resumes_and_skips_finished_kernels(tuned, model):
@@ -85,8 +87,6 @@ def test_recheck_keeps_the_default_schedule_where_it_beats_the_best_record(tuned
     """After an upgrade of Kiln's default schedules: --recheck times each tuned kernel's best record against the
     current default (timings faked here: the default 1 us, every record 1 s) and keeps the faster, ranking it
     by the records' own times (not this run's, which a busy machine inflates)."""
-    from compiler.tuning import measure  # noqa: PLC0415
-
     folder, _summary = tuned
     copy = copy_log(folder, tmp_path / "recheck", with_notes=True)
 
@@ -107,6 +107,55 @@ def test_recheck_keeps_the_default_schedule_where_it_beats_the_best_record(tuned
         # the default, committed as the kernel's best record on the records' own time scale (the best claim
         # times the paired ratio, 1e-6 here), none of the records dropped
         assert kept == pytest.approx(sorted([before[0] * 1e-6, *before]))
+
+
+def test_kernels_timed_the_other_way_are_retimed_and_searched_again(tuned, model, tmp_path):
+    """A warm tune on a log tuned cold times each kernel's best cold records again warm, drops every cold record
+    (cold and warm run times cannot rank in one list) and searches the kernel again from the retimed ones; its
+    notes say how each kernel was timed."""
+    folder, first = tuned
+    copy = copy_log(folder, tmp_path / "warm", with_notes=True)
+    before = {t.key: t.trials for t in first.searched}
+    lines = []
+    again = tune.tune(model, target="x86-avx512", trials=TRIALS, log_dir=copy, keep=100, cache="warm",
+                      report=lambda _summary, message: lines.append(message))
+    assert any("best records of 2 kernel(s) again warm (they were timed cold)" in line for line in lines)
+    assert {t.key for t in again.searched} == set(before) and again.trials_run >= TRIALS
+    # from scratch: each kernel's trials are this run's alone, not the cold run's plus these
+    assert sum(t.trials for t in again.searched) == again.trials_run
+    assert all(t.cache == "warm" for t in again.searched)
+    notes = tuning.read_notes(copy)["tasks"]
+    assert {notes[t.key]["cache"] for t in again.searched} == {"warm"}
+    repeats = lambda folder_: {len(json.loads(line)[1][1]) for line in log_records(folder_)}  # noqa: E731
+    assert repeats(folder) == {measure.EVALUATORS["cold"].repeat}
+    assert repeats(copy) == {measure.EVALUATORS["warm"].repeat}  # no cold record left beside the warm ones
+    best_cold = {}
+    for line in log_records(folder):
+        workload, (trace, run_secs, *_rest) = json.loads(line)
+        if sum(run_secs) < best_cold.get(workload, (1e9, None))[0]:
+            best_cold[workload] = (sum(run_secs), json.dumps(trace))
+    traces = {json.dumps(json.loads(line)[1][0]) for line in log_records(copy)}
+    assert all(trace in traces for _t, trace in best_cold.values())  # the best schedules carried over, retimed
+
+
+def test_drop_workloads_removes_a_kernel_and_renumbers_the_rest(tuned, tmp_path):
+    folder, _summary = tuned
+    copy = copy_log(folder, tmp_path / "drop")
+    workloads = [json.loads(line)[0] for line in (copy / tuning.WORKLOADS).read_text().splitlines()]
+    kept = [line for line in log_records(copy) if json.loads(line)[0] != 0]
+    assert tuning.drop_workloads(copy, {workloads[0]}) == len(log_records(folder)) - len(kept)
+    left = [json.loads(line)[0] for line in (copy / tuning.WORKLOADS).read_text().splitlines()]
+    assert left == workloads[1:]
+    assert [json.loads(line)[1] for line in log_records(copy)] == [json.loads(line)[1] for line in kept]
+    assert {json.loads(line)[0] for line in log_records(copy)} == set(range(len(left)))
+
+
+def test_cold_timing_flushes_the_caches_and_an_unknown_setting_is_refused():
+    cold, warm = measure.EVALUATORS["cold"], measure.EVALUATORS["warm"]
+    assert cold.enable_cpu_cache_flush and cold.number == 1  # every timed call after a flush
+    assert not warm.enable_cpu_cache_flush
+    with pytest.raises(KilnError, match="--cache must be one of cold, warm"):
+        measure.make_runner(1, cache="lukewarm")
 
 
 def test_a_log_for_another_target_is_refused(tuned, model, tmp_path):
