@@ -184,12 +184,12 @@ def _mapped_ranges(name_part: str) -> list[tuple[int, int]]:
 
 
 def test_weights_are_used_where_they_are_mapped_not_copied(artifact):
-    """The weights main takes after the inputs lie in the mapped weights file (one copy in memory); the library
-    holds none of them, and the results stay right."""
+    """The weights main takes after the inputs lie in the mapped weights file, a memory file (one copy in memory,
+    no file on disk); the library holds none of them, and the results stay right."""
     model = runtime.load(artifact, threads=1)
     spec = runtime.read_manifest(artifact).weights
     assert len(spec["tensors"]) == 1 and spec["offset"] % runtime.artifact.WEIGHTS_ALIGNMENT == 0
-    mapped = _mapped_ranges("/kiln-load-")
+    mapped = _mapped_ranges("kiln-weights")  # the memory file (memfd) the load copied them into
     assert mapped, "the weights file is not mapped"
     for tensor in model._weights:
         assert any(low <= tensor.data_ptr() < high for low, high in mapped)
