@@ -30,7 +30,7 @@ from .main import main
 @click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
               help="Time candidates with their weights flushed from the CPU caches, as a batch-1 run meets them "
                    "(cold), or repeated with everything cached (warm: small models, large batches). Kernels "
-                   "tuned the other way are searched again.")
+                   "tuned the other way have their best records re-timed, and their search goes on from those.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary at the end.")
 def tune_cmd(model, target, trials, minutes, log_dir, workers, threads, rpc, key, devices, input_shape, keep,
              recheck, cache, as_json):
