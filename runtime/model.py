@@ -7,9 +7,9 @@ import mmap
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -246,9 +246,11 @@ def _private_copy(path: Path) -> Iterator[tuple[Path, BinaryIO, Manifest]]:
             yield copy, weights_out, manifest
 
 
-def _private_file(path: Path):
-    """PATH created for writing by this process alone (it must not exist: no link is followed)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
+def _private_file(path: Path, readable: bool = False):
+    """PATH created for writing (and reading back, READABLE) by this process alone (it must not exist: no link is
+    followed)."""
+    access, mode = (os.O_RDWR, "w+b") if readable else (os.O_WRONLY, "wb")
+    return os.fdopen(os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), mode)
 
 
 def _weights_file(folder: Path) -> BinaryIO:
@@ -260,7 +262,7 @@ def _weights_file(folder: Path) -> BinaryIO:
     (embedding rows no run reads never count: peak RSS the same, 376 MB for BERT-base)."""
     if hasattr(os, "memfd_create"):
         return os.fdopen(os.memfd_create("kiln-weights", os.MFD_CLOEXEC), "w+b")
-    return os.fdopen(os.open(folder / "weights", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w+b")
+    return _private_file(folder / "weights", readable=True)
 
 
 def _map_weights(weights_file: BinaryIO, manifest: Manifest, device) -> list:

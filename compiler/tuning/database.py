@@ -236,8 +236,8 @@ def prune(folder: Path, keep: int) -> tuple[int, int]:
 
 def drop_workloads(folder: Path, keys: set[str]) -> int:
     """Remove the kernels with workload KEYS and all their records from FOLDER's database (the writer lock held);
-    returns how many records went. A kernel is searched again from scratch when its records were timed another
-    way (`kiln tune --cache`): run times measured cold and warm cannot rank in one list."""
+    returns how many records went. A tune that times a kernel another way (`kiln tune --cache`) replaces its
+    records with its best ones timed again: run times measured cold and warm cannot rank in one list."""
     if not has_database(folder) or not keys:
         return 0
     repair(folder)

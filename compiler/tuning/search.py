@@ -42,7 +42,6 @@ BATCH = 32  # candidates measured per round of the search
 WARM_START_RECORDS = 256  # records per kernel the cost model is trained on before a resumed search
 CONFIRM_ROUNDS = 3  # paired timings of best record vs default schedule per kernel after the search
 TIE_RATIO = 0.999  # a default as fast as the best record is recorded this much faster, so it ranks first
-RETIME_RECORDS = 4  # a kernel's best records timed again when a tune times the other way (the preset's keep)
 
 
 def evolutionary_search(trials: int) -> ms.search_strategy.EvolutionarySearch:
@@ -111,8 +110,9 @@ class Tuner:
 
     def retime_timed_otherwise(self, summary: TuneSummary, states: list[TaskState], task_mods: list) -> None:
         """Kernels of STATES about to be searched whose records were timed with the other cache setting: their
-        best records (up to RETIME_RECORDS) are timed again this way and replace all their records (cold and warm
-        times cannot rank in one list: warm ones would always win), and their search starts over from those.
+        best records (as many as the preset keeps per kernel) are timed again this way, in one batch, and replace
+        all their records (cold and warm times cannot rank in one list: warm ones would always win), and their
+        search starts over from those.
         Dropping them instead threw good schedules away: BERT-base searched cold for 10 minutes from scratch ran
         3% slower than its earlier warm records timed cold."""
         stale = [(s, m) for s, m in zip(states, task_mods) if s.budget > 0 and s.cache not in (None, self.cache)]
@@ -120,16 +120,17 @@ class Tuner:
             return
         self.report(summary, f"timing the best records of {len(stale)} kernel(s) again {self.cache} (they were "
                              f"timed {stale[0][0].cache}); their search starts over from them")
-        kept = []
-        for state, mod in stale:
-            top = self.database.get_top_k(self.database.commit_workload(mod), RETIME_RECORDS)
-            schedules = [record.as_measure_candidate().sch for record in top]
-            timed, _errors = measure.measure_schedules(self.builder, self.runner, [sch.mod for sch in schedules],
-                                                       self.target)
-            kept.append([(sch.trace, run_secs) for sch, run_secs in zip(schedules, timed) if run_secs])
+        keep = int(self.preset.tuning.get("keep_records", 4))
+        schedules = [[record.as_measure_candidate().sch
+                      for record in self.database.get_top_k(self.database.commit_workload(mod), keep)]
+                     for _state, mod in stale]
+        timed, _errors = measure.measure_schedules(self.builder, self.runner,
+                                                   [sch.mod for kernel in schedules for sch in kernel], self.target)
         tuning.drop_workloads(self.folder, {state.key for state, _mod in stale})
         self.database = tuning.open_database(self.folder, create=True)
-        for (state, mod), records in zip(stale, kept):
+        times = iter(timed)
+        for (state, mod), kernel in zip(stale, schedules):
+            records = [(sch.trace, run_secs) for sch, run_secs in zip(kernel, times) if run_secs]
             workload = self.database.commit_workload(mod)
             for trace, run_secs in records:
                 self.database.commit_tuning_record(ms.database.TuningRecord(

@@ -46,7 +46,8 @@ def tune(model: str | Path, target: str = "auto", trials: int | None = None, min
     KEEP: records kept per kernel afterwards (default: the preset's keep_records, 4). RECHECK: search nothing;
     re-time each searched kernel's best record against the current default schedule (Tuner.recheck).
     CACHE: how candidates are timed, 'cold' (weights flushed from the caches first, as a batch-1 run meets them)
-    or 'warm' (measure.EVALUATORS); kernels whose records were timed the other way are searched again.
+    or 'warm' (measure.EVALUATORS); kernels whose records were timed the other way have their best records timed
+    again and are searched on from those (Tuner.retime_timed_otherwise).
     REPORT(summary, message) is called after each measured batch and for each step worth saying.
     """
     if trials is not None and trials < 1:
