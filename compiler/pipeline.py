@@ -93,7 +93,10 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
         # Weights are transposed once here and folded; only the model's borders get a transpose.
         *when(layout == "NHWC", convert_conv_layout, fold_constants),
-        *when(device == "cpu", pad_channels(lanes), fold_constants, flatten_rows, pad_rows()),
+        # (PadRows pads a shared activation once per matmul: ViT's Q, K and V projections each padded their
+        # layer norm's output, 36 copies a run; EliminateCommonSubexpr keeps one of each.)
+        *when(device == "cpu", pad_channels(lanes), fold_constants, flatten_rows, pad_rows(),
+              relax.transform.EliminateCommonSubexpr()),
         split_activations_over_concat,
         relax.transform.DeadCodeElimination(["main"]),
     ]

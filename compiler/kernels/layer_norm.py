@@ -20,27 +20,35 @@ from tvm.script import tirx as T
 from .rows import RowSplit, loop_kernel
 
 
-def row_layer_norm(shape: list[int], epsilon: float, lanes: int) -> tirx.PrimFunc:
+def row_layer_norm(shape: list[int], epsilon: float, lanes: int, zero_rows: int = 0) -> tirx.PrimFunc:
     """layer_norm(x, gamma, beta, y) over the last axis of a float32 tensor of SHAPE, in vectors of LANES lanes
-    (see the module docstring), scheduled already (rows.loop_kernel)."""
-    return loop_kernel(_kernel, shape, lanes, epsilon)
+    (see the module docstring), scheduled already (rows.loop_kernel). ZERO_ROWS: y has that many more rows
+    (SHAPE has one row dimension: [1, rows, width] or [rows, width]), written as zeros: the layer norm and the
+    kiln.PadRows pad after it in one kernel."""
+    assert not zero_rows or all(d == 1 for d in shape[:-2]), "padded rows need a single row dimension"
+    return loop_kernel(_kernel, shape, lanes, epsilon, zero_rows)
 
 
-def _kernel(shape: list, split: RowSplit, epsilon: float) -> tirx.PrimFunc:
+def _kernel(shape: list, split: RowSplit, epsilon: float, zero_rows: int) -> tirx.PrimFunc:
     rows, width, lanes, vectors = split.rows, split.width, split.lanes, split.vectors
     last, counted, has_tail = split.last, split.counted, split.has_tail
     inverse_width = T.float32(1.0 / width)
     eps = T.float32(epsilon)
     params = [tirx.IntImm("int64", width)]
+    out_shape = [*shape[:-2], tirx.IntImm("int64", int(shape[-2]) + zero_rows), shape[-1]]
+    zero_elements = zero_rows * width
 
     # "global" scope for the small buffers: a stack slot, not a workspace allocation per row (see softmax.py)
     @T.prim_func(private=True, s_tir=True)
     def layer_norm(x_nd: T.Buffer(shape, "float32"), gamma: T.Buffer(params, "float32"),
-                   beta: T.Buffer(params, "float32"), y_nd: T.Buffer(shape, "float32")):
+                   beta: T.Buffer(params, "float32"), y_nd: T.Buffer(out_shape, "float32")):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
             x = T.decl_buffer((rows, width), "float32", data=x_nd.data)
-            y = T.decl_buffer((rows, width), "float32", data=y_nd.data)
+            y = T.decl_buffer((rows + zero_rows, width), "float32", data=y_nd.data)
+            y_flat = T.decl_buffer((rows * width + zero_elements,), "float32", data=y_nd.data)
+            for i in range(zero_elements):
+                y_flat[rows * width + i] = T.float32(0)
             for r in T.parallel(rows):
                 acc = T.decl_buffer((lanes,), "float32", scope="global")
                 mean = T.decl_buffer((1,), "float32", scope="global")

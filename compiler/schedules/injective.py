@@ -21,8 +21,10 @@ class Injective(KilnRule):
             return None
         inline_forward(sch, blocks[:-1])  # a block left out keeps its own loop nest, scheduled below
         for block in root_blocks(sch):
-            if not (_schedule_piecewise(sch, block, self.lanes) or _schedule_shuffle(sch, block, self.lanes)
-                    or _schedule_transpose(sch, block, self.lanes)):
+            # (a transpose first: a padded one, as attention's K^T padded to whole vectors of tokens, also
+            # picks its value by the innermost axis, but pieces would read it one element at a time)
+            if not (_schedule_transpose(sch, block, self.lanes) or _schedule_piecewise(sch, block, self.lanes)
+                    or _schedule_shuffle(sch, block, self.lanes)):
                 schedule_injective(sch, block, self.lanes)
         return sch
 
@@ -136,19 +138,33 @@ def _schedule_shuffle(sch: s_tir.Schedule, block, lanes: int) -> bool:
     return True
 
 
-def transposed_axis(block: tirx.SBlock) -> int | None:
+def transposed_axis(block: tirx.SBlock, merged: bool = False) -> int | None:
     """K such that BLOCK copies one buffer whose innermost index is BLOCK's axis K, while BLOCK's own innermost
     axis indexes the read elsewhere: a transpose (NHWC -> NCHW at a model's border, or before a reshape). None for
-    any other block."""
+    any other block. MERGED: the innermost index may also be axis K plus other axes that are not the innermost
+    (once simplified over the axes' ranges): a reshape that merges axes before the transpose, as attention's
+    K^T makes [tokens, heads * 64] into [heads, 64, tokens]."""
     if len(block.reads) != 1 or len(block.iter_vars) < 2:
         return None
     region = block.reads[0].region
     axes = [iv.var for iv in block.iter_vars]
     inner = region[-1].min if region else None
     k = next((i for i, var in enumerate(axes[:-1]) if isinstance(inner, tirx.Var) and inner.same_as(var)), None)
+    if k is None and merged and inner is not None and not uses(inner, axes[-1]):
+        analyzer = tvm.sym.Analyzer()
+        for iv in block.iter_vars:
+            analyzer.bind(iv.var, iv.dom)
+        inner = analyzer.simplify(inner)
+        k = next((i for i, var in enumerate(axes[:-1]) if _steps_by_one(inner, var)), None)
     if k is None or not any(uses(r.min, axes[-1]) for r in region[:-1]):
         return None
     return k
+
+
+def _steps_by_one(index, var: tirx.Var) -> bool:
+    """Whether INDEX is VAR plus terms free of it."""
+    step = tvm.sym.detect_linear_equation(index, [var])
+    return bool(step) and isinstance(step[0], tirx.IntImm) and int(step[0]) == 1
 
 
 def _schedule_transpose(sch: s_tir.Schedule, block, lanes: int) -> bool:
@@ -158,7 +174,7 @@ def _schedule_transpose(sch: s_tir.Schedule, block, lanes: int) -> bool:
     fused. Returns False (nothing done) for any other block or where LANES-wide tiles do not divide both axes."""
     stmt = sch.get(block)
     loops = sch.get_loops(block)
-    k = transposed_axis(stmt)
+    k = transposed_axis(stmt, merged=True)
     if k is None or len(loops) != len(stmt.iter_vars) or any(const_extent(sch, l) is None for l in loops):
         return False
     width, depth = vector_factor(const_extent(sch, loops[-1]), lanes), vector_factor(const_extent(sch, loops[k]), lanes)

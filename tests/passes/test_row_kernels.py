@@ -109,3 +109,44 @@ def test_layer_norm_kernel_is_right_for_every_row_width(lanes):
 def test_compiled_layer_norm_matches_onnxruntime(tmp_path, shape, epsilon):
     x = (np.random.default_rng(7).standard_normal(shape) * 4 + 1).astype(np.float32)
     compile_and_check(layer_norm_model(shape, epsilon=epsilon), tmp_path, {"x": x})
+
+
+def layer_norm_projections_model(rows: int, width: int = 64, projections: int = 3):
+    """A layer norm whose output PROJECTIONS matmuls with constant weights read (ViT's Q, K and V)."""
+    rng = np.random.default_rng(rows)
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], axis=-1, epsilon=1e-6)]
+    nodes += [helper.make_node("MatMul", ["n", f"w{i}"], [f"y{i}"]) for i in range(projections)]
+    graph = helper.make_graph(
+        nodes, "projections", [helper.make_tensor_value_info("x", F32, [1, rows, width])],
+        [helper.make_tensor_value_info(f"y{i}", F32, [1, rows, width]) for i in range(projections)],
+        [numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "g"),
+         numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b")]
+        + [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) * 0.1, f"w{i}")
+           for i in range(projections)])
+    return finish(graph, 17)
+
+
+def test_layer_norm_writes_the_padded_rows_its_matmuls_read(tmp_path):
+    """197 rows (no register tile divides them) are padded to 200 for the matmuls (kiln.PadRows): once, not once
+    per matmul, and by the layer norm kernel itself, which writes the 3 zero rows (no pad kernel)."""
+    script = kernels(layer_norm_projections_model(197), tmp_path)
+    calls = [line for line in script.splitlines() if "R.call_tir(cls.row_layer_norm" in line]
+    assert len(calls) == 1 and "(1, 200, 64)" in calls[0]
+    assert "cls.pad" not in script
+    x = (np.random.default_rng(3).standard_normal((1, 197, 64)) * 3 + 1).astype(np.float32)
+    compile_and_check(layer_norm_projections_model(197), tmp_path, {"x": x})
+
+
+def test_padded_layer_norm_kernel_zeroes_the_extra_rows():
+    rng = np.random.default_rng(0)
+    target = get_target("x86-avx512").tvm()
+    x = (rng.standard_normal((1, 13, 40)) * 5 + 2).astype(np.float32)
+    gamma, beta = (rng.standard_normal(40).astype(np.float32) for _ in range(2))
+    func = row_layer_norm([1, 13, 40], 1e-5, 16, zero_rows=3).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    y = tvm.runtime.tensor(np.full((1, 16, 40), np.nan, np.float32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(gamma), tvm.runtime.tensor(beta), y)
+    exact = x.astype(np.float64)
+    exact = (exact - exact.mean(-1, keepdims=True)) / np.sqrt(exact.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.numpy()[:, :13], exact * gamma + beta, rtol=1e-4, atol=1e-5)
+    assert not y.numpy()[:, 13:].any()
