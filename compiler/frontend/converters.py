@@ -16,6 +16,10 @@ for the time of one import (importer.import_relax) and puts TVM's back after.
   `Where(Equal(shape, -1), ...)` picks the wrong branch) and a symbolic dim unequal to anything else, though it
   may equal it at run time. This one answers at import time only where both sides are numbers, the same
   expression, or a dim and a negative number (never equal), and compares at run time otherwise.
+- Conv with auto_pad SAME_UPPER / SAME_LOWER over an input with static spatial dims: the explicit pads the ONNX spec
+  computes, where TVM's converter pads the input with an opaque TIR kernel of its own. Layout conversion could
+  not look into that kernel, so in an NHWC build every such convolution (44 of an exported EfficientNet-B0's,
+  1x1 ones whose pad is empty included) got an NHWC -> NCHW transpose, the pad and a transpose back before it.
 - Pad (opset 11 on) in constant mode of a float tensor: Relax's `nn.pad` op, where TVM's converter emits an opaque
   TIR kernel. Kiln's passes can then see it: kiln.FoldPadIntoConv moves a zero pad into the convolution after it
   (torch's ZeroPad2d before a stride-2 depthwise convolution in EfficientNet: each was a kernel of its own, with a
@@ -111,6 +115,32 @@ class ShapeEqual:
         return convert
 
 
+class SamePadConv(onnx_frontend.Conv):
+    """Conv with auto_pad SAME_* as explicit pads where the input's spatial dims are static (module docstring)."""
+
+    @classmethod
+    def _impl_v11(cls, bb, inputs, attr, params):
+        mode = attr.get("auto_pad", b"NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        data = bb.normalize(inputs[0])  # the importer hands over unnormalized calls, whose types are unset
+        dims = getattr(getattr(data.ty, "shape", None), "values", None)
+        kernel = attr.get("kernel_shape") or inputs[1].ty.shape.values[2:]  # as TVM's converter reads it
+        if mode not in ("SAME_UPPER", "SAME_LOWER") or dims is None \
+                or not all(isinstance(d, (int, tirx.IntImm)) for d in [*dims[2:], *kernel]):
+            return super()._impl_v11(bb, inputs, attr, params)
+        sizes, kernel = [int(d) for d in dims[2:]], [int(k) for k in kernel]
+        strides = list(attr.get("strides", [1] * len(sizes)))
+        dilations = list(attr.get("dilations", [1] * len(sizes)))
+        begin, end = [], []
+        for size, k, stride, dilation in zip(sizes, kernel, strides, dilations):
+            total = max(0, (-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size)
+            small, large = total // 2, total - total // 2
+            begin.append(small if mode == "SAME_UPPER" else large)
+            end.append(large if mode == "SAME_UPPER" else small)
+        explicit = {k: v for k, v in attr.items() if k != "auto_pad"}
+        return super()._impl_v11(bb, inputs, {**explicit, "pads": begin + end}, params)
+
+
 class ConstantPad(onnx_frontend.Pad):
     @classmethod
     def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):
@@ -143,7 +173,8 @@ def _known_equal(a, b) -> bool | None:
     return None
 
 
-KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize, "Equal": ShapeEqual, "Pad": ConstantPad}
+KILN_CONVERTERS = {"Range": SymbolicRange, "Resize": SpatialResize, "Equal": ShapeEqual, "Pad": ConstantPad,
+                   "Conv": SamePadConv}
 
 
 @contextlib.contextmanager
