@@ -47,6 +47,7 @@ from .passes.read_inputs_in_place import read_inputs_in_place
 from .passes.fresh_outputs import mark_fresh_outputs
 from .passes.row_kernels import row_kernels
 from .passes.row_strips import fuse_row_strips
+from .passes.sink_transposes import sink_transposes
 from .passes.split_activations import split_activations_over_concat
 from .passes.static_shape_tensors import static_shape_tensors
 from .quantize import int8, plan
@@ -92,7 +93,8 @@ def simplify_passes(layout: str = "NHWC", lanes: int = 16, device: str = "cpu") 
         relax.transform.DeadCodeElimination(["main"]),
         # NHWC activations with HWIO weights: output channels contiguous for the vectorized schedules.
         # Weights are transposed once here and folded; only the model's borders get a transpose.
-        *when(layout == "NHWC", convert_conv_layout, fold_constants),
+        *when(layout == "NHWC", convert_conv_layout, sink_transposes(), relax.transform.CanonicalizeBindings(),
+              fold_constants),
         # (PadRows pads a shared activation once per matmul: ViT's Q, K and V projections each padded their
         # layer norm's output, 36 copies a run; EliminateCommonSubexpr keeps one of each.)
         *when(device == "cpu", pad_channels(lanes), fold_constants, flatten_rows, pad_rows(),
