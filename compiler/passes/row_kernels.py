@@ -8,7 +8,8 @@ passes over a row held in L1, in vectors, with no row width that falls off to sc
 
 In: the graph before FastMathTransform (which would make the softmax TVM's fast_softmax). Out: each float32
 softmax, and each layer norm with scale and shift, over its last axis with static shape, a call_tir of a row
-kernel; others (another axis, symbolic shapes, other types) stay TVM's.
+kernel; others (another axis, symbolic shapes, other types) stay TVM's. A kiln.PadRows pad that alone reads a
+layer norm's output is written by the layer norm kernel (its zero rows after the rows it normalizes).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def row_kernels(lanes: int) -> tvm.transform.Pass:
             norm = self.lookup_binding(pad.args[0])
             widths = [int(w) for w in pad.attrs.pad_width]
             dims = static_dims(pad.args[0].ty)
-            if not isinstance(norm, relax.Call) or norm.op.name != "relax.call_tir" or dims is None \
+            if op_name(norm) != "relax.call_tir" or dims is None \
                     or len(dims) < 2 or any(d != 1 for d in dims[:-2]) or str(pad.attrs.pad_mode) != "constant" \
                     or float(pad.attrs.pad_value) != 0.0 or any(widths[:-3] + widths[-2:]) or widths[-3] == 0:
                 return None
