@@ -57,5 +57,10 @@ def compile_cmd(model, target, output, input_shape, input_value, tuning_log, lay
     for path in artifact.dumped:
         click.echo(f"dumped {path}")
     m = artifact.manifest
+    # the tuned count shows a model whose kernels the committed records no longer match (a graph change makes a
+    # kernel a new workload: `kiln tune` the model again)
+    counts = m.kernels
+    total = counts["tuned"] + counts["default_rule"] + counts["unscheduled"]
     click.echo(f"wrote {artifact.path} ({artifact.size_mb:.1f} MB, target {m.target}, "
-               f"{m.compile_seconds:.1f} s, {m.kernels['unscheduled']} kernel(s) on naive schedules)")
+               f"{m.compile_seconds:.1f} s, {counts['tuned']} of {total} kernel(s) from tuning records, "
+               f"{counts['unscheduled']} on naive schedules)")

@@ -28,6 +28,7 @@ def artifact(model):
     result = CliRunner().invoke(main, ["compile", str(model), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
+    assert re.search(r"\b\d+ of [1-9]\d* kernel\(s\) from tuning records, 0 on naive schedules", result.output)
     return out
 
 
