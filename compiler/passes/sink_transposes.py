@@ -12,7 +12,9 @@ Rules, applied in one walk over the bindings:
 - an elementwise op whose tensor operands are all permute_dims(a_i, p) with the same p, or constants (permuted by
   p's inverse here), and whose output has the permuted operands' shape, is permute_dims(op(a_i...), p): the
   permute moves after the op, where the next rule may cancel it. An operand that is neither stays, and so does
-  the op (moving the permute would take one more).
+  the op (moving the permute would take one more); so does an op whose permuted operand something else reads
+  too (a convolution, a reduction), other than elementwise ops and the inverse permute: the old permute would
+  stay beside the moved one.
 
 In: the graph after layout conversion. Out: the same values, with fewer permute_dims (DeadCodeElimination drops
 the ones left unused).
@@ -46,6 +48,26 @@ def _inverse(axes: list[int]) -> list[int]:
 
 @mutator
 class _TransposeSinker(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.users: dict = {}  # var -> the values of the bindings that read it, in the program as it came
+        for _gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                for block in func.body.blocks:
+                    if isinstance(block, relax.DataflowBlock):
+                        values = {b.var: b.value for b in block.bindings}
+                        for var, users in relax.analysis.udchain(block).items():
+                            self.users[var] = [values[u] for u in users if u in values]
+
+    def _movable(self, var, axes: list[int]) -> bool:
+        """Whether the permute VAR (by AXES) may move past an op: each of its readers is an elementwise op (which
+        moves it too) or the inverse permute (which cancels), so no reader keeps it alive beside the moved one."""
+        inverse = _inverse(axes)
+        return all(op_name(user) in ELEMENTWISE or (op_name(user) == "relax.permute_dims"
+                                                     and user.attrs.axes is not None
+                                                     and [int(a) for a in user.attrs.axes] == inverse)
+                   for user in self.users.get(var, []))
+
     def _permuted(self, expr) -> tuple | None:
         """(a, axes) where EXPR is a variable bound to permute_dims(a, axes), else None."""
         bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
@@ -80,7 +102,8 @@ class _TransposeSinker(PyExprMutator):
         axes, operands, moved = None, list(args), set()
         for i, arg in enumerate(args):
             permuted = self._permuted(arg)
-            if permuted is not None and static_dims(arg.ty) == out_dims and axes in (None, permuted[1]):
+            if permuted is not None and static_dims(arg.ty) == out_dims and axes in (None, permuted[1]) \
+                    and self._movable(arg, permuted[1]):
                 axes, operands[i] = permuted[1], permuted[0]
                 moved.add(i)
         if axes is None or out_dims is None:

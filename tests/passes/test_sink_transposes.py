@@ -106,3 +106,20 @@ def test_an_operand_in_the_other_layout_keeps_the_op_where_it_is():
         *[tvm.runtime.tensor(x) for x in inputs]) for mod in (before, after)]
     for want, got in zip(*results):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_a_permute_something_else_reads_too_stays_where_it_is():
+    """add(permute(a), constant) where a reduction reads permute(a) too: moving the permute after the add would
+    leave two permutes where there was one, so nothing moves."""
+    a = relax.Var("a", relax.TensorType([1, 4, 4, 8], "float32"))
+    shift = relax.const(RNG.standard_normal((8, 1, 1)).astype(np.float32))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [a]):
+        with builder.dataflow():
+            nchw = builder.emit(relax.op.permute_dims(a, [0, 3, 1, 2]))
+            shifted = builder.emit(relax.op.add(nchw, shift))
+            total = builder.emit(relax.op.sum(nchw, axis=[1]))
+            out = builder.emit_output(relax.Tuple([shifted, total]))
+        builder.emit_func_output(out)
+    after = relax.transform.DeadCodeElimination()(sink_transposes()(builder.get()))
+    assert _ops(after).count("relax.permute_dims") == 1
