@@ -35,6 +35,8 @@ import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
+from .spatial_rewrites import same_padding
+
 
 def _scalar(value) -> int | tvm.ir.PrimExpr | None:
     """VALUE as a Python int (a one-element integer constant) or an integer PrimExpr; None otherwise."""
@@ -131,14 +133,12 @@ class SamePadConv(onnx_frontend.Conv):
         sizes, kernel = [int(d) for d in dims[2:]], [int(k) for k in kernel]
         strides = list(attr.get("strides", [1] * len(sizes)))
         dilations = list(attr.get("dilations", [1] * len(sizes)))
-        begin, end = [], []
-        for size, k, stride, dilation in zip(sizes, kernel, strides, dilations):
-            total = max(0, (-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size)
-            small, large = total // 2, total - total // 2
-            begin.append(small if mode == "SAME_UPPER" else large)
-            end.append(large if mode == "SAME_UPPER" else small)
+        # the ONNX spec's total: what an output of ceil(size / stride) needs beyond the input
+        before, after = zip(*(same_padding(max(0, (-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size),
+                                           mode == "SAME_UPPER")
+                              for size, k, stride, dilation in zip(sizes, kernel, strides, dilations)))
         explicit = {k: v for k, v in attr.items() if k != "auto_pad"}
-        return super()._impl_v11(bb, inputs, {**explicit, "pads": begin + end}, params)
+        return super()._impl_v11(bb, inputs, {**explicit, "pads": [*before, *after]}, params)
 
 
 class ConstantPad(onnx_frontend.Pad):

@@ -105,6 +105,12 @@ def resize(node: onnx.NodeProto, fresh, context) -> list[onnx.NodeProto]:
     return [*nodes, new]
 
 
+def same_padding(total: int, upper: bool) -> tuple[int, int]:
+    """(before, after) of TOTAL padding split as auto_pad SAME_UPPER (UPPER: the odd one after) or SAME_LOWER."""
+    small, large = total // 2, total - total // 2
+    return (small, large) if upper else (large, small)
+
+
 def conv_transpose(node: onnx.NodeProto, _fresh, context) -> list[onnx.NodeProto]:
     """NODE (a ConvTranspose) with its `output_shape` turned into pads / output_padding; NODE itself if none."""
     attrs = _attrs(node)
@@ -126,6 +132,5 @@ def conv_transpose(node: onnx.NodeProto, _fresh, context) -> list[onnx.NodeProto
         if total < 0:
             extra[i] -= total  # a larger output than the stride gives: rows and columns with no input
             continue
-        small, large = total // 2, total - total // 2
-        begin[i], end[i] = (small, large) if upper else (large, small)
+        begin[i], end[i] = same_padding(total, upper)
     return [_with_attrs(node, {"output_shape", "auto_pad"}, pads=begin + end, output_padding=extra)]

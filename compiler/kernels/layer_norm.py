@@ -45,7 +45,7 @@ def _kernel(shape: list, split: RowSplit, epsilon: float, zero_rows: int) -> tir
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
             x = T.decl_buffer((rows, width), "float32", data=x_nd.data)
-            y = T.decl_buffer((rows + zero_rows, width), "float32", data=y_nd.data)
+            y = T.decl_buffer((rows, width), "float32", data=y_nd.data)
             y_flat = T.decl_buffer((rows * width + zero_elements,), "float32", data=y_nd.data)
             for i in range(zero_elements):
                 y_flat[rows * width + i] = T.float32(0)

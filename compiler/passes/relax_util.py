@@ -85,15 +85,23 @@ def mutator_pass(name: str, make_mutator) -> tvm.transform.Pass:
     return _pass
 
 
-def single_use_vars(mod: tvm.IRModule) -> set:
-    """The dataflow variables of MOD's Relax functions that exactly one binding of their block reads."""
-    found = set()
+def readers(mod: tvm.IRModule) -> dict:
+    """Each variable bound in a dataflow block of MOD's Relax functions -> the values of the bindings of that
+    block that read it (relax.analysis.udchain)."""
+    found = {}
     for _gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             for block in func.body.blocks:
                 if isinstance(block, relax.DataflowBlock):
-                    found |= {var for var, users in relax.analysis.udchain(block).items() if len(users) == 1}
+                    values = {b.var: b.value for b in block.bindings}
+                    for var, users in relax.analysis.udchain(block).items():
+                        found[var] = [values.get(user) for user in users]
     return found
+
+
+def single_use_vars(mod: tvm.IRModule) -> set:
+    """The dataflow variables of MOD's Relax functions that exactly one binding of their block reads."""
+    return {var for var, values in readers(mod).items() if len(values) == 1}
 
 
 def is_scheduled(func: tirx.PrimFunc) -> bool:

@@ -27,11 +27,16 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .relax_util import const_value, mutator_pass, op_name, static_dims
+from .relax_util import const_value, mutator_pass, op_name, readers, static_dims
 
 ELEMENTWISE = {f"relax.{name}" for name in (
     "add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "clip", "sigmoid", "tanh", "exp",
     "erf", "sqrt", "rsqrt", "negative", "abs", "nn.relu", "nn.gelu", "nn.gelu_tanh", "nn.silu", "nn.leakyrelu")}
+
+
+def _axes(call) -> list[int] | None:
+    """The axes of the permute_dims CALL (None: all reversed)."""
+    return [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else None
 
 
 def _compose(first: list[int], then: list[int]) -> list[int]:
@@ -50,30 +55,21 @@ def _inverse(axes: list[int]) -> list[int]:
 class _TransposeSinker(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
-        self.users: dict = {}  # var -> the values of the bindings that read it, in the program as it came
-        for _gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                for block in func.body.blocks:
-                    if isinstance(block, relax.DataflowBlock):
-                        values = {b.var: b.value for b in block.bindings}
-                        for var, users in relax.analysis.udchain(block).items():
-                            self.users[var] = [values[u] for u in users if u in values]
+        self.users = readers(mod)  # in the program as it came
 
     def _movable(self, var, axes: list[int]) -> bool:
         """Whether the permute VAR (by AXES) may move past an op: each of its readers is an elementwise op (which
         moves it too) or the inverse permute (which cancels), so no reader keeps it alive beside the moved one."""
         inverse = _inverse(axes)
-        return all(op_name(user) in ELEMENTWISE or (op_name(user) == "relax.permute_dims"
-                                                     and user.attrs.axes is not None
-                                                     and [int(a) for a in user.attrs.axes] == inverse)
+        return all(op_name(user) in ELEMENTWISE or (op_name(user) == "relax.permute_dims" and _axes(user) == inverse)
                    for user in self.users.get(var, []))
 
     def _permuted(self, expr) -> tuple | None:
         """(a, axes) where EXPR is a variable bound to permute_dims(a, axes), else None."""
         bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-        if op_name(bound) != "relax.permute_dims" or bound.attrs.axes is None:
+        if op_name(bound) != "relax.permute_dims" or _axes(bound) is None:
             return None
-        return bound.args[0], [int(a) for a in bound.attrs.axes]
+        return bound.args[0], _axes(bound)
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -85,7 +81,7 @@ class _TransposeSinker(PyExprMutator):
         return call
 
     def _permute(self, call):
-        axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else None
+        axes = _axes(call)
         if axes is None:
             return call
         inner = self._permuted(call.args[0])

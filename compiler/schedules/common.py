@@ -115,6 +115,14 @@ def uses(expr, var: tirx.Var, group: int | None = None) -> bool:
     return any(uses(child, var, group) for child in sub_exprs(expr))
 
 
+def domain_analyzer(iter_vars) -> tvm.sym.Analyzer:
+    """An analyzer that knows each of ITER_VARS (a block's iterators) lies in its domain."""
+    analyzer = tvm.sym.Analyzer()
+    for iv in iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    return analyzer
+
+
 def root_blocks(sch: s_tir.Schedule) -> list | None:
     """The top-level blocks of the scheduled function, or None when it has no root block (hand-written TIR)."""
     if not isinstance(sch.mod["main"].body, SBlockRealize):

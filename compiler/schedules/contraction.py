@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, fuse_epilogue, schedule_injective, split_tile, uses
+from .common import KilnRule, const_extent, domain_analyzer, fuse_epilogue, schedule_injective, split_tile, uses
 from .injective import transposed_axis
 from .tiles import few_terms_tile, register_tile, streaming_tile, tile_lanes, transposed_rows
 
@@ -38,9 +38,7 @@ def innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None 
     """True when every buffer access either steps with VEC_VAR in its last index (contiguous: the index is
     VEC_VAR plus terms free of it, as in a depthwise conv's `c + rc`) or does not use it at all (broadcast).
     In a grouped convolution the input's `ff // GROUP * C + rc` counts as free of ff (see _uses)."""
-    analyzer = tvm.sym.Analyzer()
-    for iv in block.iter_vars:
-        analyzer.bind(iv.var, iv.dom)
+    analyzer = domain_analyzer(block.iter_vars)
     for region in list(block.reads) + list(block.writes):
         if not region.region:
             continue

@@ -9,8 +9,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import (IF_THEN_ELSE, KilnRule, const_extent, inline_forward, root_blocks, schedule_injective,
-                     sub_exprs, uses, vector_factor)
+from .common import (IF_THEN_ELSE, KilnRule, const_extent, domain_analyzer, inline_forward, root_blocks,
+                     schedule_injective, sub_exprs, uses, vector_factor)
 
 
 class Injective(KilnRule):
@@ -101,9 +101,7 @@ def shuffle_group(block: tirx.SBlock) -> int | None:
     candidates = set().union(*(_divisors_in(index, extent) for index in indices)) if indices else set()
     for group in sorted(candidates):
         i, j = tirx.Var("i", last.ty), tirx.Var("j", last.ty)
-        analyzer = tvm.sym.Analyzer()
-        for iv in block.iter_vars[:-1]:
-            analyzer.bind(iv.var, iv.dom)
+        analyzer = domain_analyzer(block.iter_vars[:-1])
         analyzer.bind(i, tvm.ir.Range(0, extent // group))
         analyzer.bind(j, tvm.ir.Range(0, group))
         analyzer.bind(last, i * group + j)  # the simplifier substitutes the split for the axis
@@ -151,10 +149,7 @@ def transposed_axis(block: tirx.SBlock, merged: bool = False) -> int | None:
     inner = region[-1].min if region else None
     k = next((i for i, var in enumerate(axes[:-1]) if isinstance(inner, tirx.Var) and inner.same_as(var)), None)
     if k is None and merged and inner is not None and not uses(inner, axes[-1]):
-        analyzer = tvm.sym.Analyzer()
-        for iv in block.iter_vars:
-            analyzer.bind(iv.var, iv.dom)
-        inner = analyzer.simplify(inner)
+        inner = domain_analyzer(block.iter_vars).simplify(inner)
         k = next((i for i, var in enumerate(axes[:-1]) if _steps_by_one(inner, var)), None)
     if k is None or not any(uses(r.min, axes[-1]) for r in region[:-1]):
         return None
