@@ -141,10 +141,13 @@ def test_relu6_follows_nhwc_without_transposes(tmp_path):
     compile_and_check(clip_model(), tmp_path)
 
 
-def test_pad_channels_pads_weights_and_slices_back(tmp_path):
+@pytest.mark.parametrize("cout, padded", [(1000, 1008), (18, 32), (24, 32)])
+def test_pad_channels_pads_weights_and_slices_back(tmp_path, cout, padded):
+    """Narrow ones too: PP-OCRv4's detector has 3x3 96 -> 24 convolutions at 160x160 (computed as three 8-lane
+    vectors) and a 1x1 96 -> 18 one (nine 2-lane vectors); padded, they also become int8 sites."""
     from compiler.passes.pad_channels import pad_channels
 
-    model = single_conv(cout=1000)
+    model = single_conv(cout=cout)
     mod = from_onnx(model)
     with tvm.target.Target({"kind": "llvm"}):
         graph = graph_passes("NHWC")
@@ -154,17 +157,20 @@ def test_pad_channels_pads_weights_and_slices_back(tmp_path):
     widths = []
     relax.analysis.post_order_visit(after["main"].body, lambda e: widths.append(int(e.ty.shape.values[-1]))
                                     if _op_name_of(e) == "relax.nn.conv2d" else None)
-    assert widths == [1008]
+    assert widths == [padded]
     compile_and_check(model, tmp_path)
 
 
-def test_pad_channels_leaves_vector_multiples_alone():
+@pytest.mark.parametrize("cout", [64, 8, 3])
+def test_pad_channels_leaves_vector_multiples_alone(cout):
+    """Multiples of the vector width, and half a vector or less (a 3-channel image out: padding it to 16 would
+    be 5x the work)."""
     from compiler.passes.pad_channels import pad_channels
 
     with tvm.target.Target({"kind": "llvm"}):
         graph = graph_passes("NHWC")
         before = tvm.transform.Sequential(graph[: pass_names(graph).index("kiln.PadChannels")])(
-            from_onnx(single_conv(cout=64)))
+            from_onnx(single_conv(cout=cout)))
         after = pad_channels(16)(before)
     assert "relax.strided_slice" not in _ops(after)
 
