@@ -13,6 +13,8 @@ Using AMX needs the kernel's permission first (arch_prctl ARCH_REQ_XCOMP_PERM), 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm import s_tir
 from tvm.tirx import IndexMap
@@ -161,23 +163,35 @@ class AMXContraction(Contraction):
     with AMX over the whole reduction, the epilogue (dequantize, bias, activation, next quantize) fused into the
     block's write-back."""
 
-    def _schedule_rows(self, sch: s_tir.Schedule, block) -> None:
-        """An im2col block walks (pixel, window position) in parallel and copies each position's channels as
-        vectors (its border test is the same for all of them); measured, the fused loop with a 32-lane vector
-        across positions cost more than the AMX work of a 56x56x64 3x3 convolution."""
+    @staticmethod
+    def _im2col_vector(sch: s_tir.Schedule, block) -> int:
+        """The vector an im2col BLOCK copies its window positions' channels in: the largest run that divides
+        both the channels and the row (K padded to whole AMX chunks: 3x3x96 = 864 -> 896 takes 32), so a vector
+        never spans two positions; 0 when that is under 16 or BLOCK is no such im2col."""
         channels = int(sch.get(block).annotations.get("kiln.channels", 0)) if sch.get(block).annotations else 0
         loops = sch.get_loops(block)
         if sch.get(block).name_hint != "im2col" or len(loops) != 2 or not channels:
+            return 0
+        extent = const_extent(sch, loops[1])
+        vector = math.gcd(channels, extent) if extent is not None else 0
+        return vector if vector >= 16 else 0
+
+    @staticmethod
+    def _vectorize_window(sch: s_tir.Schedule, block, vector: int) -> None:
+        """An im2col block walks (pixel, window position) and copies each position's channels as vectors of
+        VECTOR (_im2col_vector: the border test is the same for all of a vector); measured, the fused loop with
+        a 32-lane vector across positions cost more than the AMX work of a 56x56x64 3x3 convolution."""
+        sch.vectorize(sch.split(sch.get_loops(block)[-1], [None, vector])[1])
+
+    def _schedule_rows(self, sch: s_tir.Schedule, block) -> None:
+        """A producer of the rows in loops of its own: an im2col over all pixels in parallel
+        (_vectorize_window), anything else as an injective kernel."""
+        vector = self._im2col_vector(sch, block)
+        if not vector:
             schedule_injective(sch, block, self.lanes)
             return
-        row, depth = loops
-        extent = const_extent(sch, depth)
-        if extent is None or extent % channels or channels % 16:
-            schedule_injective(sch, block, self.lanes)
-            return
-        position, channel = sch.split(depth, [None, channels])
-        sch.parallel(row)
-        sch.vectorize(channel)
+        sch.parallel(sch.get_loops(block)[0])
+        self._vectorize_window(sch, block, vector)
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         names = [sch.get(b).name_hint for b in blocks]
@@ -188,8 +202,11 @@ class AMXContraction(Contraction):
         dot = _dot_of(sch.get(main))
         if dot is None or dot.amx_intrinsic is None:
             return None
-        for block in blocks[:index]:  # the activations as rows (im2col / copy): loops of their own
-            self._schedule_rows(sch, block)
+        producers = blocks[:index]  # the activations as rows: a copy, or an im2col
+        window = producers[0] if len(producers) == 1 and self._im2col_vector(sch, producers[0]) else None
+        if window is None:
+            for block in producers:
+                self._schedule_rows(sch, block)
         epilogue = blocks[index + 1:]
         iters = sch.get(main).iter_vars
         n_spatial = len(iters) - 2
@@ -213,8 +230,18 @@ class AMXContraction(Contraction):
         row_outer, row_inner = sch.split(row, [None, tile_rows * row_tiles])
         col_outer, col_inner = sch.split(col, [None, LANES * col_tiles])
         sch.reorder(row_outer, col_outer, row_inner, col_inner, k_outer, k_inner)
-        parallel = sch.fuse(row_outer, col_outer)
-        sch.parallel(parallel)
+        if window is not None:
+            # im2col per block of rows, just before the tiles read it (a few KB, in L1), rather than the whole
+            # image's windows written out and read back: PP-OCRv4 det's 3x3 96 -> 32 convolutions at 160x160
+            # wrote 23 MB of windows each
+            parallel = row_outer
+            sch.parallel(parallel)
+            vector = self._im2col_vector(sch, window)
+            sch.compute_at(window, parallel, preserve_unit_loops=True)
+            self._vectorize_window(sch, window, vector)
+        else:
+            parallel = sch.fuse(row_outer, col_outer)
+            sch.parallel(parallel)
         write_back = sch.cache_write(main, 0, "local")
         fuse_epilogue(sch, main, epilogue, self.lanes)
         if n_spatial > 2:  # the block's sums as a [rows, cols] tile, the shape the intrinsic takes

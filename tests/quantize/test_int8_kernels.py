@@ -73,11 +73,14 @@ def test_int8_matmul_with_dequantize_matches_numpy(rng):
 
 
 @needs_amx
-def test_amx_conv_matches_numpy_and_uses_tile_instructions(rng):
+@pytest.mark.parametrize("cin", [16, 96])
+def test_amx_conv_matches_numpy_and_uses_tile_instructions(rng, cin):
+    """96 channels: 3x3x96 = 864 terms padded to 896, copied 32 at a time (a vector never spans two window
+    positions). The windows are copied block by block inside the parallel loop, not all first."""
     from runtime.tvm_runtime import enable_amx
 
     enable_amx()
-    size, cin, cout, zero = 10, 16, 32, 5  # 100 output rows: tiles of 10 rows
+    size, cout, zero = 10, 32, 5  # 100 output rows: tiles of 10 rows
     x = te.placeholder((1, size, size, cin), "uint8", name="x")
     weight = rng.integers(-127, 128, (3, 3, cin, cout)).astype(np.int8)
     depth = dot_product.amx_depth(9 * cin, 4)
@@ -90,6 +93,8 @@ def test_amx_conv_matches_numpy_and_uses_tile_instructions(rng):
     with target:
         sch = AMXContraction(16).apply(func, target, False)
     assert sch is not None, "the AMX rule declined the kernel"
+    window_loops = sch.get_loops(sch.get_sblock("im2col"))
+    assert sch.get(window_loops[0]).kind == tvm.tirx.ForKind.PARALLEL and len(window_loops) == 4
     kernel = tvm.compile(sch.mod, target=target)
     assert "tdpbusd" in kernel.mod.inspect_source("asm")
     data = rng.integers(0, 256, (1, size, size, cin)).astype(np.uint8)
