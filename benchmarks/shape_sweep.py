@@ -31,6 +31,7 @@ import compiler
 import runtime
 from compiler.references import onnxruntime_session
 from runtime.atomic import atomic_write
+from runtime.bench import SETTLE_S
 
 HERE = Path(__file__).resolve().parent
 # (rows, depth, cols, sequence-first)
@@ -87,7 +88,11 @@ def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
 
 
 def median_ms(run, count: int) -> float:
-    """Median milliseconds of COUNT calls of RUN after one warm-up call."""
+    """Median milliseconds of COUNT calls of RUN after one warm-up call, once the other engine's worker threads
+    have stopped spinning (runtime.bench.SETTLE_S): without that pause a block of sub-0.1 ms runs fell wholly
+    inside the spin of the engine timed before it, and the sweep's small points went bimodal (a 1-row matmul
+    0.025 or 0.087 ms in three rounds of one process)."""
+    time.sleep(SETTLE_S)
     run()
     times = []
     for _ in range(count):
@@ -114,12 +119,13 @@ def measure(model: onnx.ModelProto, x_shape: list[int], folder: Path, rounds: in
     artifact = compiler.compile(path, target="x86-avx512", output=folder / "case.so", tuning_log="none")
     kiln, session = runtime.load(artifact.path, threads=2), onnxruntime_session(str(path), threads=2)
     x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
-    count = max(10, min(60, int(300 / max(median_ms(lambda: session.run(None, {"x": x}), 3), 0.01))))
+    count = max(10, min(2000, int(300 / max(median_ms(lambda: session.run(None, {"x": x}), 3), 0.01))))
     load = float(Path("/proc/loadavg").read_text().split()[0])
     timed = []
     for _ in range(rounds):
         ours = median_ms(lambda: kiln.run({"x": x}), count)
         theirs = median_ms(lambda: session.run(None, {"x": x}), count)
+        time.sleep(SETTLE_S)
         timed.append((ours, theirs, kiln_compute_ms(kiln)))
     ours, theirs, compute = (float(np.median([t[i] for t in timed])) for i in range(3))
     return {"kiln_ms": round(ours, 4), "onnxruntime_ms": round(theirs, 4), "kiln_compute_ms": round(compute, 4),

@@ -17,7 +17,7 @@ from .artifact import TensorSpec
 
 # Both runtimes' worker threads spin for a while after their last task; a pause between the engines' blocks lets
 # them go idle, so neither engine is timed while the other's pool still burns the cores.
-_SETTLE_S = 0.2
+SETTLE_S = 0.2
 # Alternating blocks per engine: a slow spell of the shared machine then hits both engines, not one.
 _BLOCKS = 4
 CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -181,7 +181,7 @@ def compare_engines(engines: list[Engine], feeds: dict, reference: str | None = 
     for _ in range(_BLOCKS):
         for engine in engines:
             blocks[engine.name].append(measure(lambda run=engine.run: run(feeds), per_block, warmup))
-            time.sleep(_SETTLE_S)
+            time.sleep(SETTLE_S)
     timings = {name: _merge(b) for name, b in blocks.items()}
     report = {}
     for engine in engines:
