@@ -203,8 +203,9 @@ class AMXContraction(Contraction):
         if dot is None or dot.amx_intrinsic is None:
             return None
         producers = blocks[:index]  # the activations as rows: a copy, or an im2col
-        window = producers[0] if len(producers) == 1 and self._im2col_vector(sch, producers[0]) else None
-        if window is None:
+        # a lone im2col is copied block by block below (window_vector: its vector); others get loops of their own
+        window_vector = self._im2col_vector(sch, producers[0]) if len(producers) == 1 else 0
+        if not window_vector:
             for block in producers:
                 self._schedule_rows(sch, block)
         epilogue = blocks[index + 1:]
@@ -230,15 +231,14 @@ class AMXContraction(Contraction):
         row_outer, row_inner = sch.split(row, [None, tile_rows * row_tiles])
         col_outer, col_inner = sch.split(col, [None, LANES * col_tiles])
         sch.reorder(row_outer, col_outer, row_inner, col_inner, k_outer, k_inner)
-        if window is not None:
+        if window_vector:
             # im2col per block of rows, just before the tiles read it (a few KB, in L1), rather than the whole
             # image's windows written out and read back: PP-OCRv4 det's 3x3 96 -> 32 convolutions at 160x160
             # wrote 23 MB of windows each
             parallel = row_outer
             sch.parallel(parallel)
-            vector = self._im2col_vector(sch, window)
-            sch.compute_at(window, parallel, preserve_unit_loops=True)
-            self._vectorize_window(sch, window, vector)
+            sch.compute_at(producers[0], parallel, preserve_unit_loops=True)
+            self._vectorize_window(sch, producers[0], window_vector)
         else:
             parallel = sch.fuse(row_outer, col_outer)
             sch.parallel(parallel)
