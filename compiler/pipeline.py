@@ -50,7 +50,7 @@ from .passes.row_strips import fuse_row_strips
 from .passes.sink_transposes import sink_transposes
 from .passes.split_activations import split_activations_over_concat
 from .passes.static_shape_tensors import static_shape_tensors
-from .quantize import int8, plan
+from .quantize import attention, int8, plan
 from .quantize.fake_quant import lower_qdq
 from .targets import TargetPreset
 
@@ -109,7 +109,9 @@ def quantize_passes(int8_plan: plan.Plan | None = None, skip: frozenset[int] = f
     """The precision stage: INT8_PLAN's sites as int8 kernels (those in SKIP stay float32; AMX: on AMX tiles),
     and the BF16 pass (quantize.bf16.lower_bf16) when given. Empty for a float32 build."""
     int8_pass = int8.lower_int8(int8_plan.params, skip, amx) if int8_plan is not None else None
-    return [p for p in (int8_pass, bf16) if p is not None]
+    # attention in bf16 on AMX tiles, beside int8 or bf16 kernels (a float32 build stays float32)
+    fused = attention.lower_attention() if amx and (int8_pass is not None or bf16 is not None) else None
+    return [p for p in (int8_pass, bf16, fused) if p is not None]
 
 
 def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pass]:

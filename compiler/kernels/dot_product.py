@@ -74,15 +74,16 @@ def widen(value, dtype: str):
     return value if own == dtype else tirx.Cast(dtype, value)
 
 
+def bf16_round(value):
+    """The float32 TIR expression VALUE as bf16 bits (uint16), rounded to nearest even."""
+    bits = tirx.reinterpret("uint32", value)
+    odd = tirx.bitwise_and(tirx.shift_right(bits, tirx.const(16, "uint32")), tirx.const(1, "uint32"))
+    return tirx.shift_right(bits + tirx.const(0x7FFF, "uint32") + odd, tirx.const(16, "uint32")).astype("uint16")
+
+
 def bf16_bits(x: te.Tensor) -> te.Tensor:
     """float32 X as bf16 bits (uint16), rounded to nearest even."""
-    def element(*index):
-        bits = tirx.reinterpret("uint32", x[index])
-        odd = tirx.bitwise_and(tirx.shift_right(bits, tirx.const(16, "uint32")), tirx.const(1, "uint32"))
-        rounded = bits + tirx.const(0x7FFF, "uint32") + odd
-        return tirx.shift_right(rounded, tirx.const(16, "uint32")).astype("uint16")
-
-    return te.compute(x.shape, element, name="to_bf16")
+    return te.compute(x.shape, lambda *index: bf16_round(x[index]), name="to_bf16")
 
 
 def bf16_weight(weight: np.ndarray) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""kiln.AttentionBF16: in int8 and bf16 builds on AMX, each unmasked attention softmax(Q . K^T) . V becomes
+Kiln's fused bf16 kernel (compiler/kernels/attention.py), which keeps the scores in cache; in float32 the scores
+go through memory three times, and Whisper-tiny's int8 encoder spent 79% of its run there.
+
+The pattern, on the graph after layout conversion:
+    s = matmul(q, kt)                 q [..., M, D], kt [..., D, N'] (N' >= N: PadRows may pad the tokens)
+    s = strided_slice(s, last axis, 0 .. N)   (where N' > N)
+    p = softmax(s, axis=-1)
+    o = matmul(p, v)                  v [..., N, Dv], Dv a multiple of 16
+with every operand float32, computed (not constant), the same leading dims, and s and p read by nothing else.
+A mask or bias added to the scores (BERT's padding mask, GPT-2's causal one) leaves the attention as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..kernels import attention, dot_product
+from ..passes.relax_util import const_value, mutator_pass, op_name, single_use_vars, static_dims
+
+PASS_NAME = "kiln.AttentionBF16"
+
+
+def _operand(expr) -> list[int] | None:
+    """The static shape of EXPR when it is a computed float32 tensor (not a constant), else None."""
+    if const_value(expr) is not None:
+        return None
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.dtype != "float32":
+        return None
+    return static_dims(ty)
+
+
+@mutator
+class _AttentionFuser(PyExprMutator):
+    def __init__(self, mod, lanes: int, counts: dict):
+        super().__init__(mod)
+        self.lanes = lanes
+        self.counts = counts
+        self.single = single_use_vars(mod)
+
+    def _bound(self, var, name: str):
+        """The call VAR is bound to when it is an op NAME read only here, else None."""
+        if not isinstance(var, relax.Var) or var not in self.single:
+            return None
+        value = self.lookup_binding(var)
+        return value if value is not None and op_name(value) == name else None
+
+    def _scores(self, softmax) -> tuple | None:
+        """(q, kt, tokens) of the matmul whose (maybe sliced) result SOFTMAX normalizes, else None."""
+        source = softmax.args[0]
+        ndim = len(static_dims(source.ty) or [])
+        if int(softmax.attrs.axis) not in (-1, ndim - 1):
+            return None
+        sliced = self._bound(source, "relax.strided_slice")
+        if sliced is not None:
+            # (axes, begin, end[, strides]) as tuples of ints
+            fields = [[int(v.value) for v in arg.fields] for arg in sliced.args[1:] if isinstance(arg, relax.Tuple)]
+            strides = fields[3] if len(fields) > 3 else [1]
+            if len(fields) < 3 or fields[0] != [ndim - 1] or fields[1] != [0] or strides != [1]:
+                return None
+            source = sliced.args[0]
+        matmul = self._bound(source, "relax.matmul")
+        if matmul is None:
+            return None
+        tokens = static_dims(softmax.args[0].ty)[-1]
+        return matmul.args[0], matmul.args[1], tokens
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if op_name(call) != "relax.matmul":
+            return call
+        softmax = self._bound(call.args[0], "relax.nn.softmax")
+        found = self._scores(softmax) if softmax is not None else None
+        if found is None:
+            return call
+        q, kt, tokens = found
+        q_shape, kt_shape, v_shape = (_operand(e) for e in (q, kt, call.args[1]))
+        if None in (q_shape, kt_shape, v_shape) or len(q_shape) < 2 or not (
+                q_shape[:-2] == kt_shape[:-2] == v_shape[:-2] and kt_shape[-2] == q_shape[-1]
+                and kt_shape[-1] >= tokens and v_shape[-2] == tokens and v_shape[-1] % dot_product.LANES == 0):
+            return call
+        self.counts["attention"] += 1
+        keys = self.builder_.emit(self.builder_.call_te(attention.pack_keys, kt, tokens,
+                                                        primfunc_name_hint="pack_keys"))
+        values = self.builder_.emit(self.builder_.call_te(attention.pack_values, call.args[1],
+                                                          primfunc_name_hint="pack_values"))
+        kernel = attention.attention_kernel(q_shape, tokens, v_shape[-1], self.lanes)
+        gvar = self.builder_.add_func(kernel, "bf16_attention")
+        out = relax.TensorType([*q_shape[:-1], v_shape[-1]], "float32")
+        return relax.call_tir(gvar, [q, keys, values], out)
+
+
+def lower_attention(lanes: int = 16, counts: dict | None = None) -> tvm.transform.Pass:
+    """kiln.AttentionBF16 (module docstring); LANES: the target's fp32 vector width; COUNTS (if given) receives
+    'attention', the attentions fused."""
+    tally = counts if counts is not None else {}
+    tally.update(attention=0)
+    return mutator_pass(PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, counts=tally))
