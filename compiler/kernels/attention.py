@@ -103,6 +103,12 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
     k_panel = (depth_p // group) * LANES * group  # elements of one packed K^T panel
     v_panel = (tokens_p // group) * LANES * group
 
+    scores_at = _round_up(block_rows * depth_p * 2, 64)  # byte offsets in the scratch allocation
+    p_at = scores_at + block_rows * tokens_p * 4
+    o_at = p_at + _round_up(block_rows * tokens_p * 2, 64)
+    config_at = o_at + block_rows * width * 4
+    scratch_bytes = config_at + 64
+
     def call(name, *args):
         return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
 
@@ -121,11 +127,16 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
             k_flat = T.decl_buffer((batch * tokens_p * depth_p,), "uint16", data=keys.data)
             v_flat = T.decl_buffer((batch * tokens_p * width,), "uint16", data=values.data)
             for task in T.parallel(batch * blocks):
-                q_bits = T.decl_buffer((block_rows, depth_p), "uint16", scope="global")
-                scores = T.decl_buffer((block_rows, tokens_p), "float32", scope="global")
-                p_bits = T.decl_buffer((block_rows, tokens_p), "uint16", scope="global")
-                o_rows = T.decl_buffer((block_rows, width), "float32", scope="global")
-                config = T.decl_buffer((64,), "uint8", scope="global")
+                # one allocation, viewed as each buffer (TVM's StorageRewrite gave buffers of different types one
+                # another's memory, and access_ptr then refused the type); the tiles get plain addresses
+                scratch = T.decl_buffer((scratch_bytes,), "uint8", scope="global")
+                q_bits = T.decl_buffer((block_rows, depth_p), "uint16", data=scratch.data, elem_offset=0)
+                scores = T.decl_buffer((block_rows, tokens_p), "float32", data=scratch.data,
+                                       elem_offset=scores_at // 4)
+                p_bits = T.decl_buffer((block_rows, tokens_p), "uint16", data=scratch.data,
+                                       elem_offset=p_at // 2)
+                o_rows = T.decl_buffer((block_rows, width), "float32", data=scratch.data, elem_offset=o_at // 4)
+                config = T.decl_buffer((64,), "uint8", data=scratch.data, elem_offset=config_at)
                 top = T.decl_buffer((1,), "float32", scope="global")
                 total = T.decl_buffer((1,), "float32", scope="global")
                 acc = T.decl_buffer((lanes,), "float32", scope="global")
@@ -145,7 +156,7 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                 for t in range(8):
                     config[16 + 2 * t] = T.uint8(TILE_BYTES)
                     config[48 + t] = T.uint8(TILE_ROWS)
-                call("llvm.x86.ldtilecfg", config.access_ptr("r"))
+                call("llvm.x86.ldtilecfg", T.address_of(config[0]))
                 # S = Q . K^T, two 16-column panels a step
                 for step in range(s_steps):
                     for i in T.unroll(ROW_TILES):
@@ -154,12 +165,12 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                     for k in range(q_chunks):
                         for i in T.unroll(ROW_TILES):
                             call("llvm.x86.tileloadd64", tile(A_TILES, i),
-                                 q_bits.access_ptr("r", offset=i * TILE_ROWS * depth_p + k * CHUNK),
+                                 T.address_of(q_bits[i * TILE_ROWS, k * CHUNK]),
                                  T.int64(depth_p * 2))
                         for j in T.unroll(2):
                             call("llvm.x86.tileloadd64", tile(B_TILES, j),
-                                 k_flat.access_ptr("r", offset=b * (tokens_p * depth_p) + (step * 2 + j) * k_panel
-                                                   + k * TILE_ROWS * LANES * group),
+                                 T.address_of(k_flat[b * (tokens_p * depth_p) + (step * 2 + j) * k_panel
+                                                   + k * TILE_ROWS * LANES * group]),
                                  T.int64(TILE_BYTES))
                         for i in T.unroll(ROW_TILES):
                             for j in T.unroll(2):
@@ -168,7 +179,7 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                     for i in T.unroll(ROW_TILES):
                         for j in T.unroll(2):
                             call("llvm.x86.tilestored64", tile(C_TILES, i * 2 + j),
-                                 scores.access_ptr("w", offset=i * TILE_ROWS * tokens_p + (step * 2 + j) * LANES),
+                                 T.address_of(scores[i * TILE_ROWS, (step * 2 + j) * LANES]),
                                  T.int64(tokens_p * 4))
                 # softmax per row over the real tokens: the padded columns get the lowest float, so exp gives 0
                 for r in range(block_rows):
@@ -203,13 +214,13 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                     for k in range(p_chunks):
                         for i in T.unroll(ROW_TILES):
                             call("llvm.x86.tileloadd64", tile(A_TILES, i),
-                                 p_bits.access_ptr("r", offset=i * TILE_ROWS * tokens_p + k * CHUNK),
+                                 T.address_of(p_bits[i * TILE_ROWS, k * CHUNK]),
                                  T.int64(tokens_p * 2))
                         for j in T.unroll(o_pairs):
                             call("llvm.x86.tileloadd64", tile(B_TILES, j),
-                                 v_flat.access_ptr("r", offset=b * (tokens_p * width)
+                                 T.address_of(v_flat[b * (tokens_p * width)
                                                    + (step * o_pairs + j) * v_panel
-                                                   + k * TILE_ROWS * LANES * group),
+                                                   + k * TILE_ROWS * LANES * group]),
                                  T.int64(TILE_BYTES))
                         for i in T.unroll(ROW_TILES):
                             for j in T.unroll(o_pairs):
@@ -218,7 +229,7 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                     for i in T.unroll(ROW_TILES):
                         for j in T.unroll(o_pairs):
                             call("llvm.x86.tilestored64", tile(C_TILES, i * 2 + j),
-                                 o_rows.access_ptr("w", offset=i * TILE_ROWS * width + (step * o_pairs + j) * LANES),
+                                 T.address_of(o_rows[i * TILE_ROWS, (step * o_pairs + j) * LANES]),
                                  T.int64(width * 4))
                 call("llvm.x86.tilerelease")
                 for r in range(valid):

@@ -5,6 +5,7 @@ go through memory three times, and Whisper-tiny's int8 encoder spent 79% of its 
 The pattern, on the graph after layout conversion:
     s = matmul(q, kt)                 q [..., M, D], kt [..., D, N'] (N' >= N: PadRows may pad the tokens)
     s = strided_slice(s, last axis, 0 .. N)   (where N' > N)
+    s = s * c or s / c                (c a float32 scalar constant: then q * c goes in)
     p = softmax(s, axis=-1)
     o = matmul(p, v)                  v [..., N, Dv], Dv a multiple of 16
 with every operand float32, computed (not constant), the same leading dims, and s and p read by nothing else.
@@ -14,6 +15,8 @@ A mask or bias added to the scores (BERT's padding mask, GPT-2's causal one) lea
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 
 import tvm
 from tvm import relax
@@ -50,12 +53,25 @@ class _AttentionFuser(PyExprMutator):
         value = self.lookup_binding(var)
         return value if value is not None and op_name(value) == name else None
 
+    def _scale(self, source) -> tuple:
+        """(the scores before a scalar multiply or divide SOURCE applies, that scalar as a multiplier); SOURCE
+        and None when it is no such op."""
+        for name in ("relax.multiply", "relax.divide"):
+            call = self._bound(source, name)
+            scalar = const_value(call.args[1]) if call is not None else None
+            if scalar is not None and scalar.size == 1 and scalar.dtype == np.float32:
+                value = float(scalar.reshape(()))
+                return call.args[0], value if name == "relax.multiply" else 1.0 / value
+        return source, None
+
     def _scores(self, softmax) -> tuple | None:
-        """(q, kt, tokens) of the matmul whose (maybe sliced) result SOFTMAX normalizes, else None."""
+        """(q, kt, tokens, scale or None) of the matmul whose (maybe scaled, maybe sliced) result SOFTMAX
+        normalizes, else None."""
         source = softmax.args[0]
         ndim = len(static_dims(source.ty) or [])
         if int(softmax.attrs.axis) not in (-1, ndim - 1):
             return None
+        source, scale = self._scale(source)
         sliced = self._bound(source, "relax.strided_slice")
         if sliced is not None:
             # (axes, begin, end[, strides]) as tuples of ints
@@ -68,7 +84,7 @@ class _AttentionFuser(PyExprMutator):
         if matmul is None:
             return None
         tokens = static_dims(softmax.args[0].ty)[-1]
-        return matmul.args[0], matmul.args[1], tokens
+        return matmul.args[0], matmul.args[1], tokens, scale
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -78,13 +94,15 @@ class _AttentionFuser(PyExprMutator):
         found = self._scores(softmax) if softmax is not None else None
         if found is None:
             return call
-        q, kt, tokens = found
+        q, kt, tokens, scale = found
         q_shape, kt_shape, v_shape = (_operand(e) for e in (q, kt, call.args[1]))
         if None in (q_shape, kt_shape, v_shape) or len(q_shape) < 2 or not (
                 q_shape[:-2] == kt_shape[:-2] == v_shape[:-2] and kt_shape[-2] == q_shape[-1]
                 and kt_shape[-1] >= tokens and v_shape[-2] == tokens and v_shape[-1] % dot_product.LANES == 0):
             return call
         self.counts["attention"] += 1
+        if scale is not None:  # (q . k) * c = (q * c) . k: the multiply joins q's producer
+            q = self.builder_.emit(relax.op.multiply(q, relax.const(np.float32(scale))))
         keys = self.builder_.emit(self.builder_.call_te(attention.pack_keys, kt, tokens,
                                                         primfunc_name_hint="pack_keys"))
         values = self.builder_.emit(self.builder_.call_te(attention.pack_values, call.args[1],
