@@ -4,7 +4,7 @@ go through memory three times, and Whisper-tiny's int8 encoder spent 79% of its 
 
 The pattern, on the graph after layout conversion:
     s = matmul(q, kt)                 q [..., M, D], kt [..., D, N'] (N' >= N: PadRows may pad the tokens)
-    s = strided_slice(s, last axis, 0 .. N)   (where N' > N)
+    s = strided_slice(s, ...)         a leading run of the tokens (N' > N) or of the rows (q's rows padded)
     s = s * c or s / c                (c a float32 scalar constant: then q * c goes in)
     p = softmax(s, axis=-1)
     o = matmul(p, v)                  v [..., N, Dv], Dv a multiple of 16
@@ -72,12 +72,11 @@ class _AttentionFuser(PyExprMutator):
         if int(softmax.attrs.axis) not in (-1, ndim - 1):
             return None
         source, scale = self._scale(source)
-        sliced = self._bound(source, "relax.strided_slice")
-        if sliced is not None:
-            # (axes, begin, end[, strides]) as tuples of ints
+        while (sliced := self._bound(source, "relax.strided_slice")) is not None:
+            # (axes, begin, end[, strides]) as tuples of ints: a leading run of the tokens or of the query rows
             fields = [[int(v.value) for v in arg.fields] for arg in sliced.args[1:] if isinstance(arg, relax.Tuple)]
             strides = fields[3] if len(fields) > 3 else [1]
-            if len(fields) < 3 or fields[0] != [ndim - 1] or fields[1] != [0] or strides != [1]:
+            if len(fields) < 3 or fields[0] not in ([ndim - 1], [ndim - 2]) or fields[1] != [0] or strides != [1]:
                 return None
             source = sliced.args[0]
         matmul = self._bound(source, "relax.matmul")
@@ -95,12 +94,16 @@ class _AttentionFuser(PyExprMutator):
         if found is None:
             return call
         q, kt, tokens, scale = found
+        rows = static_dims(call.args[0].ty)[-2]
         q_shape, kt_shape, v_shape = (_operand(e) for e in (q, kt, call.args[1]))
         if None in (q_shape, kt_shape, v_shape) or len(q_shape) < 2 or not (
-                q_shape[:-2] == kt_shape[:-2] == v_shape[:-2] and kt_shape[-2] == q_shape[-1]
+                q_shape[:-2] == kt_shape[:-2] == v_shape[:-2] and kt_shape[-2] == q_shape[-1] and q_shape[-2] >= rows
                 and kt_shape[-1] >= tokens and v_shape[-2] == tokens and v_shape[-1] % dot_product.LANES == 0):
             return call
         self.counts["attention"] += 1
+        if q_shape[-2] > rows:  # rows padded (kiln.PadRows) and sliced off the scores: the kernel takes any count
+            q = self.builder_.emit(relax.op.strided_slice(q, [len(q_shape) - 2], [0], [rows]))
+            q_shape = [*q_shape[:-2], rows, q_shape[-1]]
         if scale is not None:  # (q . k) * c = (q * c) . k: the multiply joins q's producer
             q = self.builder_.emit(relax.op.multiply(q, relax.const(np.float32(scale))))
         keys = self.builder_.emit(self.builder_.call_te(attention.pack_keys, kt, tokens,
