@@ -38,6 +38,7 @@ from .passes.flatten_rows import flatten_rows
 from .passes.fold_batch_norm import fold_batch_norm
 from .passes.fold_constants import fold_constants
 from .passes.fold_pad_into_conv import fold_pad_into_conv
+from .passes.fuse_attention import fuse_attention, lower_attention
 from .passes.inference_ops import inference_ops
 from .passes.pack_weights import pack_weights
 from .passes.pad_channels import pad_channels, pad_rows
@@ -50,7 +51,7 @@ from .passes.row_strips import fuse_row_strips
 from .passes.sink_transposes import sink_transposes
 from .passes.split_activations import split_activations_over_concat
 from .passes.static_shape_tensors import static_shape_tensors
-from .quantize import attention, int8, plan
+from .quantize import int8, plan
 from .quantize.fake_quant import lower_qdq
 from .targets import TargetPreset
 
@@ -110,7 +111,7 @@ def quantize_passes(int8_plan: plan.Plan | None = None, skip: frozenset[int] = f
     and the BF16 pass (quantize.bf16.lower_bf16) when given. Empty for a float32 build."""
     int8_pass = int8.lower_int8(int8_plan.params, skip, amx) if int8_plan is not None else None
     # attention in bf16 on AMX tiles, beside int8 or bf16 kernels (a float32 build stays float32)
-    fused = attention.lower_attention() if amx and (int8_pass is not None or bf16 is not None) else None
+    fused = lower_attention() if amx and (int8_pass is not None or bf16 is not None) else None
     return [p for p in (int8_pass, bf16, fused) if p is not None]
 
 
@@ -126,6 +127,8 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         relax.backend.DispatchSortScan(),
         # Softmax and layer norm over the last axis as Kiln's row kernels: vector passes over a row in L1
         # (dlight's schedules of TVM's stages ran attention's softmax 8x slower than ONNX Runtime).
+        # Attention left in float32 (no AMX bf16 kernel took it) as one kernel that keeps the scores in cache.
+        *when(cpu, fuse_attention(lanes)),
         *when(cpu, row_kernels(lanes)),
         # exp / erf / tanh as TVM's polynomial approximations, which vectorize (erf was a scalar libm call per
         # element: 4.8 ms of BERT-mini's 9.8). It rewrites Relax ops, so it runs before LegalizeOps.

@@ -238,3 +238,108 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                             out[first + r, v * lanes + j] = o_rows[r, v * lanes + j]
 
     return attention
+
+
+FP32_TILE_ROWS = 8  # query rows of a float32 register tile (x two 16-lane vectors: 16 accumulators)
+
+
+def attention_kernel_fp32(q_shape: list[int], keys_width: int, tokens: int, value_width: int,
+                          lanes: int) -> tirx.PrimFunc:
+    """attention(q, kt, v, out) in float32 for CPUs without AMX tiles (and float32 builds): Q [..., M, D], K^T
+    [..., D, KEYS_WIDTH] (tokens padded to a multiple of 32, which the padded columns' lowest-float scores
+    cancel), V [..., TOKENS, VALUE_WIDTH] (a multiple of 16) read as they are, with the block structure of the
+    bf16 kernel and register tiles of FP32_TILE_ROWS x 32 of AVX-512 FMAs for both products."""
+    *lead, rows, depth = q_shape
+    with quick_parse():
+        func = _kernel_fp32(math.prod(lead), rows, depth, keys_width, tokens, value_width, lanes, q_shape)
+    return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})
+
+
+def _kernel_fp32(batch: int, rows: int, depth: int, keys_width: int, tokens: int, width: int, lanes: int,
+                 q_shape: list[int]):
+    block_rows = TILE_ROWS * ROW_TILES
+    blocks = -(-rows // block_rows)
+    tile_rows, pair = FP32_TILE_ROWS, 2 * lanes
+    s_steps = keys_width // pair
+    o_pairs = 2 if width % pair == 0 else 1
+    o_steps, o_cols = width // (o_pairs * lanes), o_pairs * lanes
+    s_vectors = keys_width // lanes
+    out_shape = [*q_shape[:-1], width]
+    kt_shape = [*q_shape[:-2], depth, keys_width]
+    v_shape = [*q_shape[:-2], tokens, width]
+    lowest = T.float32(-3.4028234663852886e38)
+
+    @T.prim_func(private=True, s_tir=True)
+    def attention(q_nd: T.Buffer(q_shape, "float32"), kt_nd: T.Buffer(kt_shape, "float32"),
+                  v_nd: T.Buffer(v_shape, "float32"), out_nd: T.Buffer(out_shape, "float32")):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            q = T.decl_buffer((batch * rows, depth), "float32", data=q_nd.data)
+            kt = T.decl_buffer((batch * depth, keys_width), "float32", data=kt_nd.data)
+            v = T.decl_buffer((batch * tokens, width), "float32", data=v_nd.data)
+            out = T.decl_buffer((batch * rows, width), "float32", data=out_nd.data)
+            for task in T.parallel(batch * blocks):
+                scores = T.decl_buffer((block_rows, keys_width), "float32", scope="global")
+                tile = T.decl_buffer((tile_rows, pair), "float32", scope="global")
+                top = T.decl_buffer((1,), "float32", scope="global")
+                total = T.decl_buffer((1,), "float32", scope="global")
+                acc = T.decl_buffer((lanes,), "float32", scope="global")
+                b = task // blocks
+                first = b * rows + task % blocks * block_rows
+                valid = T.min(rows - task % blocks * block_rows, block_rows)
+                # S = Q . K^T in register tiles (rows past the last read the last row; they are never written)
+                for rt in range(block_rows // tile_rows):
+                    for step in range(s_steps):
+                        for i in T.unroll(tile_rows):
+                            for j in T.vectorized(pair):
+                                tile[i, j] = T.float32(0)
+                        for d in range(depth):
+                            for i in T.unroll(tile_rows):
+                                for j in T.vectorized(pair):
+                                    tile[i, j] = tile[i, j] + q[T.min(first + rt * tile_rows + i, batch * rows - 1),
+                                                                d] * kt[b * depth + d, step * pair + j]
+                        for i in T.unroll(tile_rows):
+                            for j in T.vectorized(pair):
+                                scores[rt * tile_rows + i, step * pair + j] = tile[i, j]
+                # softmax per row over the real tokens, in place (padded columns: the lowest float, exp 0)
+                for r in range(block_rows):
+                    for c in range(tokens, keys_width):
+                        scores[r, c] = lowest
+                    for j in T.vectorized(lanes):
+                        acc[j] = scores[r, j]
+                    for vv in range(1, s_vectors):
+                        for j in T.vectorized(lanes):
+                            acc[j] = T.max(acc[j], scores[r, vv * lanes + j])
+                    top[0] = lowest
+                    for j in range(lanes):
+                        top[0] = T.max(top[0], acc[j])
+                    for j in T.vectorized(lanes):
+                        acc[j] = T.float32(0)
+                    for vv in range(s_vectors):
+                        for j in T.vectorized(lanes):
+                            scores[r, vv * lanes + j] = fast_exp(scores[r, vv * lanes + j] - top[0])
+                            acc[j] = acc[j] + scores[r, vv * lanes + j]
+                    total[0] = T.float32(0)
+                    for j in range(lanes):
+                        total[0] = total[0] + acc[j]
+                    total[0] = T.float32(1) / total[0]
+                    for vv in range(s_vectors):
+                        for j in T.vectorized(lanes):
+                            scores[r, vv * lanes + j] = scores[r, vv * lanes + j] * total[0]
+                # O = P . V over the real tokens, written straight to the output rows
+                for rt in range(block_rows // tile_rows):
+                    for step in range(o_steps):
+                        for i in T.unroll(tile_rows):
+                            for j in T.vectorized(o_cols):
+                                tile[i, j] = T.float32(0)
+                        for c in range(tokens):
+                            for i in T.unroll(tile_rows):
+                                for j in T.vectorized(o_cols):
+                                    tile[i, j] = tile[i, j] + scores[rt * tile_rows + i, c] * v[
+                                        b * tokens + c, step * o_cols + j]
+                        for i in T.unroll(tile_rows):
+                            if rt * tile_rows + i < valid:
+                                for j in T.vectorized(o_cols):
+                                    out[first + rt * tile_rows + i, step * o_cols + j] = tile[i, j]
+
+    return attention

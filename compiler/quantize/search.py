@@ -24,7 +24,8 @@ from ..kernels.dot_product import BF16, VNNI
 from ..options import CompileOptions
 from ..pipeline import quantize_passes, uses_amx
 from ..targets import TargetPreset
-from . import attention, bf16, int8, plan
+from ..passes import fuse_attention
+from . import bf16, int8, plan
 
 Progress = Callable[[str], None]
 
@@ -58,7 +59,7 @@ def build_precision(stage: tvm.IRModule, inputs: list[TensorSpec], options: Comp
         preset.require(BF16.amx_feature, "bf16 tile instructions")
         for precision_pass in quantize_passes(amx=True, bf16=bf16.lower_bf16(bf16_counts)):
             stage = precision_pass(stage)
-        passes += [bf16.PASS_NAME, attention.PASS_NAME]
+        passes += [bf16.PASS_NAME, fuse_attention.PASS_NAME]
         say(f"bf16: {bf16_counts['bf16_sites']} of {bf16_counts['sites']} convolutions / matmuls on AMX")
     int8_plan = _plan(stage, inputs, options, preset, say)
     if int8_plan is None:
@@ -71,7 +72,7 @@ def build_precision(stage: tvm.IRModule, inputs: list[TensorSpec], options: Comp
             + (f"top-1 agreement {measured.top1_agreement:.2%}, " if measured.top1_agreement is not None else "")
             + f"cosine {measured.cosine_similarity:.5f}, max abs error {measured.max_abs_error:.4g}")
     if int8_plan.chosen == "int8":
-        passes += [int8.PASS_NAME, *([attention.PASS_NAME] if uses_amx(preset) else [])]
+        passes += [int8.PASS_NAME, *([fuse_attention.PASS_NAME] if uses_amx(preset) else [])]
     entry = {"mode": "bf16", **bf16_counts} if bf16_counts else \
         _quantization_json(int8_plan, skip, measured, options.max_accuracy_drop, stage)
     return PrecisionBuild(built, passes, entry)

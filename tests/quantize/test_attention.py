@@ -57,6 +57,26 @@ def test_fused_attention_matches_numpy(rng, rows, depth, tokens, width):
     np.testing.assert_allclose(out.numpy(), expected, atol=0.02 * np.abs(expected).max())  # bf16: 8 bits
 
 
+@pytest.mark.parametrize("rows, depth, tokens, width", [(50, 40, 77, 32), (20, 64, 30, 48)])
+def test_float32_fused_attention_matches_numpy(rng, rows, depth, tokens, width):
+    """The float32 kernel: a partial block of rows, tokens padded to whole tiles (77 -> 96), 48 value columns
+    (single-vector tiles)."""
+    target = get_target("x86-avx512").tvm()
+    heads, keys_width = 2, -(-tokens // 32) * 32
+    kernel = attention.attention_kernel_fp32([1, heads, rows, depth], keys_width, tokens, width, 16)
+    fused = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target=target)
+    q = rng.standard_normal((1, heads, rows, depth)).astype(np.float32) * 0.3
+    k = rng.standard_normal((1, heads, tokens, depth)).astype(np.float32)
+    val = rng.standard_normal((1, heads, tokens, width)).astype(np.float32)
+    kt = np.zeros((1, heads, depth, keys_width), np.float32)
+    kt[..., :tokens] = k.transpose(0, 1, 3, 2)
+    out = tvm.runtime.tensor(np.full((1, heads, rows, width), np.nan, np.float32))
+    fused(*(tvm.runtime.tensor(a) for a in (q, kt, val)), out)
+    scores = q.astype(np.float64) @ k.astype(np.float64).transpose(0, 1, 3, 2)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(out.numpy(), (p / p.sum(-1, keepdims=True)) @ val, rtol=1e-4, atol=1e-5)
+
+
 def _masked_encoder() -> "onnx.ModelProto":  # noqa: F821
     """One attention head over 40 tokens with an additive mask on the scores (as BERT's padding mask)."""
     g = GraphBuilder(1)
@@ -90,3 +110,19 @@ def test_bf16_build_fuses_unmasked_attention_and_matches_onnxruntime(tmp_path, w
     ours = next(iter(loaded.run(feeds).values()))
     theirs = onnxruntime_session(str(path), threads=1).run(None, feeds)[0]
     assert cosine(ours, theirs) > 0.999
+
+
+def test_float32_build_fuses_unmasked_attention_and_matches_onnxruntime(tmp_path):
+    """kiln.FuseAttention: a float32 build runs the encoder's attention (197 tokens: rows padded and sliced off,
+    K^T's tokens padded to whole register tiles) as one float32 kernel per layer, to float32 accuracy."""
+    path = save(bert_encoder(layers=2, hidden=128, heads=2, ffn=256, seq=197, batch=1), tmp_path)
+    artifact = compiler.compile(path, target="x86-avx512", output=tmp_path / "fp32.so", tuning_log="none",
+                                dump_dir=tmp_path / "dump", dump_kinds=("tir",))
+    kernels = (tmp_path / "dump" / "kernels.tir.py").read_text()
+    assert kernels.count("def fused_attention") == 1 and "def row_softmax" not in kernels
+    assert "kiln.FuseAttention" in artifact.manifest.passes
+    loaded = runtime.load(artifact.path)
+    feeds = random_inputs(loaded.inputs, seed=4)
+    ours = next(iter(loaded.run(feeds).values()))
+    theirs = onnxruntime_session(str(path), threads=1).run(None, feeds)[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())

@@ -1,6 +1,11 @@
-"""kiln.AttentionBF16: in int8 and bf16 builds on AMX, each unmasked attention softmax(Q . K^T) . V becomes
-Kiln's fused bf16 kernel (compiler/kernels/attention.py), which keeps the scores in cache; in float32 the scores
-go through memory three times, and Whisper-tiny's int8 encoder spent 79% of its run there.
+"""Each unmasked attention softmax(Q . K^T) . V as one fused kernel (compiler/kernels/attention.py) that keeps a
+block's scores in cache. Unfused, the scores go through memory four times (written, read and written by
+softmax, read by P . V): Whisper-tiny's encoder spent 79% of its int8 run there, bound by memory bandwidth.
+
+- kiln.AttentionBF16 (int8 and bf16 builds on AMX, in the precision stage): the bf16 kernel on AMX tiles, with
+  K^T and V packed into the tile layout by kernels of their own.
+- kiln.FuseAttention (every CPU build, in the kernels stage, for attentions still there): the float32 kernel,
+  with register tiles of FMAs, reading K^T (tokens padded to 32) and V as they are.
 
 The pattern, on the graph after layout conversion:
     s = matmul(q, kt)                 q [..., M, D], kt [..., D, N'] (N' >= N: PadRows may pad the tokens)
@@ -23,9 +28,10 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import attention, dot_product
-from ..passes.relax_util import const_value, mutator_pass, op_name, single_use_vars, static_dims
+from .relax_util import const_value, mutator_pass, op_name, single_use_vars, static_dims
 
 PASS_NAME = "kiln.AttentionBF16"
+FP32_PASS_NAME = "kiln.FuseAttention"
 
 
 def _operand(expr) -> list[int] | None:
@@ -40,9 +46,10 @@ def _operand(expr) -> list[int] | None:
 
 @mutator
 class _AttentionFuser(PyExprMutator):
-    def __init__(self, mod, lanes: int, counts: dict):
+    def __init__(self, mod, lanes: int, counts: dict, bf16: bool):
         super().__init__(mod)
         self.lanes = lanes
+        self.bf16 = bf16
         self.counts = counts
         self.single = single_use_vars(mod)
 
@@ -106,19 +113,29 @@ class _AttentionFuser(PyExprMutator):
             q_shape = [*q_shape[:-2], rows, q_shape[-1]]
         if scale is not None:  # (q . k) * c = (q * c) . k: the multiply joins q's producer
             q = self.builder_.emit(relax.op.multiply(q, relax.const(np.float32(scale))))
+        out = relax.TensorType([*q_shape[:-1], v_shape[-1]], "float32")
+        if not self.bf16:
+            width = -(-kt_shape[-1] // (2 * self.lanes)) * 2 * self.lanes  # whole register tiles of tokens
+            if width != kt_shape[-1]:
+                kt = self.builder_.emit(relax.op.nn.pad(kt, [0, 0] * (len(kt_shape) - 1) + [0, width - kt_shape[-1]]))
+            kernel = attention.attention_kernel_fp32(q_shape, width, tokens, v_shape[-1], self.lanes)
+            return relax.call_tir(self.builder_.add_func(kernel, "fused_attention"), [q, kt, call.args[1]], out)
         keys = self.builder_.emit(self.builder_.call_te(attention.pack_keys, kt, tokens,
                                                         primfunc_name_hint="pack_keys"))
         values = self.builder_.emit(self.builder_.call_te(attention.pack_values, call.args[1],
                                                           primfunc_name_hint="pack_values"))
         kernel = attention.attention_kernel(q_shape, tokens, v_shape[-1], self.lanes)
-        gvar = self.builder_.add_func(kernel, "bf16_attention")
-        out = relax.TensorType([*q_shape[:-1], v_shape[-1]], "float32")
-        return relax.call_tir(gvar, [q, keys, values], out)
-
+        return relax.call_tir(self.builder_.add_func(kernel, "bf16_attention"), [q, keys, values], out)
 
 def lower_attention(lanes: int = 16, counts: dict | None = None) -> tvm.transform.Pass:
     """kiln.AttentionBF16 (module docstring); LANES: the target's fp32 vector width; COUNTS (if given) receives
     'attention', the attentions fused."""
     tally = counts if counts is not None else {}
     tally.update(attention=0)
-    return mutator_pass(PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, counts=tally))
+    return mutator_pass(PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, counts=tally, bf16=True))
+
+
+def fuse_attention(lanes: int = 16) -> tvm.transform.Pass:
+    """kiln.FuseAttention (module docstring) for a target whose fp32 vectors have LANES lanes."""
+    return mutator_pass(FP32_PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, counts={"attention": 0},
+                                                          bf16=False))
