@@ -1,4 +1,4 @@
-"""Attention (softmax(Q . K^T) . V) as one kernel on AMX bf16 tiles, block of query rows by block: the scores and
+"""Attention (softmax(Q . K^T) . V) as one kernel, on AMX bf16 tiles or in float32, block of query rows by block: the scores and
 probabilities of a block stay in the core's cache and never reach memory.
 
 Unfused, attention is bound by memory: Whisper-tiny's encoder writes its 6 x 1500 x 1500 float32 scores (54 MB a
@@ -16,8 +16,12 @@ layout of compiler/kernels/dot_product.py with the tokens padded to whole 32-ele
 probabilities of the padded tokens are exact zeros. Q, K, P and V are rounded to bf16 (8 significant bits); the
 sums are float32.
 
-In: float32 Q [..., M, D] (already scaled), the packed K^T and V, and the shapes. Out: a scheduled PrimFunc
-attention(q, keys, values, out) with out [..., M, Dv] float32.
+The float32 kernel (attention_kernel_fp32, for builds without bf16) has the same blocks, with both products in
+register tiles of 8 rows x 32 columns of AVX-512 FMAs, reading K^T (tokens padded to a multiple of 32) and V as
+they are.
+
+In: float32 Q [..., M, D] (already scaled), the packed K^T and V (or K^T and V as they are), and the shapes.
+Out: a scheduled PrimFunc attention(q, keys, values, out) with out [..., M, Dv] float32.
 """
 
 from __future__ import annotations
@@ -78,6 +82,39 @@ def _pack(read, lead: list[int], depth: int, cols: int, depth_padded: int, cols_
     return te.compute(shape, element, name=name)
 
 
+def _exp_and_sum(tokens: int, width: int, lanes: int):
+    """A TVMScript macro exp_and_sum(scores, acc, top, total, r) for one row R of a block's scores [rows, WIDTH]
+    whose first TOKENS columns are real: the padded columns set to the lowest float (exp gives them 0), then
+    scores[r] = exp(scores[r] - max) and total[0] = 1 / their sum (ACC: LANES vector accumulators)."""
+    vectors = width // lanes
+    lowest = T.float32(-3.4028234663852886e38)
+
+    @T.macro
+    def exp_and_sum(scores, acc, top, total, r):
+        for c in range(tokens, width):
+            scores[r, c] = lowest
+        for j in T.vectorized(lanes):
+            acc[j] = scores[r, j]
+        for v in range(1, vectors):
+            for j in T.vectorized(lanes):
+                acc[j] = T.max(acc[j], scores[r, v * lanes + j])
+        top[0] = lowest
+        for j in range(lanes):
+            top[0] = T.max(top[0], acc[j])
+        for j in T.vectorized(lanes):
+            acc[j] = T.float32(0)
+        for v in range(vectors):
+            for j in T.vectorized(lanes):
+                scores[r, v * lanes + j] = fast_exp(scores[r, v * lanes + j] - top[0])
+                acc[j] = acc[j] + scores[r, v * lanes + j]
+        total[0] = T.float32(0)
+        for j in range(lanes):
+            total[0] = total[0] + acc[j]
+        total[0] = T.float32(1) / total[0]
+
+    return exp_and_sum
+
+
 def attention_kernel(q_shape: list[int], tokens: int, value_width: int, lanes: int) -> tirx.PrimFunc:
     """attention(q, keys, values, out): the fused kernel of the module docstring for float32 Q of Q_SHAPE
     [..., M, D], TOKENS keys and values of VALUE_WIDTH (a multiple of 16) columns; LANES: the fp32 vector width."""
@@ -92,13 +129,12 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
     blocks = -(-rows // block_rows)
     depth_p, tokens_p = _round_up(depth, CHUNK), padded_tokens(tokens)
     q_chunks, p_chunks = depth_p // CHUNK, tokens_p // CHUNK
-    s_steps, o_steps = tokens_p // (2 * LANES), width // (2 * LANES)
+    s_steps = tokens_p // (2 * LANES)
     o_pairs = 2 if width % (2 * LANES) == 0 else 1
     o_steps = width // (o_pairs * LANES)
     q_vectors = depth_p // lanes
     s_vectors = tokens_p // lanes
     out_shape = [*q_shape[:-1], width]
-    lowest = T.float32(-3.4028234663852886e38)
     group = BF16.group
     k_panel = (depth_p // group) * LANES * group  # elements of one packed K^T panel
     v_panel = (tokens_p // group) * LANES * group
@@ -108,6 +144,8 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
     o_at = p_at + _round_up(block_rows * tokens_p * 2, 64)
     config_at = o_at + block_rows * width * 4
     scratch_bytes = config_at + 64
+
+    exp_and_sum = _exp_and_sum(tokens, tokens_p, lanes)
 
     def call(name, *args):
         return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
@@ -181,28 +219,8 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
                             call("llvm.x86.tilestored64", tile(C_TILES, i * 2 + j),
                                  T.address_of(scores[i * TILE_ROWS, (step * 2 + j) * LANES]),
                                  T.int64(tokens_p * 4))
-                # softmax per row over the real tokens: the padded columns get the lowest float, so exp gives 0
                 for r in range(block_rows):
-                    for c in range(tokens, tokens_p):
-                        scores[r, c] = lowest
-                    for j in T.vectorized(lanes):
-                        acc[j] = scores[r, j]
-                    for v in range(1, s_vectors):
-                        for j in T.vectorized(lanes):
-                            acc[j] = T.max(acc[j], scores[r, v * lanes + j])
-                    top[0] = lowest
-                    for j in range(lanes):
-                        top[0] = T.max(top[0], acc[j])
-                    for j in T.vectorized(lanes):
-                        acc[j] = T.float32(0)
-                    for v in range(s_vectors):
-                        for j in T.vectorized(lanes):
-                            scores[r, v * lanes + j] = fast_exp(scores[r, v * lanes + j] - top[0])
-                            acc[j] = acc[j] + scores[r, v * lanes + j]
-                    total[0] = T.float32(0)
-                    for j in range(lanes):
-                        total[0] = total[0] + acc[j]
-                    total[0] = T.float32(1) / total[0]
+                    exp_and_sum(scores, acc, top, total, r)
                     for v in range(s_vectors):
                         for j in T.vectorized(lanes):
                             p_bits[r, v * lanes + j] = bf16_round(scores[r, v * lanes + j] * total[0])
@@ -267,7 +285,7 @@ def _kernel_fp32(batch: int, rows: int, depth: int, keys_width: int, tokens: int
     out_shape = [*q_shape[:-1], width]
     kt_shape = [*q_shape[:-2], depth, keys_width]
     v_shape = [*q_shape[:-2], tokens, width]
-    lowest = T.float32(-3.4028234663852886e38)
+    exp_and_sum = _exp_and_sum(tokens, keys_width, lanes)
 
     @T.prim_func(private=True, s_tir=True)
     def attention(q_nd: T.Buffer(q_shape, "float32"), kt_nd: T.Buffer(kt_shape, "float32"),
@@ -301,28 +319,8 @@ def _kernel_fp32(batch: int, rows: int, depth: int, keys_width: int, tokens: int
                         for i in T.unroll(tile_rows):
                             for j in T.vectorized(pair):
                                 scores[rt * tile_rows + i, step * pair + j] = tile[i, j]
-                # softmax per row over the real tokens, in place (padded columns: the lowest float, exp 0)
                 for r in range(block_rows):
-                    for c in range(tokens, keys_width):
-                        scores[r, c] = lowest
-                    for j in T.vectorized(lanes):
-                        acc[j] = scores[r, j]
-                    for vv in range(1, s_vectors):
-                        for j in T.vectorized(lanes):
-                            acc[j] = T.max(acc[j], scores[r, vv * lanes + j])
-                    top[0] = lowest
-                    for j in range(lanes):
-                        top[0] = T.max(top[0], acc[j])
-                    for j in T.vectorized(lanes):
-                        acc[j] = T.float32(0)
-                    for vv in range(s_vectors):
-                        for j in T.vectorized(lanes):
-                            scores[r, vv * lanes + j] = fast_exp(scores[r, vv * lanes + j] - top[0])
-                            acc[j] = acc[j] + scores[r, vv * lanes + j]
-                    total[0] = T.float32(0)
-                    for j in range(lanes):
-                        total[0] = total[0] + acc[j]
-                    total[0] = T.float32(1) / total[0]
+                    exp_and_sum(scores, acc, top, total, r)
                     for vv in range(s_vectors):
                         for j in T.vectorized(lanes):
                             scores[r, vv * lanes + j] = scores[r, vv * lanes + j] * total[0]
