@@ -1,5 +1,5 @@
-"""Attention (softmax(Q . K^T) . V) as one kernel, on AMX bf16 tiles or in float32, block of query rows by block: the scores and
-probabilities of a block stay in the core's cache and never reach memory.
+"""Attention (softmax(Q . K^T) . V) as one kernel, on AMX bf16 tiles or in float32, block of query rows by block:
+the scores and probabilities of a block stay in the core's cache and never reach memory.
 
 Unfused, attention is bound by memory: Whisper-tiny's encoder writes its 6 x 1500 x 1500 float32 scores (54 MB a
 layer), softmax reads and writes them again, and P . V reads them once more; at the 8-14 GB/s two cores of this
