@@ -72,10 +72,13 @@ class _AttentionFuser(PyExprMutator):
         return source, None
 
     def _scores(self, softmax) -> tuple | None:
-        """(q, kt, tokens, scale or None) of the matmul whose (maybe scaled, maybe sliced) result SOFTMAX
-        normalizes, else None."""
+        """(q, kt, rows, tokens, scale or None) of the matmul whose (maybe scaled, maybe sliced) result SOFTMAX
+        normalizes (static shapes only), else None."""
         source = softmax.args[0]
-        ndim = len(static_dims(source.ty) or [])
+        probabilities = static_dims(source.ty)
+        if not probabilities or len(probabilities) < 2:  # a symbolic dim (dynamic batch or tokens): left as it is
+            return None
+        ndim = len(probabilities)
         if int(softmax.attrs.axis) not in (-1, ndim - 1):
             return None
         source, scale = self._scale(source)
@@ -89,8 +92,7 @@ class _AttentionFuser(PyExprMutator):
         matmul = self._bound(source, "relax.matmul")
         if matmul is None:
             return None
-        tokens = static_dims(softmax.args[0].ty)[-1]
-        return matmul.args[0], matmul.args[1], tokens, scale
+        return matmul.args[0], matmul.args[1], probabilities[-2], probabilities[-1], scale
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -100,8 +102,7 @@ class _AttentionFuser(PyExprMutator):
         found = self._scores(softmax) if softmax is not None else None
         if found is None:
             return call
-        q, kt, tokens, scale = found
-        rows = static_dims(call.args[0].ty)[-2]
+        q, kt, rows, tokens, scale = found
         q_shape, kt_shape, v_shape = (_operand(e) for e in (q, kt, call.args[1]))
         if None in (q_shape, kt_shape, v_shape) or len(q_shape) < 2 or not (
                 q_shape[:-2] == kt_shape[:-2] == v_shape[:-2] and kt_shape[-2] == q_shape[-1] and q_shape[-2] >= rows
