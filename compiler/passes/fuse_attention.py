@@ -66,8 +66,8 @@ class _AttentionFuser(PyExprMutator):
         for name in ("relax.multiply", "relax.divide"):
             call = self._bound(source, name)
             scalar = const_value(call.args[1]) if call is not None else None
-            if scalar is not None and scalar.size == 1 and scalar.dtype == np.float32:
-                value = float(scalar.reshape(()))
+            value = float(scalar.reshape(())) if scalar is not None and scalar.size == 1 else 0.0
+            if scalar is not None and scalar.dtype == np.float32 and value != 0 and np.isfinite(value):
                 return call.args[0], value if name == "relax.multiply" else 1.0 / value
         return source, None
 
