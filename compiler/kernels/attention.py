@@ -32,14 +32,13 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from ..tvmscript import quick_parse
-from .dot_product import AMX_CHUNK_GROUPS, BF16, LANES, _round_up, amx_depth, bf16_round
+from .dot_product import (A_TILES, AMX_CHUNK_GROUPS, B_TILES, BF16, C_TILES, LANES, MAX_TILE_ROWS, TILE_BYTES,
+                          _round_up, amx_call, amx_depth, bf16_round, tile_register)
 from .softmax import fast_exp
 
-TILE_ROWS = 16  # rows per AMX tile
+TILE_ROWS = MAX_TILE_ROWS  # rows per AMX tile
 ROW_TILES = 2  # query rows per block: ROW_TILES x TILE_ROWS
-TILE_BYTES = 64
 CHUNK = AMX_CHUNK_GROUPS * BF16.group  # bf16 elements of the reduction per tile row (32)
-C_TILES, A_TILES, B_TILES = 0, 4, 6  # as compiler/schedules/amx.py: 4 sum tiles, 2 of rows, 2 of packed columns
 
 
 def padded_tokens(tokens: int) -> int:
@@ -147,11 +146,7 @@ def _kernel(batch: int, rows: int, depth: int, tokens: int, width: int, lanes: i
 
     exp_and_sum = _exp_and_sum(tokens, tokens_p, lanes)
 
-    def call(name, *args):
-        return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
-
-    def tile(kind: int, index):
-        return T.uint8(kind) + T.Cast("uint8", index)
+    call, tile = amx_call, tile_register
 
     @T.prim_func(private=True, s_tir=True)
     def attention(q_nd: T.Buffer(q_shape, "float32"),

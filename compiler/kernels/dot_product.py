@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from tvm import te, tirx, topi
+from tvm.script import tirx as T
 
 from .packed import padded_window
 
@@ -46,6 +47,21 @@ DOT_PRODUCTS = (VNNI, BF16)
 # A 16-row, 64-byte AMX tile holds 16 groups of the reduction per row.
 AMX_CHUNK_GROUPS = 16
 AMX_MIN_TILE_ROWS = 7  # below this (a dense layer at batch 1) the vector instruction does better
+# AMX tile registers: TILE_BYTES per row, up to MAX_TILE_ROWS rows; the first register of each kind the kernels
+# use: 4 sum tiles, 2 of rows (activations), 2 of packed columns (weights)
+TILE_BYTES = 64
+MAX_TILE_ROWS = 16
+C_TILES, A_TILES, B_TILES = 0, 4, 6
+
+
+def amx_call(name: str, *args):
+    """In TVMScript: the void LLVM intrinsic NAME (an AMX tile instruction) called with ARGS."""
+    return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
+
+
+def tile_register(kind: int, index):
+    """In TVMScript: the tile register INDEX after the first of KIND (C_TILES, A_TILES, B_TILES)."""
+    return T.uint8(kind) + T.Cast("uint8", index)
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -21,15 +21,13 @@ from tvm.tirx import IndexMap
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from ..kernels.dot_product import AMX_CHUNK_GROUPS, LANES, DotProduct, amx_rows, widen
+from ..kernels.dot_product import (A_TILES, AMX_CHUNK_GROUPS, B_TILES, C_TILES, LANES, MAX_TILE_ROWS, TILE_BYTES,
+                                   DotProduct, amx_call, amx_rows, tile_register, widen)
 from ..tvmscript import quick_parse
 from .common import const_extent, fuse_epilogue, schedule_injective
 from .contraction import Contraction
 from .dot_product import _dot_of
 
-TILE_BYTES = 64  # bytes per tile row
-MAX_TILE_ROWS = 16
-C_TILES, A_TILES, B_TILES = 0, 4, 6  # first register of each kind: 4 sum tiles, 2 activation, 2 weight tiles
 _registered: set[str] = set()
 
 
@@ -74,11 +72,7 @@ def _intrinsic(dot: DotProduct, tile_rows: int, row_tiles: int, col_tiles: int, 
                     C[vm, vn] = C[vm, vn] + value(A[vm, vko * group + vki]) * value(
                         B[vn // LANES, vko, vn % LANES, vki])
 
-    def call(name, *args):
-        return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args))
-
-    def tile(kind: int, index):
-        return T.uint8(kind) + T.Cast("uint8", index)
+    call, tile = amx_call, tile_register
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
