@@ -125,10 +125,10 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         # CPU dispatch: LegalizeOps leaves them to it).
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
-        # Softmax and layer norm over the last axis as Kiln's row kernels: vector passes over a row in L1
-        # (dlight's schedules of TVM's stages ran attention's softmax 8x slower than ONNX Runtime).
         # Attention left in float32 (no AMX bf16 kernel took it) as one kernel that keeps the scores in cache.
         *when(cpu, fuse_attention(lanes)),
+        # Softmax and layer norm over the last axis as Kiln's row kernels: vector passes over a row in L1
+        # (dlight's schedules of TVM's stages ran attention's softmax 8x slower than ONNX Runtime).
         *when(cpu, row_kernels(lanes)),
         # exp / erf / tanh as TVM's polynomial approximations, which vectorize (erf was a scalar libm call per
         # element: 4.8 ms of BERT-mini's 9.8). It rewrites Relax ops, so it runs before LegalizeOps.

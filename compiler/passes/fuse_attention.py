@@ -46,11 +46,10 @@ def _operand(expr) -> list[int] | None:
 
 @mutator
 class _AttentionFuser(PyExprMutator):
-    def __init__(self, mod, lanes: int, counts: dict, bf16: bool):
+    def __init__(self, mod, lanes: int, bf16: bool):
         super().__init__(mod)
         self.lanes = lanes
         self.bf16 = bf16
-        self.counts = counts
         self.single = single_use_vars(mod)
 
     def _bound(self, var, name: str):
@@ -108,7 +107,6 @@ class _AttentionFuser(PyExprMutator):
                 q_shape[:-2] == kt_shape[:-2] == v_shape[:-2] and kt_shape[-2] == q_shape[-1] and q_shape[-2] >= rows
                 and kt_shape[-1] >= tokens and v_shape[-2] == tokens and v_shape[-1] % dot_product.LANES == 0):
             return call
-        self.counts["attention"] += 1
         if q_shape[-2] > rows:  # rows padded (kiln.PadRows) and sliced off the scores: the kernel takes any count
             q = self.builder_.emit(relax.op.strided_slice(q, [len(q_shape) - 2], [0], [rows]))
             q_shape = [*q_shape[:-2], rows, q_shape[-1]]
@@ -128,15 +126,12 @@ class _AttentionFuser(PyExprMutator):
         kernel = attention.attention_kernel(q_shape, tokens, v_shape[-1], self.lanes)
         return relax.call_tir(self.builder_.add_func(kernel, "bf16_attention"), [q, keys, values], out)
 
-def lower_attention(lanes: int = 16, counts: dict | None = None) -> tvm.transform.Pass:
-    """kiln.AttentionBF16 (module docstring); LANES: the target's fp32 vector width; COUNTS (if given) receives
-    'attention', the attentions fused."""
-    tally = counts if counts is not None else {}
-    tally.update(attention=0)
-    return mutator_pass(PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, counts=tally, bf16=True))
+
+def lower_attention(lanes: int = 16) -> tvm.transform.Pass:
+    """kiln.AttentionBF16 (module docstring); LANES: the target's fp32 vector width."""
+    return mutator_pass(PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, bf16=True))
 
 
 def fuse_attention(lanes: int = 16) -> tvm.transform.Pass:
     """kiln.FuseAttention (module docstring) for a target whose fp32 vectors have LANES lanes."""
-    return mutator_pass(FP32_PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, counts={"attention": 0},
-                                                          bf16=False))
+    return mutator_pass(FP32_PASS_NAME, functools.partial(_AttentionFuser, lanes=lanes, bf16=False))

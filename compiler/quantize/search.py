@@ -22,9 +22,8 @@ from runtime.errors import KilnError
 from ..build.stage import StageBuild, build_stage
 from ..kernels.dot_product import BF16, VNNI
 from ..options import CompileOptions
-from ..pipeline import quantize_passes, uses_amx
+from ..pipeline import pass_names, quantize_passes, uses_amx
 from ..targets import TargetPreset
-from ..passes import fuse_attention
 from . import bf16, int8, plan
 
 Progress = Callable[[str], None]
@@ -57,9 +56,10 @@ def build_precision(stage: tvm.IRModule, inputs: list[TensorSpec], options: Comp
     bf16_counts: dict = {}
     if options.precision == "bf16":
         preset.require(BF16.amx_feature, "bf16 tile instructions")
-        for precision_pass in quantize_passes(amx=True, bf16=bf16.lower_bf16(bf16_counts)):
+        precision_passes = quantize_passes(amx=True, bf16=bf16.lower_bf16(bf16_counts))
+        for precision_pass in precision_passes:
             stage = precision_pass(stage)
-        passes += [bf16.PASS_NAME, fuse_attention.PASS_NAME]
+        passes += pass_names(precision_passes)
         say(f"bf16: {bf16_counts['bf16_sites']} of {bf16_counts['sites']} convolutions / matmuls on AMX")
     int8_plan = _plan(stage, inputs, options, preset, say)
     if int8_plan is None:
@@ -72,7 +72,7 @@ def build_precision(stage: tvm.IRModule, inputs: list[TensorSpec], options: Comp
             + (f"top-1 agreement {measured.top1_agreement:.2%}, " if measured.top1_agreement is not None else "")
             + f"cosine {measured.cosine_similarity:.5f}, max abs error {measured.max_abs_error:.4g}")
     if int8_plan.chosen == "int8":
-        passes += [int8.PASS_NAME, *([fuse_attention.PASS_NAME] if uses_amx(preset) else [])]
+        passes += pass_names(quantize_passes(int8_plan, skip, uses_amx(preset)))
     entry = {"mode": "bf16", **bf16_counts} if bf16_counts else \
         _quantization_json(int8_plan, skip, measured, options.max_accuracy_drop, stage)
     return PrecisionBuild(built, passes, entry)
