@@ -20,7 +20,18 @@ from runtime.tvm_runtime import enable_amx
 from ..pipeline import lowering_passes, uses_amx
 from ..targets import TargetPreset
 from . import cuda
+from .stack_scratch import StackScratch
 from .weights import lift_weights
+
+
+def _tir_pipeline():
+    """TVM's TIR pipeline with kiln.StackScratch before the host code's allocations are lowered."""
+    pipeline, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
+    return pipeline, (lambda: tvm.transform.Sequential([StackScratch, finalize_host()])), finalize_device
+
+
+TIR_PIPELINE = "kiln"
+tvm.tirx.compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
 
 
 def lowering_context(instruments: list | None = None) -> tvm.transform.PassContext:
@@ -43,7 +54,7 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target,
         cuda.prepare()
     # The CUDA device compiler reads the architecture from the current target.
     with lowering_context(instruments), target:
-        return tvm.compile(mod, target=target, relax_pipeline=pipeline), report, weights
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline, tir_pipeline=TIR_PIPELINE), report, weights
 
 
 def export(executable, preset: TargetPreset, path: Path) -> Path:

@@ -19,7 +19,6 @@ from runtime.errors import KilnError
 
 from ..passes.relax_util import SCHEDULED, is_scheduled
 from ..schedules import default_rules, fixed_schedule
-from ..schedules.stack_buffers import locals_on_stack_in
 from ..tuning.database import apply_database
 
 log = logging.getLogger(__name__)
@@ -93,8 +92,6 @@ def schedule(mod: tvm.IRModule, database, target: tvm.target.Target, lanes: int,
         tuned_mod = apply_database(fixed_mod, database)
         tuned = _scheduled(tuned_mod) - _scheduled(fixed_mod)
         done = dl.ApplyDefaultSchedule(*rules)(tuned_mod)
-    if device == "cpu":
-        done = locals_on_stack_in(done)
     by_rule = _scheduled(done) - tuned
     kernels = _kernels(done)
     unscheduled = [k for k in kernels if k not in tuned and k not in by_rule]

@@ -36,20 +36,18 @@ RUN_TIMEOUT_S = 30
 
 
 def build_kernel(mod, target, _params):
-    """MetaSchedule build function: lower as `kiln compile` does (its PassContext, tiles on the stack; runs in a
-    builder worker).
+    """MetaSchedule build function: lower as `kiln compile` does (its PassContext and TIR pipeline, scratch on the
+    stack; runs in a builder worker).
     MetaSchedule's default_build also imports tvm.s_tir.tensor_intrin, which takes 15 s, and its builder starts
     fresh workers for every batch: that import cost more than the builds themselves."""
     import tvm  # noqa: PLC0415 - in the worker
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # noqa: PLC0415
 
-    from ..build.lower import lowering_context  # noqa: PLC0415
-    from ..schedules.stack_buffers import locals_on_stack_in  # noqa: PLC0415
+    from ..build.lower import TIR_PIPELINE, lowering_context  # noqa: PLC0415
 
-    if target.kind.name != "cuda":  # as compile's schedule stage does: tiles on the stack
-        mod = locals_on_stack_in(mod)
     with lowering_context():
-        return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+        return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target,
+                              pipeline=TIR_PIPELINE)
 
 
 def export_kernel(rt_mod, cc: str, options: list[str]) -> str:
