@@ -24,7 +24,7 @@ from tvm.script import tirx as T
 from ..kernels.dot_product import (A_TILES, AMX_CHUNK_GROUPS, B_TILES, C_TILES, LANES, MAX_TILE_ROWS, TILE_BYTES,
                                    DotProduct, amx_call, amx_rows, tile_register, widen)
 from ..tvmscript import quick_parse
-from .common import const_extent, fuse_epilogue, schedule_injective
+from .common import const_extent, fuse_epilogue, schedule_injective, vectorize_lanes
 from .contraction import Contraction
 from .dot_product import _dot_of
 
@@ -246,8 +246,8 @@ class AMXContraction(Contraction):
             # the bounding box of the block's pixels
             sch.transform_block_layout(write_back, IndexMap.from_func(flat, ndim=n_spatial, index_dtype=dtype))
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(write_back)[-1])
+        vectorize_lanes(sch, sch.get_loops(write_back)[-1], self.lanes)
         init = sch.decompose_reduction(main, row_inner)
-        sch.vectorize(sch.get_loops(init)[-1])
+        vectorize_lanes(sch, sch.get_loops(init)[-1], self.lanes)
         sch.tensorize(row_inner, intrinsic_name(dot, tile_rows, row_tiles, col_tiles, depth_groups))
         return sch

@@ -159,6 +159,15 @@ def vector_factor(extent: int, lanes: int) -> int:
     return vector_factors(extent, lanes)[0]
 
 
+def vectorize_lanes(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorize LOOP in vectors of LANES (split off when it is longer). A register tile's write-back vectorized
+    whole was one vector as wide as the tile (384 lanes for an AMX block's row), which LLVM took apart into
+    scalar loads and inserts of the epilogue's per-column scales: 80 instructions per 16 outputs."""
+    if (const_extent(sch, loop) or 0) > lanes:
+        loop = sch.split(loop, [None, lanes])[1]
+    sch.vectorize(loop)
+
+
 def schedule_injective(sch: s_tir.Schedule, block, lanes: int) -> None:
     """Fuse BLOCK's loops, vectorize the innermost run of the output, parallelize the rest."""
     # Leading symbolic loops (a dynamic batch) stay serial and unfused; see Contraction for why.

@@ -16,7 +16,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
 
-from .common import KilnRule, const_extent, domain_analyzer, fuse_epilogue, schedule_injective, split_tile, uses
+from .common import (KilnRule, const_extent, domain_analyzer, fuse_epilogue, schedule_injective, split_tile, uses,
+                     vectorize_lanes)
 from .injective import transposed_axis
 from .tiles import few_terms_tile, register_tile, streaming_tile, tile_lanes, transposed_rows
 
@@ -253,9 +254,7 @@ class Contraction(KilnRule):
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
         wb_loops = sch.get_loops(write_back)[1:]
         if wb_loops and vf > 1:
-            if (const_extent(sch, wb_loops[-1]) or 0) > vf:
-                wb_loops = sch.split(wb_loops[-1], [None, vf])
-            sch.vectorize(wb_loops[-1])
+            vectorize_lanes(sch, wb_loops[-1], vf)
 
         for loop in inner[:-1]:
             sch.unroll(loop)

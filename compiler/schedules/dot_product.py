@@ -19,7 +19,7 @@ from tvm.script import tirx as T
 
 from ..kernels.dot_product import DOT_PRODUCTS, LANES, DotProduct
 from ..tvmscript import quick_parse
-from .common import const_extent, fuse_epilogue, schedule_injective
+from .common import const_extent, fuse_epilogue, schedule_injective, vectorize_lanes
 from .contraction import Contraction
 
 MAX_ACCUMULATORS = 28  # of 32 registers: the rest hold the weight vectors and the broadcast activations
@@ -133,10 +133,10 @@ class DotProductContraction(Contraction):
         write_back = sch.cache_write(main, 0, "local")
         fuse_epilogue(sch, main, blocks[reductions[0] + 1:], self.lanes)
         sch.reverse_compute_at(write_back, parallel, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(write_back)[-1])
+        vectorize_lanes(sch, sch.get_loops(write_back)[-1], self.lanes)
         for loop in inner:
             sch.unroll(loop)
         init = sch.decompose_reduction(main, reduce[0])  # reduce is (.., k / GROUP, GROUP): never one loop
-        sch.vectorize(sch.get_loops(init)[-1])
+        vectorize_lanes(sch, sch.get_loops(init)[-1], self.lanes)
         sch.tensorize(col_lane, intrinsic_name(dot))
         return sch
