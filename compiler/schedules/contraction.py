@@ -258,6 +258,12 @@ class Contraction(KilnRule):
 
         for loop in inner[:-1]:
             sch.unroll(loop)
+        if few_terms:
+            # The taps of a few-terms kernel (a depthwise convolution's window) unrolled around its register
+            # tile, now held in registers (build/stack_scratch.py): LLVM then shares the loads of neighbouring
+            # windows. MobileNetV2 int8's depthwise kernels 3-10% faster, EfficientNet-B0 int8 4.47 -> 4.33 ms.
+            for loop in reduce:
+                sch.unroll(loop)
         if vf > 1:
             sch.vectorize(inner[-1])
         if reduce:  # last: the init loops it splits off inherit the unroll and vectorize marks
