@@ -1,6 +1,7 @@
 """Tune the benchmark models into tuning_logs/TARGET/ (how the committed records were made).
 
     python -m benchmarks.tune_zoo [MODEL ...] [--target x86-avx512] [--minutes 10]
+    python -m benchmarks.tune_zoo --recheck [MODEL ...]   # records against Kiln's current defaults (kiln tune --recheck)
 
 Each zoo model is built reproducibly, given batch 1 (the shapes benchmarks.run compiles with, so the records
 apply there), and tuned with `kiln tune` for MINUTES; progress lines go to stderr, each run's JSON summary to
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--target", default="x86-avx512")
     parser.add_argument("--minutes", type=float, default=10.0, help="per model")
     parser.add_argument("--trials", type=int, help="per model (with --minutes: whichever comes first)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="search nothing: time each kernel's best record against Kiln's current default schedule "
+                             "and keep the faster (after a change to the defaults or to how kernels are lowered)")
     args = parser.parse_args()
     known = sorted(ZOO) + REAL_MODELS
     unknown = sorted(set(args.models) - set(known))
@@ -61,10 +65,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kiln-tune-zoo-") as tmp:
         for name in args.models:
             path, shapes = _model(name, Path(tmp))
-            print(f"== {name} for {args.target}, {args.minutes:g} min", file=sys.stderr, flush=True)
+            action = "rechecking" if args.recheck else f"{args.minutes:g} min"
+            print(f"== {name} for {args.target}, {action}", file=sys.stderr, flush=True)
             summary = tune.tune(path, target=args.target, minutes=args.minutes, trials=args.trials,
-                                input_shapes=shapes, report=TuneDisplay(sys.stderr, args.minutes, live=False))
-            summary_file = HERE / "tuning" / f"{args.target}-{name.replace(':', '-')}.json"
+                                input_shapes=shapes, recheck=args.recheck,
+                                report=TuneDisplay(sys.stderr, args.minutes, live=False))
+            suffix = "-recheck" if args.recheck else ""
+            summary_file = HERE / "tuning" / f"{args.target}-{name.replace(':', '-')}{suffix}.json"
             atomic_write(summary_file, json.dumps(summary.to_json(), indent=1))
 
 

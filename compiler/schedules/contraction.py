@@ -255,6 +255,15 @@ class Contraction(KilnRule):
         wb_loops = sch.get_loops(write_back)[1:]
         if wb_loops and vf > 1:
             vectorize_lanes(sch, wb_loops[-1], vf)
+            if few_terms:
+                # Its write-back unrolled too, so every index of the tile is a constant and LLVM keeps all of it
+                # in registers (a loop over the tile's pixels left it a stack array, stored at every window
+                # branch): MobileNetV2 int8's 56x56x144 depthwise convolutions 0.120 -> 0.074 ms, the model
+                # 1.91 -> 1.80 ms in its runs. Not for the other kernels: EfficientNet-B0 float32 ran 2% slower.
+                loops = sch.get_loops(write_back)
+                at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel)))
+                for loop in loops[at + 1:-1]:
+                    sch.unroll(loop)
 
         for loop in inner[:-1]:
             sch.unroll(loop)
