@@ -12,6 +12,8 @@ A memory-bound kernel (streaming_tile) splits cols once more, into unrolled vect
 
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_sblock_info
@@ -162,6 +164,26 @@ def _panels_inside_row_chunks(sch: s_tir.Schedule, outer: list, chunk_tiles: int
     return outer
 
 
+MAX_UNROLLED_WRITES = 64
+
+
+def _unroll_tile_write(sch: s_tir.Schedule, write_back, parallel) -> None:
+    """Unroll a few-terms kernel's write-back where it covers one register tile (at most MAX_UNROLLED_WRITES
+    vector writes: a transposed tile writes 32-64 short runs), so every index of the tile is a constant and LLVM keeps all of it in registers; a loop over the
+    tile's pixels left it a stack array, stored at every window branch. MobileNetV2 int8's 56x56x144 depthwise
+    convolutions 0.120 -> 0.074 ms, the model 1.91 -> 1.80 ms in its runs. Not a tail's own loop nest over the
+    whole output (EfficientNet's squeeze-excitation scale: 12,544 iterations took minutes to compile), and not
+    for the other kernels: EfficientNet-B0 float32 ran 2% slower."""
+    loops = sch.get_loops(write_back)
+    at = next((i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel))), None)
+    if at is None:
+        return
+    tile = loops[at + 1:-1]
+    if math.prod(const_extent(sch, loop) or MAX_UNROLLED_WRITES + 1 for loop in tile) <= MAX_UNROLLED_WRITES:
+        for loop in tile:
+            sch.unroll(loop)
+
+
 class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
 
@@ -256,14 +278,7 @@ class Contraction(KilnRule):
         if wb_loops and vf > 1:
             vectorize_lanes(sch, wb_loops[-1], vf)
             if few_terms:
-                # Its write-back unrolled too, so every index of the tile is a constant and LLVM keeps all of it
-                # in registers (a loop over the tile's pixels left it a stack array, stored at every window
-                # branch): MobileNetV2 int8's 56x56x144 depthwise convolutions 0.120 -> 0.074 ms, the model
-                # 1.91 -> 1.80 ms in its runs. Not for the other kernels: EfficientNet-B0 float32 ran 2% slower.
-                loops = sch.get_loops(write_back)
-                at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel)))
-                for loop in loops[at + 1:-1]:
-                    sch.unroll(loop)
+                _unroll_tile_write(sch, write_back, parallel)
 
         for loop in inner[:-1]:
             sch.unroll(loop)
