@@ -36,7 +36,8 @@ def _on_stack(stmt):
     """STMT with each small constant-size global allocation marked to stay on the stack."""
     if isinstance(stmt, S.AllocBuffer):
         size = _bytes(stmt.buffer)
-        if stmt.buffer.scope() not in ("global", "local") or size is None or size > MAX_STACK_BYTES:
+        # an empty buffer (a kernel over an empty axis) is no stack slot: LLVM's code generator refuses size 0
+        if stmt.buffer.scope() not in ("global", "local") or not size or size > MAX_STACK_BYTES:
             return stmt
         return S.AllocBuffer(stmt.buffer, {**stmt.annotations, _KEEP: tirx.IntImm("int32", 1)}, stmt.span)
     if isinstance(stmt, S.SeqStmt):
