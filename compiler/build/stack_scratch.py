@@ -33,7 +33,7 @@ def _bytes(buffer) -> int | None:
 
 
 def _on_stack(stmt):
-    """STMT with each small constant-size global allocation marked to stay on the stack."""
+    """STMT with each small constant-size "global" or "local" allocation marked to stay on the stack."""
     if isinstance(stmt, S.AllocBuffer):
         size = _bytes(stmt.buffer)
         # an empty buffer (a kernel over an empty axis) is no stack slot: LLVM's code generator refuses size 0

@@ -169,11 +169,12 @@ MAX_UNROLLED_WRITES = 64
 
 def _unroll_tile_write(sch: s_tir.Schedule, write_back, parallel) -> None:
     """Unroll a few-terms kernel's write-back where it covers one register tile (at most MAX_UNROLLED_WRITES
-    vector writes: a transposed tile writes 32-64 short runs), so every index of the tile is a constant and LLVM keeps all of it in registers; a loop over the
-    tile's pixels left it a stack array, stored at every window branch. MobileNetV2 int8's 56x56x144 depthwise
-    convolutions 0.120 -> 0.074 ms, the model 1.91 -> 1.80 ms in its runs. Not a tail's own loop nest over the
-    whole output (EfficientNet's squeeze-excitation scale: 12,544 iterations took minutes to compile), and not
-    for the other kernels: EfficientNet-B0 float32 ran 2% slower."""
+    vector writes: a transposed tile writes 32-64 short runs), so every index of the tile is a constant and LLVM
+    keeps all of it in registers; a loop over the tile's pixels left it a stack array, stored at every branch of
+    the window's border test. MobileNetV2 int8's 56x56x144 depthwise convolutions 0.120 -> 0.074 ms, the model
+    1.91 -> 1.75 ms in its runs. Not a tail's own loop nest over the whole output (EfficientNet's
+    squeeze-excitation scale: 12,544 iterations of a SiLU expression took its compile from 19 s to minutes), and
+    not for the other kernels: EfficientNet-B0 float32 ran 2% slower."""
     loops = sch.get_loops(write_back)
     at = next((i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel))), None)
     if at is None:
