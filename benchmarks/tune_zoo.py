@@ -1,7 +1,7 @@
 """Tune the benchmark models into tuning_logs/TARGET/ (how the committed records were made).
 
     python -m benchmarks.tune_zoo [MODEL ...] [--target x86-avx512] [--minutes 10]
-    python -m benchmarks.tune_zoo --recheck [MODEL ...]   # records against Kiln's current defaults (kiln tune --recheck)
+    python -m benchmarks.tune_zoo --recheck [MODEL ...]   # best records against the current defaults
 
 Each zoo model is built reproducibly, given batch 1 (the shapes benchmarks.run compiles with, so the records
 apply there), and tuned with `kiln tune` for MINUTES; progress lines go to stderr, each run's JSON summary to
