@@ -65,8 +65,10 @@ class _AttentionFuser(PyExprMutator):
         for name in ("relax.multiply", "relax.divide"):
             call = self._bound(source, name)
             scalar = const_value(call.args[1]) if call is not None else None
-            value = float(scalar.reshape(())) if scalar is not None and scalar.size == 1 else 0.0
-            if scalar is not None and scalar.dtype == np.float32 and value != 0 and np.isfinite(value):
+            if scalar is None or scalar.size != 1 or scalar.dtype != np.float32:
+                continue
+            value = float(scalar.reshape(()))
+            if value != 0 and np.isfinite(value):  # a zero or non-finite scale is not folded into q
                 return call.args[0], value if name == "relax.multiply" else 1.0 / value
         return source, None
 

@@ -175,10 +175,8 @@ def _unroll_tile_write(sch: s_tir.Schedule, write_back, parallel) -> None:
     1.91 -> 1.75 ms in its runs. Not a tail's own loop nest over the whole output (EfficientNet's
     squeeze-excitation scale: 12,544 iterations of a SiLU expression took its compile from 19 s to minutes), and
     not for the other kernels: EfficientNet-B0 float32 ran 2% slower."""
-    loops = sch.get_loops(write_back)
-    at = next((i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel))), None)
-    if at is None:
-        return
+    loops = sch.get_loops(write_back)  # computed at PARALLEL (reverse_compute_at), so PARALLEL is among them
+    at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel)))
     tile = loops[at + 1:-1]
     if math.prod(const_extent(sch, loop) or MAX_UNROLLED_WRITES + 1 for loop in tile) <= MAX_UNROLLED_WRITES:
         for loop in tile:

@@ -59,8 +59,7 @@ def test_small_scratch_stays_on_the_stack(scope, rows, on_stack):
     mod = _matmul_with_tile(scope, rows)
     assert (rows * 48 * 4 <= MAX_STACK_BYTES) == on_stack
     built = tvm.tirx.build(mod, target="llvm", pipeline=TIR_PIPELINE)
-    source = built.inspect_source("ll") if hasattr(built, "inspect_source") else built.get_source("ll")
-    assert ("TVMBackendAllocWorkspace" in source) != on_stack
+    assert ("TVMBackendAllocWorkspace" in built.inspect_source("ll")) != on_stack
     x, y = w(64, 32), w(32, 48)
     out = tvm.runtime.tensor(np.zeros((64, 48), np.float32))
     built["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y), out)
