@@ -35,6 +35,10 @@ ROW_CHUNK_BYTES = 512 << 10
 # share) is bound by memory, not arithmetic: it gets a register tile as wide as tiles.MAX_TILE_VECTORS vectors
 # of channels (see tiles.streaming_tile), fixed rather than tuned, since a search times it warm in cache.
 STREAMING_BYTES = 1 << 20
+# ... when each output reduces over at most STREAMING_TERMS terms: wider windows are bound by their arithmetic even
+# over large maps, and keep the few-terms tile (alone, 2 threads: ConvNeXt's 7x7 depthwise over 56x56x96 ran 0.376
+# ms streaming and 0.149 not; a 5x5 over 56x56x144 0.154 and 0.121; 3x3 ones over 112x112x32 0.050 and 0.056).
+STREAMING_TERMS = 9
 
 
 def innermost_index_ok(block: tirx.SBlock, vec_var: tirx.Var, group: int | None = None) -> bool:
@@ -231,7 +235,8 @@ class Contraction(KilnRule):
         # Not for packed weights: SqueezeNet's first convolution (27 terms, 111x111x64) ran 0.51 ms with 3 x 64
         # tiles against 0.33 tuned, and MobileNetV2's 112x112 16 -> 96 one gained under 10%.
         few_terms = rows is not None and terms <= SMALL_REDUCTION and not packed and group is None
-        if few_terms and not transposed and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
+        if few_terms and terms <= STREAMING_TERMS and not transposed \
+                and _largest_buffer_bytes(sch.get(main)) > STREAMING_BYTES:
             streaming = streaming_tile(rows, cols, self.lanes)
         if streaming:
             (rn, vectors), vf = streaming, self.lanes
@@ -245,7 +250,7 @@ class Contraction(KilnRule):
             # 28x28x192 one: 14 x 16 records at 49 us against 37 us with 7 x 32).
             fixed = few_terms and few_terms_tile(rows, cols, self.lanes)
             rn, width = fixed or register_tile(rows, cols, self.lanes, group, aliased, wide=packed)
-            if transposed:
+            if transposed and not fixed:  # (a few-terms tile stays: 7 x 32 beat 8 x 32 on single-op depthwise)
                 rn = transposed_rows(rows, width, self.lanes) or rn
             tunable = self.tunable and not fixed
             vf = tile_lanes(width, self.lanes)
