@@ -149,6 +149,25 @@ def dot_conv2d(x: te.Tensor, packed: te.Tensor, strides, padding, dilation, acc:
     return te.compute((n, out_h, out_w, panels * lanes), element, name="dot_conv2d")
 
 
+def depthwise_u8(q: te.Tensor, weight: te.Tensor, offset: te.Tensor, strides, padding, dilation,
+                 zero_point: int) -> te.Tensor:
+    """Depthwise NHWC convolution of uint8 Q (a quantized input: x = (q - zero point) x scale) with float32
+    WEIGHT [kh, kw, C] that carry the input's scale; PADDING (top, left, bottom, right) is the zero point, and
+    OFFSET[C] (zero point x the weights' sum over the window) removes it: the float32 convolution of x. The
+    input is converted per tap: a depthwise convolution has too few terms per output for dot products."""
+    kh_size, kw_size, _ = (int(d) for d in weight.shape)
+    x, out_h, out_w = padded_window(q, (kh_size, kw_size), strides, padding, dilation, 0, zero_point)
+    (sh, sw), (dh, dw) = strides, dilation
+    kh, kw = te.reduce_axis((0, kh_size), "kh"), te.reduce_axis((0, kw_size), "kw")
+
+    def element(b, h, w, c):
+        pixel = x[b, h * sh + kh * dh, w * sw + kw * dw, c].astype("float32")
+        return te.sum(pixel * weight[kh, kw, c], axis=[kh, kw])
+
+    sums = te.compute((x.shape[0], out_h, out_w, q.shape[-1]), element, name="depthwise_u8")
+    return te.compute(sums.shape, lambda *i: sums[i] - offset[i[-1]], name="dequantize")
+
+
 def amx_rows(rows: int) -> int | None:
     """Rows per AMX tile for an output of ROWS rows: the largest divisor up to 16, if it is AMX_MIN_TILE_ROWS
     or more (3136 -> 16, 196 -> 14, 49 -> 7); None when AMX does not suit."""
@@ -283,12 +302,24 @@ def quantize_input(x: te.Tensor, scale: float, zero_point: int, qmin: int = 0, q
     QuantizeLinear). X is multiplied by the reciprocal of SCALE: the vector division cost MobileNetV2 int8 3%,
     and the two differ only where x / scale lies within a rounding error of a half."""
     reciprocal = tirx.const(float(np.float32(1.0 / scale)), "float32")
+    low, high = (tirx.const(float(bound - zero_point), "float32") for bound in (qmin, qmax))
+    shifter = tirx.const(ROUNDING_SHIFTER, "float32")
+    shifter_bits = tirx.const(int(np.float32(ROUNDING_SHIFTER).view(np.int32)) - zero_point, "int32")
 
     def element(*index):
-        value = tirx.nearbyint(x[index] * reciprocal) + tirx.const(zero_point, "float32")
-        return tirx.max(tirx.min(value, tirx.const(qmax, "float32")), tirx.const(qmin, "float32")).astype("uint8")
+        clipped = tirx.max(tirx.min(x[index] * reciprocal, high), low)
+        # round half to even in one float addition: the sum's low mantissa bits hold the rounded value, and
+        # the integer subtraction adds the zero point (no vrndscaleps / vcvttps2dq, which compete with the
+        # epilogue's arithmetic for one port)
+        code = tirx.reinterpret("int32", clipped + shifter) - shifter_bits
+        return code.astype("uint8")
 
     return te.compute(x.shape, element, name="quantize")
+
+
+# 1.5 x 2^23: a float32 sum with it rounds to an integer (half to even), held in the low mantissa bits while
+# |value| < 2^22 (a quantize clips to qmin - zero point .. qmax - zero point first)
+ROUNDING_SHIFTER = 12582912.0
 
 
 def dequantize_sums(sums: te.Tensor, correction: te.Tensor, scale: te.Tensor) -> te.Tensor:

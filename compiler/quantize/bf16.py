@@ -29,10 +29,12 @@ class _BF16Lowerer(PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         kind = site_kind(call)
-        if kind is None:
+        if kind is None or kind == "depthwise":  # (float32 weights; no bf16 depthwise kernel)
             return call
         self.counts["sites"] += 1
         weight = const_value(call.args[1])
+        if not all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values[:-1]):
+            return call  # AMX tiles the rows, so it needs their count (a symbolic batch stays float32)
         lead = [int(d) for d in call.ty.shape.values[:-1]]
         group = dot_product.BF16.group
         suits, in_place = dot_product.amx_layout(kind, call.attrs, weight.shape, lead, group)

@@ -30,7 +30,7 @@ WEIGHT_QMAX = 127  # symmetric int8 weights in [-127, 127]
 
 
 def site_kind(call) -> str | None:
-    """'conv2d' / 'matmul' when CALL is a quantizable site (module docstring), else None."""
+    """'conv2d' / 'depthwise' / 'matmul' when CALL is a quantizable site (module docstring), else None."""
     name = op_name(call)
     if name not in ("relax.nn.conv2d", "relax.matmul"):
         return None
@@ -43,9 +43,11 @@ def site_kind(call) -> str | None:
         return "matmul" if weight.ndim == 2 and getattr(data, "ndim", 0) >= 2 else None
     attrs = call.attrs
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "HWIO", "NHWC") \
-            or int(attrs.groups) != 1 or str(attrs.out_dtype) not in ("", "None", "float32", "void"):
+            or str(attrs.out_dtype) not in ("", "None", "float32", "void"):
         return None
-    return "conv2d"
+    if int(attrs.groups) == 1:
+        return "conv2d"
+    return "depthwise" if weight.ndim == 4 and weight.shape[2] == 1 and int(attrs.groups) == weight.shape[3] else None
 
 
 def sites(mod: tvm.IRModule) -> list[relax.Call]:
@@ -67,8 +69,12 @@ def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantized, scale
 
 
-def weight_noise(weight: np.ndarray) -> float:
-    """Relative energy of the weight's quantization error (a sensitivity signal for the fallback order)."""
+def weight_noise(call: relax.Call) -> float:
+    """Relative energy of the quantization error of site CALL's weights (a sensitivity signal for the fallback
+    order); 0 for a depthwise site, whose weights stay float32."""
+    weight = const_value(call.args[1])
+    if site_kind(call) == "depthwise":
+        return 0.0
     quantized, scale = quantize_weight(weight)
     return float(np.sum((quantized * scale - weight) ** 2) / max(np.sum(weight.astype(np.float64) ** 2), 1e-30))
 
@@ -100,6 +106,19 @@ def _int8_kernel(kind: str, attrs, weight: np.ndarray, params: QuantParams, lead
     return compute, [relax.const(packed), relax.const(correction), relax.const(scale)], in_place
 
 
+def _depthwise_kernel(attrs, weight: np.ndarray, params: QuantParams):
+    """(TE function of the uint8 input, constant args) of a depthwise site: float32 arithmetic on the uint8
+    input (dot_product.depthwise_u8), so that the convolution before it writes a quarter of the bytes."""
+    scaled = (weight[:, :, 0, :].astype(np.float64) * params.scale).astype(np.float32)
+    offset = (params.zero_point * scaled.astype(np.float64).sum(axis=(0, 1))).astype(np.float32)
+
+    def compute(q, weight_const, offset_const):
+        return dot_product.depthwise_u8(q, weight_const, offset_const, *dot_product.conv_geometry(attrs),
+                                        params.zero_point)
+
+    return compute, [relax.const(scaled), relax.const(offset)]
+
+
 @mutator
 class _Int8Lowerer(PyExprMutator):
     """Replace each site that has quantization parameters (by index: sites() order) by its int8 kernel."""
@@ -127,9 +146,15 @@ class _Int8Lowerer(PyExprMutator):
         quantized = self.builder_.emit(self.builder_.call_te(
             dot_product.quantize_input, data, params.scale, params.zero_point, params.qmin, params.qmax,
             primfunc_name_hint="quantize"))
-        lead = [int(d) for d in call.ty.shape.values[:-1]]
+        lead = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in call.ty.shape.values[:-1]]
         weight = const_value(call.args[1])
-        compute, constants, direct = _int8_kernel(kind, call.attrs, weight, params, lead, self.amx)
+        if kind == "depthwise":
+            compute, constants = _depthwise_kernel(call.attrs, weight, params)
+            return self.builder_.call_te(compute, quantized, *constants, primfunc_name_hint="u8_depthwise",
+                                         primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
+        # AMX tiles the rows, so it needs their count; a symbolic batch keeps the VNNI kernel
+        compute, constants, direct = _int8_kernel(kind, call.attrs, weight, params, lead,
+                                                  self.amx and None not in lead)
         if direct:  # a view, no copy
             quantized = self.builder_.emit(relax.op.reshape(quantized, [int(np.prod(lead)), weight.shape[-2]]))
         return self.builder_.call_te(compute, quantized, *constants, primfunc_name_hint=f"int8_{kind}",

@@ -14,7 +14,6 @@ import tvm
 from runtime.artifact import TensorSpec
 from runtime.errors import KilnError
 
-from ..passes.relax_util import const_value
 from . import calibration, int8
 from .fake_quant import QuantParams
 
@@ -109,7 +108,7 @@ def calibrate(stage: tvm.IRModule, inputs: list[TensorSpec], spec: str, method: 
         params[i] = QuantParams.from_range(*observer.range(method))
     reference = [_outputs(run(vm, inputs, s))[: -len(wanted) or None] for s in held]
     for i, call in enumerate(calls):
-        noise[i] += int8.weight_noise(const_value(call.args[1]))
+        noise[i] += int8.weight_noise(call)
     order = sorted(noise, key=lambda i: -noise[i])
     return Plan(params, len(given), method, len(calib), held, reference, order, time.perf_counter() - started)
 

@@ -72,6 +72,50 @@ def test_int8_matmul_with_dequantize_matches_numpy(rng):
     np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6)
 
 
+@needs_vnni
+@pytest.mark.parametrize("stride", [1, 2])
+def test_uint8_depthwise_matches_the_float_convolution_of_the_dequantized_input(rng, stride):
+    """A depthwise site reads its input as uint8 (x = (q - zero point) x scale): the weights carry the scale,
+    the padding is the zero point and a per-channel offset removes it. Scheduled by Kiln's float32 rule."""
+    from compiler.schedules.contraction import Contraction  # noqa: PLC0415
+
+    channels, size, zero, scale = 32, 11, 37, 0.05
+    weight = rng.standard_normal((3, 3, channels)).astype(np.float32)
+    scaled = (weight * scale).astype(np.float32)
+    offset = (zero * scaled.astype(np.float64).sum(axis=(0, 1))).astype(np.float32)
+    q = te.placeholder((1, size, size, channels), "uint8", name="q")
+    w = te.placeholder(scaled.shape, "float32", name="w")
+    off = te.placeholder(offset.shape, "float32", name="offset")
+    out = dot_product.depthwise_u8(q, w, off, (stride, stride), (1, 1, 1, 1), (1, 1), zero)
+    target = get_target(VNNI_TARGET).tvm()
+    with target:
+        sch = Contraction(16).apply(te.create_prim_func([q, w, off, out]), target, False)
+    assert sch is not None, "the float32 contraction rule declined the uint8 depthwise kernel"
+    kernel = tvm.compile(sch.mod, target=target)
+    data = rng.integers(0, 256, (1, size, size, channels)).astype(np.uint8)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], np.float32))
+    kernel(*(tvm.runtime.tensor(a) for a in (data, scaled, offset)), result)
+    x = np.pad((data.astype(np.float64) - zero) * scale, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    size_out = result.shape[1]
+    expected = sum(x[:, i:i + stride * size_out:stride, j:j + stride * size_out:stride, :] * weight[i, j]
+                   for i in range(3) for j in range(3))
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("zero", [0, 3, 128])
+def test_quantize_rounds_half_to_even_before_the_zero_point_and_clips(zero):
+    """QuantizeLinear's rounding: round(x / scale) half to even, then + zero point, then clip; exact halves with
+    an odd zero point tell rounding before the zero point from rounding after it."""
+    x = te.placeholder((64,), name="x")
+    q = dot_product.quantize_input(x, 0.25, zero)
+    kernel = tvm.compile(te.create_prim_func([x, q]), target="llvm")
+    values = np.array([k / 4 + 0.125 for k in range(-20, 20)] + [-1e9, 1e9, -40.0, 70.0] + [0.0] * 20, np.float32)
+    result = tvm.runtime.tensor(np.zeros(64, np.uint8))
+    kernel(tvm.runtime.tensor(values), result)
+    expected = np.clip(np.round(values.astype(np.float64) * 4) + zero, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(result.numpy(), expected)
+
+
 @needs_amx
 @pytest.mark.parametrize("cin", [16, 96])
 def test_amx_conv_matches_numpy_and_uses_tile_instructions(rng, cin):

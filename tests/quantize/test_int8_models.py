@@ -17,6 +17,7 @@ from benchmarks.zoo import bert_encoder
 from compiler.cli import main
 from compiler.references import onnxruntime_session
 from runtime.bench import random_inputs
+from tests.corpus.models import EXPORTED
 from tests.models import save
 from tests.quantize.helpers import VNNI_TARGET, cosine, needs_vnni, tiny_cnn
 
@@ -36,6 +37,23 @@ def test_int8_compile_matches_float_and_records_accuracy(tmp_path):
     reference = onnxruntime_session(str(path), threads=1).run(None, feeds)[0]
     assert cosine(model.run(feeds)["y" if "y" in model.run(feeds) else next(iter(model.run(feeds)))],
                    reference) > 0.99
+
+
+@needs_vnni
+def test_a_real_export_with_a_symbolic_batch_quantizes_depthwise_inputs_to_uint8(tmp_path):
+    """transformers' MobileNetV2 exported by torch with a dynamic batch: int8 used to stop on the symbolic row
+    count (a traceback). Its depthwise convolutions read uint8 (the expanding convolution before each writes a
+    quarter of the bytes), and the build runs at batch 2 close to ONNX Runtime's float32."""
+    path = EXPORTED / "mobilenet-v2-torchscript.onnx"
+    artifact = compiler.compile(path, target=VNNI_TARGET, output=tmp_path / "int8.so", quantize="int8",
+                                calibration="random:8", tuning_log="none")
+    kernels = [call["kernel"] for call in artifact.manifest.kernels["calls"]]
+    depthwise = sum("u8_depthwise" in name for name in kernels)
+    assert depthwise == 17 and artifact.manifest.quantization["int8_sites"] > depthwise
+    feeds = {"pixel_values": np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)}
+    reference = onnxruntime_session(str(path), threads=1).run(None, feeds)
+    outputs = list(runtime.load(artifact.path).run(feeds).values())
+    assert outputs[0].shape == reference[0].shape and cosine(outputs[0], reference[0]) > 0.95
 
 
 @needs_vnni
