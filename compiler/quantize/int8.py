@@ -72,9 +72,9 @@ def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def weight_noise(call: relax.Call) -> float:
     """Relative energy of the quantization error of site CALL's weights (a sensitivity signal for the fallback
     order); 0 for a depthwise site, whose weights stay float32."""
-    weight = const_value(call.args[1])
     if site_kind(call) == "depthwise":
         return 0.0
+    weight = const_value(call.args[1])
     quantized, scale = quantize_weight(weight)
     return float(np.sum((quantized * scale - weight) ** 2) / max(np.sum(weight.astype(np.float64) ** 2), 1e-30))
 
