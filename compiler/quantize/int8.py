@@ -146,12 +146,12 @@ class _Int8Lowerer(PyExprMutator):
         quantized = self.builder_.emit(self.builder_.call_te(
             dot_product.quantize_input, data, params.scale, params.zero_point, params.qmin, params.qmax,
             primfunc_name_hint="quantize"))
-        lead = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in call.ty.shape.values[:-1]]
         weight = const_value(call.args[1])
         if kind == "depthwise":
             compute, constants = _depthwise_kernel(call.attrs, weight, params)
             return self.builder_.call_te(compute, quantized, *constants, primfunc_name_hint="u8_depthwise",
                                          primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
+        lead = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in call.ty.shape.values[:-1]]
         # AMX tiles the rows, so it needs their count; a symbolic batch keeps the VNNI kernel
         compute, constants, direct = _int8_kernel(kind, call.attrs, weight, params, lead,
                                                   self.amx and None not in lead)

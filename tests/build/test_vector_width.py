@@ -1,6 +1,6 @@
 """The AVX-512 presets build with whole 512-bit vectors (targets/*.json: -prefer-256-bit): LLVM's tuning for
-Ice Lake / Sapphire Rapids otherwise split 16-lane conversions to uint8 (every int8 model's quantize epilogue)
-into two 8-lane halves."""
+Ice Lake / Sapphire Rapids otherwise split 16-lane float-to-uint8 conversions (rounded and clipped, as a model's
+own QuantizeLinear or Cast computes them; Kiln's int8 quantize used to) into two 8-lane halves."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from compiler.targets import get_target
 
 
 def _quantize_kernel():
-    """float32 -> uint8 as an int8 site's quantize: clip(round(x * 4) + 128, 0, 255), 16 lanes at a time."""
+    """float32 -> uint8 rounded and clipped: clip(round(x * 4) + 128, 0, 255), 16 lanes at a time."""
     import tvm  # noqa: PLC0415
     from tvm import te, tirx  # noqa: PLC0415
 
@@ -35,7 +35,7 @@ def test_uint8_conversion_is_one_512_bit_instruction(preset):
     assert "vcvttps2dq\t%zmm" in assembly
 
 
-def test_the_quantize_kernel_rounds_half_to_even_and_clips():
+def test_the_conversion_kernel_rounds_half_to_even_and_clips():
     """The kernel above runs here (this machine has AVX-512) and computes what numpy does."""
     import tvm  # noqa: PLC0415
 
