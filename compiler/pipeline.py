@@ -27,7 +27,7 @@ from runtime.errors import KilnError
 from . import frontend
 from .kernels.dot_product import VNNI
 from .passes.bound_indices import bound_indices
-from .passes.border_transposes import fuse_border_transposes
+from .passes.border_transposes import fuse_border_transposes, fuse_input_transposes
 from .passes.concat_in_place import concat_in_place
 from .passes.conv1d_as_conv2d import conv1d_as_conv2d
 from .passes.convert_layout import convert_conv_layout
@@ -144,6 +144,9 @@ def kernel_passes(device: str = "cpu", lanes: int = 16) -> list[tvm.transform.Pa
         # A convolution and the depthwise one after it, as one kernel computed in strips of rows, where the
         # activation between them would not stay in cache.
         *when(cpu, fuse_row_strips(lanes)),
+        # A transpose of the model's input (NCHW -> NHWC) computed inside the depthwise convolution that reads it,
+        # a block of channels at a time.
+        *when(cpu, fuse_input_transposes(lanes)),
         # A channel concatenation of two kernels' outputs written by the kernels themselves, in place.
         *when(cpu, concat_in_place(lanes)),
         relax.transform.DeadCodeElimination(["main"]),

@@ -3,7 +3,8 @@
 In: one fused TIR kernel (compiler/build/schedule.py hands them over one by one). Out: the kernel scheduled by the
 first rule of default_rules that takes it (dlight's CPU rules last), or its tuning space (tuning_space) for
 `kiln tune`. contraction.py + tiles.py: convolutions, matmuls, pooling; dot_product.py and amx.py: the int8 /
-bf16 kernels; winograd.py: the Winograd transforms; row_strips.py: fused conv + depthwise strips; injective.py:
+bf16 kernels; winograd.py: the Winograd transforms; row_strips.py: fused conv + depthwise strips;
+transposed_input.py + transpose_tile.py: a transpose fused into the depthwise convolution after it; injective.py:
 elementwise, transposes, copies; common.py what they share. docs/schedules.md has the measurements behind them.
 """
 
@@ -20,6 +21,7 @@ from .contraction import Contraction
 from .dot_product import DotProductContraction
 from .injective import Injective
 from .row_strips import RowStrips
+from .transposed_input import TransposedInput
 from .winograd import WinogradTransform
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,8 @@ log = logging.getLogger(__name__)
 
 def default_rules(lanes: int) -> list:
     """Rules tried in order on each unscheduled kernel; LANES is the target's fp32 vector width."""
-    return [WinogradTransform(lanes), RowStrips(lanes), AMXContraction(lanes), DotProductContraction(lanes),
-            Contraction(lanes),
+    return [WinogradTransform(lanes), RowStrips(lanes), TransposedInput(lanes), AMXContraction(lanes),
+            DotProductContraction(lanes), Contraction(lanes),
             Injective(lanes),
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
@@ -37,8 +39,8 @@ def tuning_space(lanes: int):
     """A MetaSchedule schedule function (for ms.space_generator.ScheduleFn): Kiln's default schedule of the kernel
     with its tile sizes as sampling instructions, so the tuner starts from the default and mutates the tiles.
     Returns no schedule for a kernel no Kiln rule fits (MetaSchedule's generic space still covers it)."""
-    rules = [WinogradTransform(lanes), RowStrips(lanes), AMXContraction(lanes), DotProductContraction(lanes),
-             Contraction(lanes, tunable=True), Injective(lanes)]
+    rules = [WinogradTransform(lanes), RowStrips(lanes), TransposedInput(lanes), AMXContraction(lanes),
+             DotProductContraction(lanes), Contraction(lanes, tunable=True), Injective(lanes)]
 
     def space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
         for rule in rules:

@@ -171,7 +171,7 @@ def _panels_inside_row_chunks(sch: s_tir.Schedule, outer: list, chunk_tiles: int
 MAX_UNROLLED_WRITES = 64
 
 
-def _unroll_tile_write(sch: s_tir.Schedule, write_back, parallel) -> None:
+def unroll_tile_write(sch: s_tir.Schedule, write_back, anchor) -> None:
     """Unroll a few-terms kernel's write-back where it covers one register tile (at most MAX_UNROLLED_WRITES
     vector writes: a transposed tile writes 32-64 short runs), so every index of the tile is a constant and LLVM
     keeps all of it in registers; a loop over the tile's pixels left it a stack array, stored at every branch of
@@ -179,8 +179,8 @@ def _unroll_tile_write(sch: s_tir.Schedule, write_back, parallel) -> None:
     1.91 -> 1.75 ms in its runs. Not a tail's own loop nest over the whole output (EfficientNet's
     squeeze-excitation scale: 12,544 iterations of a SiLU expression took its compile from 19 s to minutes), and
     not for the other kernels: EfficientNet-B0 float32 ran 2% slower."""
-    loops = sch.get_loops(write_back)  # computed at PARALLEL (reverse_compute_at), so PARALLEL is among them
-    at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(parallel)))
+    loops = sch.get_loops(write_back)  # computed at ANCHOR (reverse_compute_at), so ANCHOR is among them
+    at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(anchor)))
     tile = loops[at + 1:-1]
     if math.prod(const_extent(sch, loop) or MAX_UNROLLED_WRITES + 1 for loop in tile) <= MAX_UNROLLED_WRITES:
         for loop in tile:
@@ -282,7 +282,7 @@ class Contraction(KilnRule):
         if wb_loops and vf > 1:
             vectorize_lanes(sch, wb_loops[-1], vf)
             if few_terms:
-                _unroll_tile_write(sch, write_back, parallel)
+                unroll_tile_write(sch, write_back, parallel)
 
         for loop in inner[:-1]:
             sch.unroll(loop)
