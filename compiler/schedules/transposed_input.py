@@ -4,7 +4,7 @@ time, with the block's input transposed into cache just before by register-tile 
 instead of by a transpose kernel of its own.
 
     parallel  batch x blocks of LANES channels
-      transpose   the block's input, NCHW -> NHWC              (register tiles of LANES channels x up to 16 pixels)
+      transpose   the block's input, NCHW -> NHWC              (register tiles of LANES channels x up to LANES pixels)
       rows        the block's output in register tiles of up to 14 pixels x LANES, the epilogue fused
 
 A 5x5 stride-2 depthwise convolution over 14x14x672 (2 threads, the kernels called alone): the transpose kernel
@@ -22,9 +22,6 @@ from .common import KilnRule, const_extent, fuse_epilogue, vectorize_lanes
 from .contraction import SMALL_REDUCTION, channel_group, innermost_index_ok, is_copy, spatial_count, unroll_tile_write
 from .tiles import register_tile
 
-MAX_TILE_PIXELS = 16  # pixels per register-tile transpose: one vector register each
-
-
 def is_nchw_to_nhwc(block: tirx.SBlock) -> bool:
     """Whether BLOCK copies a 4-D buffer into another with its second axis moved last (NCHW -> NHWC), 4-byte
     elements."""
@@ -38,10 +35,11 @@ def is_nchw_to_nhwc(block: tirx.SBlock) -> bool:
     return all(i.same_as(a) for i, a in zip(stored, axes)) and all(i.same_as(a) for i, a in zip(loaded, order))
 
 
-def tile_pixels(width: int) -> int | None:
-    """Pixels per register-tile transpose of a row WIDTH pixels wide: its largest divisor from 4 to
-    MAX_TILE_PIXELS; None when none divides it (a prime above 16)."""
-    return max((p for p in range(4, MAX_TILE_PIXELS + 1) if width % p == 0), default=None)
+def tile_pixels(width: int, lanes: int) -> int | None:
+    """Pixels per register-tile transpose of a row WIDTH pixels wide, into vectors of LANES channels: its largest
+    divisor from 4 to LANES (a tile loads each pixel row of a channel as one vector); None when none divides it
+    (a prime above LANES)."""
+    return max((p for p in range(4, lanes + 1) if width % p == 0), default=None)
 
 
 class TransposedInput(KilnRule):
@@ -103,7 +101,7 @@ class TransposedInput(KilnRule):
         tiles of LANES channels by tile_pixels pixels where LANES is 8 or more, else vectors of channels gathered
         (0.035 ms on the 14x14x672 convolution above)."""
         *_, pixels, channels = sch.get_loops(transpose)
-        step = tile_pixels(const_extent(sch, pixels))
+        step = tile_pixels(const_extent(sch, pixels), self.lanes)
         if self.lanes < 8 or step is None:
             sch.vectorize(channels)
             return

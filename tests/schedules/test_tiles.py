@@ -1,8 +1,12 @@
 """The register-tile arithmetic of compiler/schedules/tiles.py and the tiles Contraction fixes (not tuned):
-vector widths, register tiles within the register budget, streaming tiles for memory-bound kernels."""
+vector widths, register tiles within the register budget, streaming tiles for memory-bound kernels, the pixels
+of a register-tile transpose."""
+
+import pytest
 
 from compiler.schedules.common import vector_factors
 from compiler.schedules.tiles import group_widths, register_tile, streaming_tile, tile_lanes
+from compiler.schedules.transposed_input import tile_pixels
 
 
 def test_vector_widths_are_powers_of_two_dividing_the_axis():
@@ -81,3 +85,9 @@ def test_a_wide_window_over_a_large_map_keeps_the_few_terms_tile():
     script = fixed_schedule(_depthwise_kernel(56, 96, 7), 16).mod.script()
     assert "T.vectorized(32)" in script and "T.unroll(6)" not in script
     assert "T.unroll(6)" in fixed_schedule(_depthwise_kernel(56, 96), 16).mod.script()  # 3x3: streaming
+
+
+@pytest.mark.parametrize("width, lanes, pixels", [(14, 16, 14), (14, 8, 7), (56, 16, 14), (30, 16, 15), (17, 16, None),
+                                                  (7, 16, 7), (3, 16, None)])
+def test_tile_pixels_divide_the_row_and_fit_a_vector(width, lanes, pixels):
+    assert tile_pixels(width, lanes) == pixels
