@@ -1,8 +1,8 @@
 """A tile of a transpose in vector registers. SIZE rows of WIDTH elements (WIDTH <= SIZE, any count) are loaded
 as vectors of SIZE lanes (in power-of-two pieces, the rest of the lanes zero), swapped in log2(SIZE) stages of
 two-vector shuffles (one vpermt2ps each on AVX-512), and WIDTH vectors of SIZE elements are stored: whole cache
-lines when SIZE is 16 float32 lanes. Registered as tensor intrinsics, on first use, for the transpose schedule
-(injective.py).
+lines when SIZE is 16 float32 lanes. Registered as tensor intrinsics, on first use, for the transpose that a
+depthwise convolution computes of its NCHW input (transposed_input.py).
 
 LLVM, given the same tile as loops (vector stores of a strided read), built each output vector one element at
 a time (vmovss / vinsertps) or with about one shuffle per element.
