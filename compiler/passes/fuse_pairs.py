@@ -16,8 +16,9 @@ _LLVM = {"kind": "llvm"}
 
 
 def _static(func: tirx.PrimFunc) -> bool:
-    """Whether every parameter of FUNC has a static shape (fuse_pair builds its types from them)."""
-    return all(buffer_bytes(param) is not None for param in func.params)
+    """Whether every parameter of FUNC is a buffer of static shape (fuse_pair builds its types from them; a
+    kernel of a symbolic shape also takes the shape's variables as scalar parameters)."""
+    return all(isinstance(param.ty, tirx.BufferType) and buffer_bytes(param) is not None for param in func.params)
 
 
 @mutator
