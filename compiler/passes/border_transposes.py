@@ -1,6 +1,6 @@
 """Transposes at a model's border fused into the kernel next to them: those that write its output into the kernel
 that computes what they move (kiln.FuseBorderTransposes), those that read its input into the depthwise
-convolution or pooling that reads them (kiln.FuseInputTransposes).
+convolution that reads them (kiln.FuseInputTransposes).
 
 A model whose convolutions Kiln computes in NHWC but whose output is NCHW ends in a transpose of the last
 kernel's output: one more pass over it (56x56x144: 0.05 ms beside a 0.08 ms depthwise convolution). TVM's FuseOps

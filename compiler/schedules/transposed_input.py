@@ -1,7 +1,7 @@
 """Schedule of a transpose fused with the few-terms contraction that reads it (kiln.FuseInputTransposes): a
-depthwise convolution or pooling of an NCHW tensor (a model's input), computed in NHWC one block of channels at a
-time, with the block's input transposed into cache just before by register-tile transposes (transpose_tile.py)
-instead of by a transpose kernel of its own.
+depthwise convolution (or another kernel of few terms per output) of an NCHW tensor (a model's input), computed in
+NHWC one block of channels at a time, with the block's input transposed into cache just before by register-tile
+transposes (transpose_tile.py) instead of by a transpose kernel of its own.
 
     parallel  batch x blocks of LANES channels
       transpose   the block's input, NCHW -> NHWC              (register tiles of LANES channels x up to LANES pixels)
@@ -43,8 +43,8 @@ def tile_pixels(width: int, lanes: int) -> int | None:
 
 
 class TransposedInput(KilnRule):
-    """A transpose and the depthwise convolution or pooling that reads it, one block of channels at a time (see
-    the module docstring). Its tiles are fixed, like Contraction's few-terms tile."""
+    """A transpose and the depthwise convolution (or other few-terms kernel) that reads it, a block of channels at a
+    time (see the module docstring). Its tiles are fixed, like Contraction's few-terms tile."""
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         if len(blocks) < 2 or not is_nchw_to_nhwc(sch.get(blocks[0])):
