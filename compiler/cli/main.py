@@ -20,8 +20,19 @@ from runtime import __version__, signals
 from runtime.errors import KilnError
 
 
+# the group's own flags, also taken after the command name: the errors say "rerun with --debug", and users put it
+# at the end (`kiln compile model.onnx --debug` answered "No such option: --debug. Did you mean --dump?")
+GROUP_FLAGS = ("--debug", "--verbose", "-v")
+
+
 class KilnGroup(click.Group):
     """Prints a KilnError (or any failure) as one line and exits non-zero; --debug shows the traceback."""
+
+    def parse_args(self, ctx, args):
+        """The group's flags (GROUP_FLAGS) anywhere before a `--` count as if given before the command."""
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GROUP_FLAGS]
+        return super().parse_args(ctx, flags + [a for a in args[:end] if a not in GROUP_FLAGS] + args[end:])
 
     def invoke(self, ctx):
         for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind like Ctrl-C, so scratch folders and temp files go

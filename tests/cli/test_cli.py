@@ -141,6 +141,9 @@ def test_unsupported_ops_exit_code_and_debug_traceback(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "compiler.cli", "--debug", "compile", str(path)], cwd=ROOT,
                            capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+    # where users put it: after the command and its arguments
+    last = kiln("compile", path, "--debug")
+    assert last.exit_code != 0 and "No such option" not in last.output and last.exc_info is not None
 
 
 def test_compile_warns_about_heavy_kernels_without_a_schedule(tmp_path):
