@@ -22,7 +22,7 @@ from tvm import relax
 
 from ..schedules.contraction import is_copy
 from ..schedules.injective import transposed_axis
-from ..schedules.transposed_input import TransposedInput
+from ..schedules.transposed_input import TransposedInput, is_nchw_to_nhwc
 from .fuse_pairs import PairFuser
 from .relax_util import mutator_pass, only_block, op_name, returned_fields
 
@@ -81,4 +81,11 @@ def fuse_input_transposes(lanes: int) -> tvm.transform.Pass:
     """kiln.FuseInputTransposes for a target of LANES fp32 lanes: a transpose kernel and the kernel that alone reads
     it, one kernel where TransposedInput schedules the pair (see the module docstring)."""
     return mutator_pass("kiln.FuseInputTransposes",
-                        lambda mod: PairFuser(mod, TransposedInput(lanes), lambda first, _second: _is_transpose(first)))
+                        lambda mod: PairFuser(mod, TransposedInput(lanes), _nchw_to_nhwc))
+
+
+def _nchw_to_nhwc(first: tvm.tirx.PrimFunc, _second: tvm.tirx.PrimFunc) -> bool:
+    """Whether FIRST is one NCHW -> NHWC copy: the only transposes TransposedInput takes, tested before the pair is
+    fused (attention's K^T transposes, in front of every matmul of a transformer, are not)."""
+    block = only_block(first)
+    return block is not None and is_nchw_to_nhwc(block)

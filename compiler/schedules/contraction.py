@@ -187,15 +187,31 @@ def unroll_tile_write(sch: s_tir.Schedule, write_back, anchor) -> None:
             sch.unroll(loop)
 
 
+def single_reduction(sch: s_tir.Schedule, blocks: list) -> int | None:
+    """The index in BLOCKS of their one reduction block, when every other block is injective; else None."""
+    infos = [get_sblock_info(sch, b) for b in blocks]
+    reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
+    if len(reductions) != 1 or any(not infos[i].is_injective() for i in range(len(infos)) if i != reductions[0]):
+        return None
+    return reductions[0]
+
+
+def reduction_terms(sch: s_tir.Schedule, loops: list) -> int:
+    """Terms per output over the reduction LOOPS (a symbolic extent counts as more than SMALL_REDUCTION)."""
+    terms = 1
+    for loop in loops:
+        terms *= const_extent(sch, loop) or SMALL_REDUCTION + 1
+    return terms
+
+
 class Contraction(KilnRule):
     """Register-tiled, vectorized, parallel schedule for a single-reduction kernel (see module docstring)."""
 
     def schedule(self, sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
-        infos = [get_sblock_info(sch, b) for b in blocks]
-        reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
-        if len(reductions) != 1 or any(not infos[i].is_injective() for i in range(len(infos)) if i != reductions[0]):
+        reduction = single_reduction(sch, blocks)
+        if reduction is None:
             return None
-        main = blocks[reductions[0]]
+        main = blocks[reduction]
         n_spatial = spatial_count(sch.get(main))
         if not n_spatial:
             return None
@@ -214,15 +230,13 @@ class Contraction(KilnRule):
         # Producers (padding): plain copies are inlined; real padding is inlined where each output reduces over
         # few terms (depthwise: the border test costs less than a pass over memory, 0.033 vs 0.065 ms) and
         # materialized where it reduces over many (a 3x3x64 conv: 1.06 ms materialized vs 2.40 ms inlined).
-        terms = 1
-        for loop in reduce:
-            terms *= const_extent(sch, loop) or SMALL_REDUCTION + 1
-        for block in blocks[: reductions[0]]:
+        terms = reduction_terms(sch, reduce)
+        for block in blocks[: reduction]:
             if is_copy(sch.get(block)) or terms <= SMALL_REDUCTION:
                 sch.compute_inline(block)
             else:
                 schedule_injective(sch, block, self.lanes)
-        epilogue = blocks[reductions[0] + 1:]
+        epilogue = blocks[reduction + 1:]
 
         weights_first = cols > _output_rows(sch, spatial[:-1])
         rows = const_extent(sch, spatial[-2]) if n_spatial >= 2 else None
